@@ -1,0 +1,271 @@
+"""Checkpoint conversion between this project's checkpoint directory and the outside formats.
+
+    python -m mobilebert_jax.convert --from=hf  --src=HF_DIR --out=DIR
+    python -m mobilebert_jax.convert --from=tf1 --src=CKPT_PREFIX --config=JSON --out=DIR
+    python -m mobilebert_jax.convert --to=hf    --src=DIR --out=HF_DIR
+
+The project's parameter paths are the official TF1 variable names (`bert/encoder/layer_3/
+attention/self/query/kernel`, ...), so TF1 import is a name-for-name copy with shape checks.
+HF names are derived from them: `mobilebert.`/`bert.` prefix, `layer.{i}`, `ffn.{j}`,
+`LayerNorm.{weight,bias}`, Linear weights transposed to [out, in], and the MLM extra columns
+stored as `cls.predictions.dense.weight` [H − E, V].
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import tempfile
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+from flax import traverse_util
+
+from mobilebert_jax import checkpoint
+from mobilebert_jax.models import config as config_lib
+from mobilebert_jax.models.config import MobileBertConfig
+from mobilebert_jax.models.heads import MobileBertForPreTraining
+
+# HF keys that carry no information of their own (buffers, tied copies).
+_HF_IGNORED = re.compile(r"(^|\.)(position_ids|token_type_ids)$|^cls\.predictions\.decoder\.")
+_TF1_SKIPPED = re.compile(r"(adam_m|adam_v|global_step|Momentum|lamb_m|lamb_v)")
+
+
+def expected_shapes(config: MobileBertConfig) -> dict[str, tuple[int, ...]]:
+    """'/'-joined parameter path → shape, for the encoder with pretraining heads."""
+    model = MobileBertForPreTraining(config)
+    ids = jnp.zeros((1, 2), jnp.int32)
+    abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), ids))["params"]
+    flat = traverse_util.flatten_dict(nn.meta.unbox(abstract), sep="/")
+    return {k: tuple(v.shape) for k, v in flat.items()}
+
+
+def hf_name(path: str, model_type: str, prefix: str) -> tuple[str, bool]:
+    """The HF state-dict key of a project parameter path, and whether it is transposed."""
+    if path == "cls/predictions/output_bias":
+        return "cls.predictions.bias", False
+    if path == "cls/predictions/extra_output_weights":
+        return "cls.predictions.dense.weight", True
+    if path == "cls/seq_relationship/output_weights":
+        return "cls.seq_relationship.weight", False
+    if path == "cls/seq_relationship/output_bias":
+        return "cls.seq_relationship.bias", False
+    parts = path.split("/")
+    if parts[0] == "bert":
+        parts = parts[1:]
+        if prefix:
+            parts = [prefix] + parts
+    out, transpose = [], False
+    for p in parts:
+        if m := re.fullmatch(r"layer_(\d+)", p):
+            out += ["layer", m.group(1)]
+        elif m := re.fullmatch(r"ffn_layer_(\d+)", p):
+            out += ["ffn", m.group(1)]
+        elif p == "FakeLayerNorm":
+            out.append("LayerNorm")
+        elif p == "gamma":
+            out.append("weight")
+        elif p == "beta":
+            out.append("bias")
+        elif p == "kernel":
+            out.append("weight")
+            transpose = True
+        elif p.endswith("_embeddings"):
+            out += [p, "weight"]
+        else:
+            out.append(p)
+    return ".".join(out), transpose
+
+
+def _assemble(config: MobileBertConfig, lookup, source: str) -> dict:
+    """Builds the params tree from `lookup(path) -> array | None`, checking names and shapes.
+
+    The `cls/` heads may be absent as a whole (an encoder-only source); anything else missing,
+    or any shape mismatch, raises ValueError naming the variable.
+    """
+    shapes = expected_shapes(config)
+    flat = {}
+    for path, shape in shapes.items():
+        value = lookup(path)
+        if value is None:
+            if path.startswith("cls/"):
+                continue
+            raise ValueError(f"{source}: variable for {path} not found (config mismatch?)")
+        value = np.asarray(value, dtype=np.float32)
+        if value.shape != shape:
+            raise ValueError(f"{source}: {path} has shape {value.shape}, config expects {shape}")
+        flat[path] = value
+    heads = [p for p in shapes if p.startswith("cls/")]
+    present = [p for p in heads if p in flat]
+    if present and len(present) != len(heads):
+        missing = sorted(set(heads) - set(present))[0]
+        raise ValueError(f"{source}: pretraining heads incomplete, {missing} not found")
+    return traverse_util.unflatten_dict(flat, sep="/")
+
+
+# -- HF ---------------------------------------------------------------------------------------------
+def read_hf_state_dict(hf_dir: str) -> dict[str, np.ndarray]:
+    st = os.path.join(hf_dir, "model.safetensors")
+    pt = os.path.join(hf_dir, "pytorch_model.bin")
+    if os.path.isfile(st):
+        from safetensors.numpy import load_file
+        return dict(load_file(st))
+    if os.path.isfile(pt):
+        import torch
+        state = torch.load(pt, map_location="cpu", weights_only=True)
+        return {k: v.float().numpy() for k, v in state.items()}
+    raise FileNotFoundError(f"no model.safetensors or pytorch_model.bin in {hf_dir}")
+
+
+def _hf_prefix(state: dict[str, np.ndarray], model_type: str) -> str:
+    return model_type if any(k.startswith(model_type + ".") for k in state) else ""
+
+
+def import_hf(hf_dir: str) -> tuple[MobileBertConfig, dict]:
+    """(config, params) from a HuggingFace MobileBERT or BERT directory."""
+    if not os.path.isdir(hf_dir):
+        raise FileNotFoundError(f"HF directory not found: {hf_dir}")
+    raw = checkpoint_json(os.path.join(hf_dir, "config.json"))
+    config = config_lib.from_hf_config(raw)
+    state = read_hf_state_dict(hf_dir)
+    model_type = raw["model_type"]
+    prefix = _hf_prefix(state, model_type)
+    used = set()
+
+    def lookup(path):
+        key, transpose = hf_name(path, model_type, prefix)
+        if key not in state:
+            return None
+        used.add(key)
+        return state[key].T if transpose else state[key]
+
+    params = _assemble(config, lookup, f"HF checkpoint {hf_dir}")
+    unused = sorted(k for k in state if k not in used and not _HF_IGNORED.search(k)
+                    and not (k.startswith("cls.") and "cls" not in params))
+    if unused:
+        raise ValueError(f"HF checkpoint {hf_dir}: weight {unused[0]} has no place in the "
+                         f"config ({len(unused)} unused weights)")
+    return config, params
+
+
+def export_hf(config: MobileBertConfig, params: dict, out_dir: str,
+              tokenizer_path: str | None = None) -> str:
+    """Writes `config.json` + `model.safetensors` that `transformers` loads
+    (MobileBertForPreTraining, or BertModel for plain BERT configs)."""
+    from safetensors.numpy import save_file
+
+    if os.path.exists(out_dir) and os.listdir(out_dir):
+        raise FileExistsError(f"{out_dir} exists and is not empty; choose a new --out")
+    hf_config = config_lib.to_hf_config(config)
+    plain_bert = hf_config["model_type"] == "bert"
+    prefix = "" if plain_bert else "mobilebert"
+    flat = traverse_util.flatten_dict(jax.tree_util.tree_map(np.asarray, params), sep="/")
+    state = {}
+    for path, value in flat.items():
+        if plain_bert and path.startswith("cls/"):
+            continue  # BertModel carries no pretraining heads
+        key, transpose = hf_name(path, hf_config["model_type"], prefix)
+        state[key] = np.ascontiguousarray(value.T if transpose else value, dtype=np.float32)
+    if "cls.predictions.bias" in state:
+        state["cls.predictions.decoder.bias"] = state["cls.predictions.bias"]
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".hf_export_", dir=parent)
+    save_file(state, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+    with open(os.path.join(tmp, "config.json"), "w") as f:
+        json.dump(hf_config, f, indent=2, sort_keys=True)
+    if tokenizer_path and tokenizer_path.endswith("vocab.txt"):
+        import shutil
+        shutil.copyfile(tokenizer_path, os.path.join(tmp, "vocab.txt"))
+    if os.path.isdir(out_dir):
+        os.rmdir(out_dir)
+    os.replace(tmp, out_dir)
+    return out_dir
+
+
+# -- TF1 --------------------------------------------------------------------------------------------
+def import_tf1(ckpt_prefix: str, config_json: str, scope: str = "") -> tuple[MobileBertConfig, dict]:
+    """(config, params) from an official TF1 checkpoint and its JSON config. `scope` selects a
+    prefix (e.g. "teacher" for the teacher inside a distillation checkpoint)."""
+    import tensorflow as tf
+
+    config = config_lib.from_official_json(config_json)
+    if not tf.io.gfile.glob(ckpt_prefix + ".index"):
+        raise FileNotFoundError(f"TF1 checkpoint not found: {ckpt_prefix}(.index)")
+    reader = tf.train.load_checkpoint(ckpt_prefix)
+    names = {n for n in reader.get_variable_to_shape_map() if not _TF1_SKIPPED.search(n)}
+    root = f"{scope.strip('/')}/" if scope else ""
+    used = set()
+
+    def lookup(path):
+        name = root + path
+        if name not in names:
+            return None
+        used.add(name)
+        return reader.get_tensor(name)
+
+    params = _assemble(config, lookup, f"TF1 checkpoint {ckpt_prefix}")
+    ours = {n for n in names if n.startswith(root) and n[len(root):].split("/")[0] in ("bert", "cls")}
+    unused = sorted(ours - used)
+    if unused:
+        raise ValueError(f"TF1 checkpoint {ckpt_prefix}: variable {unused[0]} has no place in "
+                         f"the config ({len(unused)} unused)")
+    return config, params
+
+
+def checkpoint_json(path: str) -> dict[str, Any]:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"file not found: {path}")
+    with open(path) as f:
+        return json.load(f)
+
+
+# -- CLI ---------------------------------------------------------------------------------------------
+def main(argv=None) -> int:
+    from absl import flags
+
+    flags.DEFINE_enum("from", None, ["hf", "tf1"], "Import from this format.")
+    flags.DEFINE_enum("to", None, ["hf"], "Export to this format.")
+    flags.DEFINE_string("src", None, "Source: HF dir, TF1 checkpoint prefix, or project dir.")
+    flags.DEFINE_string("config", None, "Official JSON config (with --from=tf1).")
+    flags.DEFINE_string("scope", "", "Variable scope inside a TF1 checkpoint (e.g. teacher).")
+    flags.DEFINE_string("out", None, "Output directory.")
+    flags.DEFINE_string("tokenizer", None, "Tokenizer file to store beside the params.")
+    FLAGS = flags.FLAGS
+    FLAGS(argv or sys.argv)
+    try:
+        src, out = FLAGS.src, FLAGS.out
+        if not src or not out:
+            raise ValueError("--src and --out are required")
+        if (FLAGS["from"].value is None) == (FLAGS.to is None):
+            raise ValueError("give exactly one of --from or --to")
+        if FLAGS.to == "hf":
+            config, params = checkpoint.load_pretrained(src)
+            export_hf(config, params, out, FLAGS.tokenizer or checkpoint.tokenizer_file(src))
+        else:
+            if FLAGS["from"].value == "hf":
+                config, params = import_hf(src)
+                tok = FLAGS.tokenizer or _existing(os.path.join(src, "vocab.txt"))
+            else:
+                if not FLAGS.config:
+                    raise ValueError("--from=tf1 needs --config=JSON (the official config)")
+                config, params = import_tf1(src, FLAGS.config, FLAGS.scope)
+                tok = FLAGS.tokenizer
+            checkpoint.save_pretrained(out, config, params, tokenizer_path=tok)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {out}")
+    return 0
+
+
+def _existing(path: str) -> str | None:
+    return path if os.path.isfile(path) else None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,538 @@
+"""Optimizers, learning-rate schedules and per-layer learning-rate multipliers.
+
+What lives here:
+
+* ``scale_by_adam_no_bias_correction``, ``lamb`` and ``adamw``: the optimizers of the official
+  TF1 MobileBERT code (Adam moments *without* bias correction, weight decay added to the
+  Adam direction, LAMB trust ratio ||w|| / ||u||), built from optax transformations.
+* ``decay_mask``: which parameters get weight decay (and LAMB layer adaptation).
+* ``warmup_linear_decay_schedule``, ``make_optimizer`` and ``default_optimizer_config``: the
+  optax chain (global-norm clipping, optimizer, gradient accumulation) built from a config.
+* Progressive knowledge transfer (PKT): the boundary gate ``pkt_boundary_gate``, the layer
+  multipliers ``pkt_layer_multipliers``, the transformation ``scale_by_layer_multipliers``
+  that applies them, ``pkt_optimizer`` and the helpers that read, set and reset its step.
+* Freezing: ``frozen`` (a boolean tree from regexes over '/'-joined parameter paths) and
+  ``freeze`` (``optax.multi_transform`` with ``optax.set_to_zero`` for the frozen group).
+
+Masks and layer indices are computed from parameter paths, so they work on plain nested
+dicts, ``FrozenDict`` and trees whose leaves are boxed in ``nn.Partitioned``.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax.core import meta
+
+ScalarOrSchedule = Union[float, optax.Schedule]
+MaskOrFn = Union[Any, Callable[[Any], Any]]
+
+_LAYER_RE = re.compile(r"layer_(\d+)")
+# Path components that mark a normalization module (LayerNorm, NoNorm named FakeLayerNorm).
+_NORM_MARKERS = ("LayerNorm", "layer_norm")
+_NO_DECAY_LEAVES = ("gamma", "beta")
+
+# --------------------------------------------------------------------------------------------
+# Parameter paths and masks
+# --------------------------------------------------------------------------------------------
+
+
+def _key_name(key: Any) -> str:
+    """The name of one key-path entry (dict key, attribute, sequence index)."""
+    if isinstance(key, jax.tree_util.DictKey):
+        return str(key.key)
+    if isinstance(key, jax.tree_util.GetAttrKey):
+        return key.name
+    if isinstance(key, jax.tree_util.SequenceKey):
+        return str(key.idx)
+    if isinstance(key, jax.tree_util.FlattenedIndexKey):
+        return str(key.key)
+    return str(key)
+
+
+def path_names(path: Sequence[Any]) -> tuple[str, ...]:
+    """A jax key path as a tuple of strings, e.g. ('bert', 'encoder', 'layer_3', ...)."""
+    return tuple(_key_name(k) for k in path)
+
+
+def _is_box(x: Any) -> bool:
+    return isinstance(x, meta.AxisMetadata)
+
+
+def _map_params_by_path(fn: Callable[[tuple[str, ...]], Any], params: Any) -> Any:
+    """Maps ``fn(path_names)`` over the leaves of ``params``; boxed leaves keep their box."""
+
+    def visit(path, leaf):
+        value = fn(path_names(path))
+        return leaf.replace_boxed(value) if _is_box(leaf) else value
+
+    return jax.tree_util.tree_map_with_path(visit, params, is_leaf=_is_box)
+
+
+def decays(names: Sequence[str]) -> bool:
+    """Whether the parameter at ``names`` gets weight decay (the official exclusion list).
+
+    Excluded: everything under a top-level ``teacher`` collection, norm parameters
+    (``gamma``/``beta``, or anything inside a module whose name contains ``LayerNorm`` or
+    ``layer_norm``, which covers ``FakeLayerNorm``) and biases (``bias``, ``output_bias``).
+    Kernels, embeddings and ``output_weights``/``extra_output_weights`` decay.
+    """
+    if not names:
+        return True
+    if names[0] == "teacher":
+        return False
+    leaf = names[-1]
+    if leaf in _NO_DECAY_LEAVES or "bias" in leaf:
+        return False
+    return not any(marker in n for n in names[:-1] for marker in _NORM_MARKERS)
+
+
+def decay_mask(params: Any) -> Any:
+    """Boolean tree: True for kernels/embeddings, False for norm gamma/beta and biases."""
+    return _map_params_by_path(decays, params)
+
+
+def layer_index_of_path(path: Sequence[Any]) -> Optional[int]:
+    """The encoder layer index ``i`` of a path containing a ``layer_{i}`` component, else None.
+
+    Accepts a tuple of strings or a jax key path. Only a whole component matches, so
+    ``ffn_layer_0`` is not a layer index.
+    """
+    names = path if all(isinstance(n, str) for n in path) else path_names(path)
+    for name in names:
+        match = _LAYER_RE.fullmatch(name)
+        if match:
+            return int(match.group(1))
+    return None
+
+
+def frozen(params: Any, patterns: Sequence[str]) -> Any:
+    """Boolean tree: True where a regex in ``patterns`` is found (``re.search``) in the
+    '/'-joined parameter path (e.g. ``'^teacher/'``, ``'embeddings'``)."""
+    if isinstance(patterns, str):
+        patterns = (patterns,)
+    compiled = [re.compile(p) for p in patterns]
+    return _map_params_by_path(
+        lambda names: any(c.search("/".join(names)) for c in compiled), params)
+
+
+def freeze(tx: optax.GradientTransformation,
+           patterns: Sequence[str]) -> optax.GradientTransformation:
+    """Wraps ``tx`` so that parameters matching ``patterns`` get zero updates and no state."""
+    if isinstance(patterns, str):
+        patterns = (patterns,)
+    if not patterns:
+        return tx
+
+    def labels(tree):
+        mask = frozen(tree, patterns)
+        return jax.tree.map(lambda f: "frozen" if f else "trainable", mask)
+
+    return optax.multi_transform({"trainable": tx, "frozen": optax.set_to_zero()}, labels)
+
+
+# --------------------------------------------------------------------------------------------
+# Optimizers
+# --------------------------------------------------------------------------------------------
+
+
+class ScaleByAdamNoBiasCorrectionState(NamedTuple):
+    """First and second moments (float32), as the official TF1 ``adam_m``/``adam_v`` slots."""
+    mu: Any
+    nu: Any
+
+
+def scale_by_adam_no_bias_correction(b1: float = 0.9, b2: float = 0.999,
+                                     eps: float = 1e-6) -> optax.GradientTransformation:
+    """Adam direction without bias correction: m/(sqrt(v)+eps) with
+    m = b1 m + (1-b1) g and v = b2 v + (1-b2) g^2 (the official AdamW and LAMB)."""
+    if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
+        raise ValueError(f"Adam betas must lie in [0, 1), got b1={b1}, b2={b2}")
+
+    def init_fn(params):
+        zeros = lambda p: jnp.zeros(jnp.shape(p), jnp.float32)  # noqa: E731
+        return ScaleByAdamNoBiasCorrectionState(mu=jax.tree.map(zeros, params),
+                                                nu=jax.tree.map(zeros, params))
+
+    def update_fn(updates, state, params=None):
+        del params
+        mu = jax.tree.map(lambda g, m: b1 * m + (1.0 - b1) * g.astype(jnp.float32),
+                          updates, state.mu)
+        nu = jax.tree.map(
+            lambda g, v: b2 * v + (1.0 - b2) * jnp.square(g.astype(jnp.float32)),
+            updates, state.nu)
+        new_updates = jax.tree.map(
+            lambda g, m, v: (m / (jnp.sqrt(v) + eps)).astype(g.dtype), updates, mu, nu)
+        return new_updates, ScaleByAdamNoBiasCorrectionState(mu=mu, nu=nu)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _adam_direction(b1: float, b2: float, eps: float,
+                    bias_correction: bool) -> optax.GradientTransformation:
+    if bias_correction:
+        return optax.scale_by_adam(b1=b1, b2=b2, eps=eps)
+    return scale_by_adam_no_bias_correction(b1=b1, b2=b2, eps=eps)
+
+
+def _maybe_masked(tx: optax.GradientTransformation,
+                  mask: MaskOrFn) -> Optional[optax.GradientTransformation]:
+    """``tx`` restricted to ``mask``; ``True`` means everywhere, ``False`` means nowhere."""
+    if mask is True:
+        return tx
+    if mask is False:
+        return None
+    return optax.masked(tx, mask)
+
+
+def _decoupled_weight_decay(weight_decay: float,
+                            mask: MaskOrFn) -> Optional[optax.GradientTransformation]:
+    if weight_decay < 0:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+    if weight_decay == 0:
+        return None
+    return _maybe_masked(optax.add_decayed_weights(weight_decay), mask)
+
+
+def _chain(*parts: Optional[optax.GradientTransformation]) -> optax.GradientTransformation:
+    return optax.chain(*[p for p in parts if p is not None])
+
+
+def lamb_direction(weight_decay: float = 0.01, b1: float = 0.9, b2: float = 0.999,
+                   eps: float = 1e-6, bias_correction: bool = False,
+                   weight_decay_mask: MaskOrFn = None,
+                   trust_ratio_mask: MaskOrFn = None) -> optax.GradientTransformation:
+    """LAMB without the learning rate: trust_ratio(w, u) * u with u = adam + wd * w.
+
+    ``weight_decay_mask`` defaults to ``decay_mask``; ``trust_ratio_mask`` defaults to the
+    weight-decay mask (the official code excludes the same parameters from both).
+    """
+    weight_decay_mask = decay_mask if weight_decay_mask is None else weight_decay_mask
+    trust_ratio_mask = weight_decay_mask if trust_ratio_mask is None else trust_ratio_mask
+    return _chain(
+        _adam_direction(b1, b2, eps, bias_correction),
+        _decoupled_weight_decay(weight_decay, weight_decay_mask),
+        _maybe_masked(optax.scale_by_trust_ratio(), trust_ratio_mask),
+    )
+
+
+def adamw_direction(weight_decay: float = 0.01, b1: float = 0.9, b2: float = 0.999,
+                    eps: float = 1e-6, bias_correction: bool = False,
+                    weight_decay_mask: MaskOrFn = None) -> optax.GradientTransformation:
+    """AdamW without the learning rate: u = adam + wd * w (decay masked by ``decay_mask``)."""
+    weight_decay_mask = decay_mask if weight_decay_mask is None else weight_decay_mask
+    return _chain(_adam_direction(b1, b2, eps, bias_correction),
+                  _decoupled_weight_decay(weight_decay, weight_decay_mask))
+
+
+def lamb(learning_rate: ScalarOrSchedule, weight_decay: float = 0.01, b1: float = 0.9,
+         b2: float = 0.999, eps: float = 1e-6, bias_correction: bool = False,
+         weight_decay_mask: MaskOrFn = None,
+         trust_ratio_mask: MaskOrFn = None) -> optax.GradientTransformation:
+    """The official LAMB: w -= lr * ratio * (m/(sqrt(v)+eps) + wd*w), ratio = ||w||/||u||
+    (1 when either norm is 0). ``learning_rate`` may be a schedule of the update count."""
+    return optax.chain(
+        lamb_direction(weight_decay, b1, b2, eps, bias_correction, weight_decay_mask,
+                       trust_ratio_mask),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+
+
+def adamw(learning_rate: ScalarOrSchedule, weight_decay: float = 0.01, b1: float = 0.9,
+          b2: float = 0.999, eps: float = 1e-6, bias_correction: bool = False,
+          weight_decay_mask: MaskOrFn = None) -> optax.GradientTransformation:
+    """The official AdamW (``AdamWeightDecayOptimizer``): w -= lr * (m/(sqrt(v)+eps) + wd*w).
+
+    ``bias_correction=True`` uses optax's standard bias-corrected Adam moments instead.
+    """
+    return optax.chain(
+        adamw_direction(weight_decay, b1, b2, eps, bias_correction, weight_decay_mask),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+
+
+_DIRECTIONS = {"lamb": lamb_direction, "adamw": adamw_direction}
+
+
+def _direction(name: str, **kwargs) -> optax.GradientTransformation:
+    if name not in _DIRECTIONS:
+        raise ValueError(f"unknown optimizer {name!r}; expected one of {sorted(_DIRECTIONS)}")
+    return _DIRECTIONS[name](**kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# Schedules and the config-driven optimizer
+# --------------------------------------------------------------------------------------------
+
+
+def warmup_linear_decay_schedule(peak_value: float, warmup_steps: int, total_steps: int,
+                                 end_value: float = 0.0,
+                                 decay_after_warmup: bool = False) -> optax.Schedule:
+    """Linear warm-up from 0 to ``peak_value``, then linear decay to ``end_value`` at
+    ``total_steps`` (constant afterwards).
+
+    By default this is the BERT/MobileBERT schedule: the decay line runs from ``peak_value``
+    at step 0 to ``end_value`` at ``total_steps`` and the warm-up overrides it for steps below
+    ``warmup_steps``, so the rate at the end of warm-up is
+    ``peak - (peak - end) * warmup / total``. With ``decay_after_warmup`` the decay starts at
+    ``peak_value`` at the end of warm-up instead.
+    """
+    if warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+    if total_steps <= 0 or warmup_steps > total_steps:
+        raise ValueError(
+            f"need 0 <= warmup_steps <= total_steps and total_steps > 0, got "
+            f"warmup_steps={warmup_steps}, total_steps={total_steps}")
+    if decay_after_warmup:
+        start = peak_value
+    else:
+        start = peak_value + (end_value - peak_value) * warmup_steps / total_steps
+    decay = optax.linear_schedule(start, end_value, max(total_steps - warmup_steps, 1))
+    if warmup_steps == 0:
+        return decay
+    warmup = optax.linear_schedule(0.0, peak_value, warmup_steps)
+    return optax.join_schedules([warmup, decay], [warmup_steps])
+
+
+def warmup_constant_schedule(peak_value: float, warmup_steps: int) -> optax.Schedule:
+    """Linear warm-up from 0 to ``peak_value``, then constant."""
+    if warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+    if warmup_steps == 0:
+        return optax.constant_schedule(peak_value)
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, peak_value, warmup_steps),
+         optax.constant_schedule(peak_value)], [warmup_steps])
+
+
+def default_optimizer_config() -> ml_collections.ConfigDict:
+    """The official teacher / pre-training distillation optimizer (LAMB, 500k steps)."""
+    return ml_collections.ConfigDict(dict(
+        name="lamb",
+        learning_rate=1.5e-3,
+        warmup_steps=10_000,
+        total_steps=500_000,
+        end_learning_rate=1.5e-7,
+        decay="linear",
+        decay_after_warmup=False,
+        weight_decay=0.01,
+        b1=0.9,
+        b2=0.999,
+        eps=1e-6,
+        bias_correction=False,
+        clip_norm=1.0,
+        grad_accum_steps=1,
+    ))
+
+
+def make_schedule(cfg: ml_collections.ConfigDict) -> optax.Schedule:
+    """The learning-rate schedule of an optimizer config section."""
+    full = default_optimizer_config()
+    get = lambda k: cfg.get(k, full[k])  # noqa: E731
+    decay = get("decay")
+    if decay == "linear":
+        return warmup_linear_decay_schedule(
+            get("learning_rate"), int(get("warmup_steps")), int(get("total_steps")),
+            get("end_learning_rate"), bool(get("decay_after_warmup")))
+    if decay == "constant":
+        return warmup_constant_schedule(get("learning_rate"), int(get("warmup_steps")))
+    raise ValueError(f"unknown learning-rate decay {decay!r}; expected 'linear' or 'constant'")
+
+
+def make_optimizer(
+        cfg: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """(optax chain, schedule) from a config section like ``default_optimizer_config()``.
+
+    The chain is: global-norm clipping (``clip_norm``; 0/None = off) -> LAMB or AdamW with
+    the schedule -> ``optax.MultiSteps`` when ``grad_accum_steps`` > 1 (the schedule then
+    counts optimizer updates, not micro-batches). Missing fields take the default values.
+    """
+    full = default_optimizer_config()
+    get = lambda k: cfg.get(k, full[k])  # noqa: E731
+    name = get("name")
+    if name not in _DIRECTIONS:
+        raise ValueError(f"unknown optimizer {name!r}; expected one of {sorted(_DIRECTIONS)}")
+    accum = int(get("grad_accum_steps") or 1)
+    if accum < 1:
+        raise ValueError(f"grad_accum_steps must be >= 1, got {accum}")
+    clip_norm = get("clip_norm")
+    if clip_norm is not None and clip_norm < 0:
+        raise ValueError(f"clip_norm must be >= 0 (0 or None = off), got {clip_norm}")
+    schedule = make_schedule(cfg)
+    tx = _chain(
+        optax.clip_by_global_norm(clip_norm) if clip_norm else None,
+        _direction(name, weight_decay=get("weight_decay"), b1=get("b1"), b2=get("b2"),
+                   eps=get("eps"), bias_correction=bool(get("bias_correction"))),
+        optax.scale_by_learning_rate(schedule),
+    )
+    if accum > 1:
+        tx = optax.MultiSteps(tx, every_k_schedule=accum).gradient_transformation()
+    return tx, schedule
+
+
+# --------------------------------------------------------------------------------------------
+# Progressive knowledge transfer
+# --------------------------------------------------------------------------------------------
+
+
+def _check_stage_args(steps_per_stage: int, num_layers: Optional[int] = None) -> None:
+    if int(steps_per_stage) < 1:
+        raise ValueError(f"steps_per_stage must be >= 1, got {steps_per_stage}")
+    if num_layers is not None and int(num_layers) < 1:
+        raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+
+
+def pkt_boundary_gate(t: Any, steps_per_stage: int) -> jax.Array:
+    """bg(t) = min(0.1 * sqrt(1 - t/P) + 0.9, 10 * t/P) with t = step mod P.
+
+    0 at the start of every stage, rising linearly to ~0.995 at 10% of the stage, then
+    decaying to 0.9 at its end. With P == 1 the gate is 1 (as in the official code).
+    """
+    _check_stage_args(steps_per_stage)
+    if steps_per_stage == 1:
+        return jnp.ones(jnp.shape(t), jnp.float32)
+    frac = jnp.mod(jnp.asarray(t), steps_per_stage).astype(jnp.float32) / steps_per_stage
+    return jnp.minimum(0.1 * jnp.sqrt(1.0 - frac) + 0.9, 10.0 * frac)
+
+
+def pkt_stage(step: Any, steps_per_stage: int, num_layers: int) -> jax.Array:
+    """The PKT stage (= the layer being transferred) at ``step``, clamped to num_layers-1."""
+    _check_stage_args(steps_per_stage, num_layers)
+    return jnp.minimum(jnp.asarray(step) // steps_per_stage, num_layers - 1)
+
+
+def pkt_layer_multipliers(step: Any, steps_per_stage: int, num_layers: int,
+                          base: float = 3.0, lower: float = 0.1,
+                          hard_freeze: bool = False) -> jax.Array:
+    """Per-layer learning-rate multipliers [num_layers] at ``step``.
+
+    base * bg(t) * {0 for layers above stage k, 1 for layer k, ``lower`` below it (0 with
+    ``hard_freeze``)}, k = step // steps_per_stage.
+    """
+    k = pkt_stage(step, steps_per_stage, num_layers)
+    layers = jnp.arange(num_layers)
+    below = 0.0 if hard_freeze else lower
+    shape = jnp.where(layers == k, 1.0, jnp.where(layers < k, below, 0.0))
+    return base * pkt_boundary_gate(step, steps_per_stage) * shape.astype(jnp.float32)
+
+
+class ScaleByLayerMultipliersState(NamedTuple):
+    """The global step the layer multipliers are evaluated at (advanced every update)."""
+    count: jax.Array
+
+
+def scale_by_layer_multipliers(
+        layer_of_param: Optional[Callable[[tuple[str, ...]], Optional[int]]],
+        multiplier_fn: Callable[[jax.Array], jax.Array],
+        other_multiplier: float = 0.0,
+        initial_step: int = 0) -> optax.GradientTransformation:
+    """Multiplies each update by ``multiplier_fn(count)[layer]`` of its layer.
+
+    ``layer_of_param(path_names)`` gives a parameter's layer index, or None for parameters
+    outside the layers (embeddings, heads), which are scaled by ``other_multiplier``; None
+    means ``layer_index_of_path``. ``count`` starts at ``initial_step`` and advances by one per update; read and set it with
+    ``layer_multiplier_step`` / ``set_layer_multiplier_step`` when restoring or rebuilding.
+    """
+    if not callable(multiplier_fn):
+        raise ValueError("scale_by_layer_multipliers needs a multiplier_fn(step) -> [layers]")
+    layer_of_param = layer_index_of_path if layer_of_param is None else layer_of_param
+
+    def init_fn(params):
+        del params
+        return ScaleByLayerMultipliersState(count=jnp.asarray(initial_step, jnp.int32))
+
+    def update_fn(updates, state, params=None):
+        del params
+        multipliers = multiplier_fn(state.count)
+
+        def scale(path, u):
+            layer = layer_of_param(path_names(path))
+            m = other_multiplier if layer is None else multipliers[layer]
+            return (u * m).astype(u.dtype)
+
+        new_updates = jax.tree_util.tree_map_with_path(scale, updates)
+        return new_updates, ScaleByLayerMultipliersState(optax.safe_increment(state.count))
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _is_multiplier_state(x: Any) -> bool:
+    return isinstance(x, ScaleByLayerMultipliersState)
+
+
+def layer_multiplier_step(opt_state: Any) -> jax.Array:
+    """The step held by the (single) ``scale_by_layer_multipliers`` state in ``opt_state``."""
+    found = [s.count for s in jax.tree.leaves(opt_state, is_leaf=_is_multiplier_state)
+             if _is_multiplier_state(s)]
+    if len(found) != 1:
+        raise ValueError(f"expected one layer-multiplier state in opt_state, found {len(found)}")
+    return found[0]
+
+
+def set_layer_multiplier_step(opt_state: Any, step: Any) -> Any:
+    """``opt_state`` with every layer-multiplier step set to ``step`` (e.g. the global step)."""
+    def put(s):
+        if _is_multiplier_state(s):
+            return ScaleByLayerMultipliersState(jnp.asarray(step, jnp.int32))
+        return s
+
+    return jax.tree.map(put, opt_state, is_leaf=_is_multiplier_state)
+
+
+def reset_opt_state(tx: optax.GradientTransformation, params: Any,
+                    step: Optional[Any] = None) -> Any:
+    """Fresh optimizer slots (zero moments), e.g. at a PKT stage boundary; the layer
+    multipliers keep following the global ``step`` when one is given."""
+    state = tx.init(params)
+    return state if step is None else set_layer_multiplier_step(state, step)
+
+
+def _check_layer_indices(params: Any, num_layers: int,
+                         layer_of_param: Callable[[tuple[str, ...]], Optional[int]]) -> None:
+    names = [path_names(p) for p, _ in
+             jax.tree_util.tree_flatten_with_path(params, is_leaf=_is_box)[0]]
+    indices = {layer_of_param(n) for n in names} - {None}
+    if not indices:
+        raise ValueError("no parameter path contains a 'layer_{i}' component")
+    if max(indices) >= num_layers:
+        raise ValueError(f"parameters reach layer_{max(indices)} but num_layers={num_layers}")
+
+
+def pkt_optimizer(params: Any, steps_per_stage: int, num_layers: int,
+                  base_lr: float = 1.5e-3, optimizer: str = "lamb",
+                  hard_freeze: bool = False, weight_decay: float = 0.01, b1: float = 0.9,
+                  b2: float = 0.999, eps: float = 1e-6, bias_correction: bool = False,
+                  clip_norm: Optional[float] = 1.0, base: float = 3.0, lower: float = 0.1,
+                  other_multiplier: float = 0.0, frozen_patterns: Sequence[str] = (),
+                  initial_step: int = 0,
+                  layer_of_param: Callable[[tuple[str, ...]], Optional[int]] = (
+                      layer_index_of_path)) -> optax.GradientTransformation:
+    """Optimizer of the PKT stage: constant ``base_lr`` times the PKT layer multipliers.
+
+    Chain: clip -> LAMB/AdamW direction (trust ratio included) -> layer multipliers ->
+    -base_lr, so a layer whose multiplier is 0 does not move. Parameters outside the layers
+    get ``other_multiplier`` (0: embeddings and heads copied from the teacher stay fixed);
+    ``frozen_patterns`` (e.g. ``('^teacher/',)``) get no update and no optimizer state.
+    ``params`` (or its shapes) is used to check the layer indices against ``num_layers``.
+    """
+    _check_stage_args(steps_per_stage, num_layers)
+    if params is not None:
+        _check_layer_indices(params, num_layers, layer_of_param)
+
+    def multipliers(step):
+        return pkt_layer_multipliers(step, steps_per_stage, num_layers, base=base,
+                                     lower=lower, hard_freeze=hard_freeze)
+
+    tx = _chain(
+        optax.clip_by_global_norm(clip_norm) if clip_norm else None,
+        _direction(optimizer, weight_decay=weight_decay, b1=b1, b2=b2, eps=eps,
+                   bias_correction=bias_correction),
+        scale_by_layer_multipliers(layer_of_param, multipliers, other_multiplier,
+                                   initial_step),
+        optax.scale_by_learning_rate(base_lr),
+    )
+    return freeze(tx, frozen_patterns)
