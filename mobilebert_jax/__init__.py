@@ -1,5 +1,12 @@
 """mobilebert_jax: MobileBERT and its IB-BERT teacher in JAX/Flax."""
 
+import os as _os
+
+# TensorFlow serves only as an I/O library here (tfds, TF1 checkpoints, TFLite): keep its C++
+# start-up chatter off the terminal unless the user asks for it.
+_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+_os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
 __version__ = "0.1.0"
 
 

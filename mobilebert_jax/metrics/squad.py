@@ -230,10 +230,12 @@ def dataset_version(squad_json: Mapping[str, Any]) -> str:
 
 def squad_scores(squad_json: Mapping[str, Any], predictions: Mapping[str, str],
                  null_odds: Mapping[str, float] | None = None,
-                 version: str | None = None, warn_missing: bool = True) -> dict[str, float]:
+                 version: str | None = None, na_prob_thresh: float = 1.0,
+                 warn_missing: bool = True) -> dict[str, float]:
     """Scores predictions against a loaded SQuAD JSON with the script of its version.
 
-    A v1.1 data set is scored as v1.1 unless null odds are given or `version="2.0"`.
+    A v1.1 data set is scored as v1.1 unless null odds are given or `version="2.0"`;
+    `na_prob_thresh` applies to v2.0 scoring.
     """
     if not isinstance(squad_json, Mapping) or "data" not in squad_json:
         raise ValueError("SQuAD JSON has no 'data' key")
@@ -248,6 +250,6 @@ def squad_scores(squad_json: Mapping[str, Any], predictions: Mapping[str, str],
     if version == "1.1":
         return squad_v1_scores(squad_json["data"], predictions, warn_missing)
     if version == "2.0":
-        return squad_v2_scores(squad_json["data"], predictions, null_odds,
+        return squad_v2_scores(squad_json["data"], predictions, null_odds, na_prob_thresh,
                                warn_missing=warn_missing)
     raise ValueError(f"unknown SQuAD version {version!r} (expected '1.1' or '2.0')")

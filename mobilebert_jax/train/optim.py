@@ -434,8 +434,9 @@ def scale_by_layer_multipliers(
 
     ``layer_of_param(path_names)`` gives a parameter's layer index, or None for parameters
     outside the layers (embeddings, heads), which are scaled by ``other_multiplier``; None
-    means ``layer_index_of_path``. ``count`` starts at ``initial_step`` and advances by one per update; read and set it with
-    ``layer_multiplier_step`` / ``set_layer_multiplier_step`` when restoring or rebuilding.
+    means ``layer_index_of_path``. ``count`` starts at ``initial_step`` and advances by one
+    per update; read and set it with ``layer_multiplier_step`` / ``set_layer_multiplier_step``
+    when restoring or rebuilding.
     """
     if not callable(multiplier_fn):
         raise ValueError("scale_by_layer_multipliers needs a multiplier_fn(step) -> [layers]")
