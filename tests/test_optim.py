@@ -232,31 +232,6 @@ def test_default_schedule_values():
     assert float(schedule(10_000)) == pytest.approx(1.5e-3) == float(schedule(400_000))
 
 
-def test_gradient_accumulation_equals_big_batch_step():
-    rng = np.random.default_rng(3)
-    x, y = rng.normal(size=(8, 3)), rng.normal(size=(8, 2))
-    params = {"dense": {"kernel": jnp.asarray(rng.normal(size=(3, 2)), jnp.float32),
-                        "bias": jnp.zeros(2)}}
-
-    def loss(p, xb, yb):
-        return jnp.mean(jnp.square(xb @ p["dense"]["kernel"] + p["dense"]["bias"] - yb))
-
-    base = dict(name="lamb", learning_rate=0.1, warmup_steps=0, total_steps=100,
-                clip_norm=0.5)
-    big, _ = optim.make_optimizer(ml_collections.ConfigDict(base))
-    small, _ = optim.make_optimizer(ml_collections.ConfigDict(dict(base, grad_accum_steps=4)))
-    upd, _ = big.update(jax.grad(loss)(params, x, y), big.init(params), params)
-    want = optax.apply_updates(params, upd)
-    p, state = params, small.init(params)
-    for i in range(4):
-        g = jax.grad(loss)(p, x[2 * i:2 * i + 2], y[2 * i:2 * i + 2])
-        upd, state = small.update(g, state, p)
-        p = optax.apply_updates(p, upd)
-        if i < 3:
-            assert jax.tree.all(jax.tree.map(jnp.array_equal, p, params))
-    for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(want)):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
-
 
 # ------------------------------------------------------------------------------------------
 # Progressive knowledge transfer

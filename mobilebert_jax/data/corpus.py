@@ -46,6 +46,9 @@ _WIKI_TITLE = re.compile(r"^\s*=\s+(.*?)\s+=\s*$")
 _WIKI_HEADING = re.compile(r"^\s*=+.*=+\s*$")
 _WIKI_LIST_MARKER = re.compile(r"^[*#:;]+\s*")
 _WIKI_QUOTES = re.compile(r"'{2,}")
+# NAME[:SPLIT[:TEXT_KEY]]; a split may hold a slice with colons, e.g. train[:1%].
+_TFDS_SPEC = re.compile(r"^(?P<name>[^:\[\]]+)(?::(?P<split>[^:\[]*(?:\[[^\]]*\])?))?"
+                        r"(?::(?P<key>[^:]+))?$")
 _SPEC_KINDS = ("gensim_wiki", "text", "wiki_articles", "tfds")
 
 
@@ -99,12 +102,11 @@ def parse_corpus_spec(spec: str) -> CorpusSpec:
         return CorpusSpec(kind, paths=(datapath(GENSIM_WIKI_SAMPLE),))
     if kind == "tfds":
         rest, _, data_dir = rest.partition("@")
-        parts = rest.split(":")
-        if not parts[0] or len(parts) > 3:
+        m = _TFDS_SPEC.match(rest)
+        if not m:
             raise ValueError(f"bad corpus spec {spec!r}: expected tfds:NAME[:SPLIT[:TEXT_KEY]]")
-        return CorpusSpec(kind, tfds_name=parts[0],
-                          tfds_split=parts[1] if len(parts) > 1 and parts[1] else "train",
-                          tfds_text_key=parts[2] if len(parts) > 2 and parts[2] else "text",
+        return CorpusSpec(kind, tfds_name=m["name"], tfds_split=m["split"] or "train",
+                          tfds_text_key=m["key"] or "text",
                           tfds_data_dir=os.path.expanduser(data_dir) if data_dir else None)
     patterns = [p.strip() for p in rest.split(",") if p.strip()]
     if not patterns:
@@ -203,7 +205,9 @@ def iter_tfds_documents(name: str, split: str = "train", text_key: str = "text",
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except Exception as e:  # tfds raises several types for unknown/unprepared datasets
-        raise ValueError(f"TFDS dataset {name!r} not found ({type(e).__name__}: {e})") from None
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"TFDS dataset {name!r} not found or not prepared"
+                         f"{' in ' + data_dir if data_dir else ''} ({first_line})") from None
     if not builder.info.splits:
         raise ValueError(f"TFDS dataset {name!r} is not prepared in {builder.data_dir}; "
                          "prepare it first (no download is attempted)")

@@ -24,6 +24,12 @@ _NLI3 = ("contradiction", "entailment", "neutral")
 _NLI2 = ("entailment", "not_entailment")
 
 
+def _short(value: Any, limit: int = 40) -> str:
+    """repr of a value for an error message, cut to `limit` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 4] + "...'"
+
+
 @dataclasses.dataclass(frozen=True)
 class GlueTask:
     """How one GLUE task is laid out in its original TSV files and how it is scored."""
@@ -78,7 +84,7 @@ class GlueTask:
             return self.labels.index(text)
         if text.lstrip("-").isdigit() and 0 <= int(text) < len(self.labels):
             return int(text)
-        raise ValueError(f"label {text!r} is not one of task {self.name}'s labels "
+        raise ValueError(f"label {_short(text)} is not one of task {self.name}'s labels "
                          f"({', '.join(self.labels)})")
 
     def label_value(self, value: Any) -> float | int:
@@ -88,7 +94,8 @@ class GlueTask:
         try:
             score = float(value)
         except (TypeError, ValueError):
-            raise ValueError(f"label {value!r} is not a number (task {self.name})") from None
+            raise ValueError(
+                f"label {_short(value)} is not a number (task {self.name})") from None
         if not 0.0 <= score <= 5.0:
             raise ValueError(f"label {score} is outside [0, 5] (task {self.name})")
         return score
@@ -172,7 +179,7 @@ def _column_index(columns: Sequence[str], name: str, path: os.PathLike | str,
 
 def _tsv_rows(path: pathlib.Path):
     """Yields (line number, fields) for each non-empty line, split on tabs only."""
-    with open(path, encoding="utf-8-sig", newline="") as f:
+    with open(path, encoding="utf-8-sig", newline="\n") as f:  # a lone "\r" is text
         for line_number, line in enumerate(f, start=1):
             line = line.rstrip("\r\n")
             if line:
@@ -248,13 +255,14 @@ def load_glue_tfds(task: str | GlueTask, split: str,
         raise ValueError(f"task {task.name} has no split {split!r} "
                          f"(expected one of {', '.join(task.splits)})")
     builder = tfds.builder(task.tfds_name, data_dir=data_dir)
-    if not builder.is_prepared():
+    try:
+        dataset = tfds.as_numpy(builder.as_dataset(split=_tfds_split(split)))
+    except AssertionError:  # what TFDS raises for a data set that was never prepared
         raise FileNotFoundError(f"TFDS dataset {task.tfds_name} is not prepared in "
-                                f"{builder.data_dir}; prepare it with tfds build first")
+                                f"{builder.data_dir}; prepare it with tfds build first") from None
     label_feature = builder.info.features["label"]
     names = getattr(label_feature, "names", None)
     examples = []
-    dataset = tfds.as_numpy(builder.as_dataset(split=_tfds_split(split)))
     for row_number, row in enumerate(dataset):
         texts = [row[key].decode("utf-8") for key in task.tfds_text]
         label = None

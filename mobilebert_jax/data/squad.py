@@ -96,11 +96,13 @@ def _read_squad_tfds(version: str, split: str, data_dir: str | None) -> list[Squ
     import tensorflow_datasets as tfds
 
     builder = tfds.builder(f"squad/v{version}", data_dir=data_dir)
-    if not builder.is_prepared():
+    try:
+        dataset = tfds.as_numpy(builder.as_dataset(split=split))
+    except AssertionError:  # what TFDS raises for a data set that was never prepared
         raise FileNotFoundError(f"TFDS dataset squad/v{version} is not prepared in "
-                                f"{builder.data_dir}; prepare it with tfds build first")
+                                f"{builder.data_dir}; prepare it with tfds build first") from None
     examples = []
-    for row in tfds.as_numpy(builder.as_dataset(split=split)):
+    for row in dataset:
         texts = [t.decode("utf-8") for t in row["answers"]["text"]]
         starts = [int(s) for s in row["answers"]["answer_start"]]
         impossible = bool(row.get("is_impossible", False))
@@ -208,9 +210,8 @@ def featurize_squad(examples: Sequence[SquadExample], tokenizer, max_seq_length:
     `end_positions` int32 [N] (0, the [CLS] index, for an impossible question or an answer not
     inside the window). Training examples whose answer text is not in the context are dropped.
     """
-    if max_seq_length - max_query_length - 3 <= 0:
-        raise ValueError(f"max_seq_length={max_seq_length} leaves no room for the context "
-                         f"after max_query_length={max_query_length}")
+    if max_query_length <= 0:
+        raise ValueError(f"max_query_length must be positive, got {max_query_length}")
     if doc_stride <= 0:
         raise ValueError(f"doc_stride must be positive, got {doc_stride}")
     questions = tokenizer.encode_batch([ex.question for ex in examples])
@@ -239,6 +240,9 @@ def featurize_squad(examples: Sequence[SquadExample], tokenizer, max_seq_length:
                 dropped += 1
                 continue
         prefix = len(query) + 2
+        if max_seq_length - prefix - 1 <= 0:
+            raise ValueError(f"max_seq_length={max_seq_length} leaves no room for the context "
+                             f"after the {len(query)}-token question {ex.qas_id}")
         spans = _doc_spans(len(doc_ids), max_seq_length - prefix - 1, doc_stride)
         owner = _max_context_owner(spans, len(doc_ids))
         for span_idx, (start, length) in enumerate(spans):

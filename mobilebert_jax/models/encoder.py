@@ -85,7 +85,7 @@ class Pooler(nn.Module):
         first = sequence_output[:, 0]
         if not self.config.classifier_activation:
             return first
-        return jnp.tanh(L.dense(self.config, self.config.hidden_size, (L.EMBED, L.EMBED),
+        return jnp.tanh(L.dense(self.config, self.config.hidden_size, (L.EMBED, L.EMBED_OUT),
                                 "dense")(first).astype(jnp.float32))
 
 

@@ -76,7 +76,7 @@ class TransformDense(nn.Module):
     @nn.compact
     def __call__(self, h):
         c = self.config
-        t = L.dense(c, c.hidden_size, (L.EMBED, L.EMBED), "dense")(h)
+        t = L.dense(c, c.hidden_size, (L.EMBED, L.EMBED_OUT), "dense")(h)
         t = L.activation(c.hidden_act)(t)
         return L.Norm("layer_norm", c.layer_norm_eps, L.EMBED, name="LayerNorm")(t)
 

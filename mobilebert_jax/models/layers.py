@@ -20,6 +20,7 @@ BATCH, LENGTH = "batch", "length"
 VOCAB, EMBEDDING, EMBED = "vocab", "embedding", "embed"  # vocab rows, 128-d table, 512-d hidden
 INNER, QKV, MLP = "inner", "qkv", "mlp"  # bottleneck width, attention projections, FFN width
 POSITION, TYPE, CLASSES = "position", "token_type", "classes"
+EMBED_OUT = "embed_out"  # output side of the hidden→hidden kernels (pooler, MLM transform)
 ACT_EMBED = "act_embed"  # feature axis of hidden-state activations
 
 

@@ -325,7 +325,6 @@ def default_optimizer_config() -> ml_collections.ConfigDict:
         eps=1e-6,
         bias_correction=False,
         clip_norm=1.0,
-        grad_accum_steps=1,
     ))
 
 
@@ -348,17 +347,14 @@ def make_optimizer(
     """(optax chain, schedule) from a config section like ``default_optimizer_config()``.
 
     The chain is: global-norm clipping (``clip_norm``; 0/None = off) -> LAMB or AdamW with
-    the schedule -> ``optax.MultiSteps`` when ``grad_accum_steps`` > 1 (the schedule then
-    counts optimizer updates, not micro-batches). Missing fields take the default values.
+    the schedule. Missing fields take the default values. (Gradient accumulation happens in the
+    trainers' step functions, so one optimizer update is one trainer step.)
     """
     full = default_optimizer_config()
     get = lambda k: cfg.get(k, full[k])  # noqa: E731
     name = get("name")
     if name not in _DIRECTIONS:
         raise ValueError(f"unknown optimizer {name!r}; expected one of {sorted(_DIRECTIONS)}")
-    accum = int(get("grad_accum_steps") or 1)
-    if accum < 1:
-        raise ValueError(f"grad_accum_steps must be >= 1, got {accum}")
     clip_norm = get("clip_norm")
     if clip_norm is not None and clip_norm < 0:
         raise ValueError(f"clip_norm must be >= 0 (0 or None = off), got {clip_norm}")
@@ -369,8 +365,6 @@ def make_optimizer(
                    eps=get("eps"), bias_correction=bool(get("bias_correction"))),
         optax.scale_by_learning_rate(schedule),
     )
-    if accum > 1:
-        tx = optax.MultiSteps(tx, every_k_schedule=accum).gradient_transformation()
     return tx, schedule
 
 

@@ -1,0 +1,58 @@
+"""IB-BERT_LARGE teacher pretraining (MLM + NSP).
+
+    python -m mobilebert_jax.main --config=configs/teacher.py --workdir=DIR
+    python -m mobilebert_jax.main --config=configs/teacher.py:smoke --workdir=DIR
+    python -m mobilebert_jax.main --config=configs/teacher.py:phase2 --workdir=DIR \
+        --config.init_checkpoint=PHASE1_WORKDIR
+
+Default: the paper's recipe (LAMB, 500k steps, batch 4096, seq 128, 30,522 WordPiece vocab,
+English Wikipedia from TFDS). `phase2`: the optional seq-512 phase, starting from a phase-1
+checkpoint. `smoke`: a small IB-BERT-shaped teacher on the Wikipedia sample inside the gensim
+wheel, minutes on a CPU.
+"""
+import os
+import sys
+
+import ml_collections
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from common import pretraining_data, trainer_fields  # noqa: E402
+
+from mobilebert_jax.models.config import PRESETS  # noqa: E402
+from mobilebert_jax.train.optim import default_optimizer_config  # noqa: E402
+
+
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.trainer = "pretrain"
+    trainer_fields(config)
+    config.model = ml_collections.ConfigDict(dict(PRESETS["ibbert_large"], dtype="bfloat16",
+                                                  remat=False, attention_mask_mode="add",
+                                                  embedding_and_output_norm_eps=None))
+    config.data = pretraining_data("tfds:wikipedia/20230601.en", "bert-base-uncased")
+    config.optimizer = default_optimizer_config()
+    # the decay runs over the whole run: overriding total_steps moves it along
+    config.optimizer.total_steps = config.get_ref("total_steps")
+    if variant == "phase2":
+        config.data = pretraining_data("tfds:wikipedia/20230601.en", "bert-base-uncased", 512)
+        config.total_steps = 50_000
+        config.optimizer.warmup_steps = 5_000
+    elif variant == "smoke":
+        config.model.update(num_hidden_layers=4, hidden_size=128, embedding_size=64,
+                            intra_bottleneck_size=256, intermediate_size=1024,
+                            num_attention_heads=4, max_position_embeddings=128,
+                            dtype="float32")
+        config.data = pretraining_data("gensim_wiki", "bert-base-uncased", 128)
+        config.data.dupe_factor = 1
+        config.data.eval_fraction = 0.05
+        config.total_steps = 300
+        config.batch_size = 32
+        config.log_every = 20
+        config.eval_every = 100
+        config.eval_steps = 5
+        config.checkpoint_every = 100
+        config.optimizer.update(learning_rate=2e-3, warmup_steps=30, end_learning_rate=0.0)
+    elif variant:
+        raise ValueError(f"unknown teacher config variant {variant!r}; expected smoke or phase2")
+    return config
