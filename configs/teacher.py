@@ -32,8 +32,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
                                                   embedding_and_output_norm_eps=None))
     config.data = pretraining_data("tfds:wikipedia/20230601.en", "bert-base-uncased")
     config.optimizer = default_optimizer_config()
-    # the decay runs over the whole run: overriding total_steps moves it along
-    config.optimizer.total_steps = config.get_ref("total_steps")
+    config.optimizer.total_steps = 0  # decay steps; 0: the run's total_steps
     if variant == "phase2":
         config.data = pretraining_data("tfds:wikipedia/20230601.en", "bert-base-uncased", 512)
         config.total_steps = 50_000

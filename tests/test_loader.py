@@ -199,10 +199,9 @@ def test_sharding_two_processes(data_dir):
         assert all(p["input_ids"].shape == (batch // 2, SEQ_LEN) for p in parts)
         rows = [_unmasked_rows(p) for p in parts]
         assert not set(rows[0]) & set(rows[1])
-        # Process p holds rows p, p+2, ... of the global batch.
+        # Process p holds the p-th contiguous half of the global batch, in the same order.
         for key in full:
-            merged = np.empty_like(full[key])
-            merged[0::2], merged[1::2] = parts[0][key], parts[1][key]
+            merged = np.concatenate([parts[0][key], parts[1][key]])
             assert np.array_equal(merged, full[key]), key
         all_rows[0] += rows[0]
         all_rows[1] += rows[1]
@@ -224,8 +223,8 @@ def test_resume_with_other_process_count(data_dir):
                                                 process_count=2)
         it.set_state(state)
         parts.append(next(it))
-    assert np.array_equal(expected["input_ids"][0::2], parts[0]["input_ids"])
-    assert np.array_equal(expected["input_ids"][1::2], parts[1]["input_ids"])
+    assert np.array_equal(expected["input_ids"][:4], parts[0]["input_ids"])
+    assert np.array_equal(expected["input_ids"][4:], parts[1]["input_ids"])
 
 
 def test_static_masking(tmp_path, corpus_file, vocab_path):
@@ -307,3 +306,29 @@ def test_cli_errors_are_one_line(tmp_path):
     assert proc.returncode != 0
     assert "error: corpus file" in proc.stderr and "Traceback" not in proc.stderr
     assert not os.path.exists(tmp_path / "out")
+
+
+def test_sentencepiece_dataset_with_whole_word_masking(tmp_path, corpus_file):
+    sp = tokenizers.train_sentencepiece([str(corpus_file)], str(tmp_path / "sp"),
+                                        vocab_size=300)
+    out = prepare.prepare_dataset(f"text:{corpus_file}", sp.path, str(tmp_path / "ds"),
+                                  seq_len=SEQ_LEN, max_predictions_per_seq=MAX_PRED,
+                                  whole_word_masking=True, eval_fraction=0.0, progress=False)
+    info = loader_lib.load_dataset_info(out)
+    assert info.vocab_size == 300 and info.whole_word_masking
+    batch = next(loader_lib.make_pretraining_loader(out, "train", 32, seed=0))
+    assert batch["input_ids"].max() < 300
+    assert (batch["input_ids"][:, 0] == sp.cls_id).all()
+    assert (batch["input_ids"] == sp.mask_id).any()
+    continuation = sp.continuation_mask()
+    for r in range(32):
+        k = int(batch["masked_lm_weights"][r].sum())
+        chosen = set(batch["masked_lm_positions"][r, :k].tolist())
+        n = int(batch["input_mask"][r].sum())
+        original = batch["input_ids"][r].copy()
+        original[list(chosen)] = batch["masked_lm_ids"][r, :k]
+        for i in chosen:  # a masked word's pieces are all masked
+            j = i + 1
+            while j < n and continuation[original[j]]:
+                assert j in chosen
+                j += 1

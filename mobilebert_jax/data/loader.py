@@ -154,7 +154,7 @@ class ExampleFeatures:
             return pretraining.features_from_mask(
                 token_ids, segment_ids, label, np.asarray(record["masked_lm_positions"]),
                 np.asarray(record["masked_lm_ids"]), self.config)
-        epoch = 0
+        epoch = position // self.num_examples if self.dynamic_masking else 0
         return pretraining.make_features(token_ids, segment_ids, label, self.config,
                                          self.seed + _MASK_SEED_OFFSET, epoch, int(index))
 
@@ -164,7 +164,7 @@ class PretrainingLoader(grain.DatasetIterator):
 
     def __init__(self, inner: grain.DatasetIterator, info: PretrainingDatasetInfo, split: str,
                  global_batch_size: int, seed: int, process_index: int, process_count: int,
-                 shuffle: bool):
+                 shuffle: bool, num_workers: int = 0):
         super().__init__(inner)
         self._inner = inner
         self.info = info
@@ -175,6 +175,7 @@ class PretrainingLoader(grain.DatasetIterator):
         self.process_index = process_index
         self.process_count = process_count
         self.shuffle = shuffle
+        self.num_workers = num_workers
         self.num_examples = info.num_examples[split]
         self.steps_per_epoch = self.num_examples // global_batch_size
         self.seq_len = info.seq_len
@@ -195,10 +196,11 @@ class PretrainingLoader(grain.DatasetIterator):
         return {"grain": self._inner.get_state(), "split": self.split,
                 "global_batch_size": self.global_batch_size, "seed": self.seed,
                 "shuffle": self.shuffle, "num_examples": self.num_examples,
-                "process_count": self.process_count}
+                "num_workers": self.num_workers, "process_count": self.process_count}
 
     def set_state(self, state: dict[str, Any]) -> None:
-        for key in ("split", "global_batch_size", "seed", "shuffle", "num_examples"):
+        for key in ("split", "global_batch_size", "seed", "shuffle", "num_examples",
+                    "num_workers"):
             if key in state and state[key] != getattr(self, key):
                 raise ValueError(f"cannot restore data iterator state: {key}={state[key]!r} in "
                                  f"the checkpoint but {getattr(self, key)!r} now")
@@ -217,7 +219,7 @@ def make_pretraining_loader(data_dir: str, split: str, global_batch_size: int, s
                             process_index: int = 0, process_count: int = 1,
                             dynamic_masking: bool | None = None,
                             num_epochs: int | None = None, shuffle: bool = True,
-                            whole_word_masking: bool | None = None, num_threads: int = 4,
+                            whole_word_masking: bool | None = None, num_threads: int = 1,
                             prefetch_batches: int = 8, num_workers: int = 0
                             ) -> PretrainingLoader:
     """A resumable iterator of this process's share of each global batch.
@@ -225,7 +227,8 @@ def make_pretraining_loader(data_dir: str, split: str, global_batch_size: int, s
     `dynamic_masking`: None follows the dataset (dynamic unless prepared with static masking);
     False masks every epoch alike. `num_epochs=None` repeats forever; a finite run ends after
     the last full global batch (all processes get the same number of batches).
-    `num_workers > 0` adds grain multiprocess prefetch.
+    `num_workers > 0` adds grain multiprocess prefetch (deterministic too; its saved state
+    can only be restored with the same `num_workers`).
     """
     info = load_dataset_info(data_dir)
     if global_batch_size < 1:
@@ -258,11 +261,17 @@ def make_pretraining_loader(data_dir: str, split: str, global_batch_size: int, s
         ds = ds[:usable]
     ds = ds.map_with_index(ExampleFeatures(source, config, seed, n, dynamic_masking,
                                            info.static_masking))
-    ds = ds[process_index::process_count]
+    # Process i takes the i-th contiguous block of every global batch, so the processes' rows,
+    # concatenated in process order, are the global batch in the same order as one process.
     ds = ds.batch(global_batch_size // process_count, drop_remainder=True)
+    ds = ds[process_index::process_count]
     iter_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
                                                    prefetch_buffer_size=prefetch_batches))
     if num_workers > 0:
+        from absl import flags
+
+        if not flags.FLAGS.is_parsed():  # grain's worker processes read absl flags
+            flags.FLAGS.mark_as_parsed()
         iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
     return PretrainingLoader(iter(iter_ds), info, split, global_batch_size, seed,
-                             process_index, process_count, shuffle)
+                             process_index, process_count, shuffle, num_workers)

@@ -174,8 +174,9 @@ class MaskingConfig:
 
 def masking_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     """The Generator of one example's dynamic mask: a function of (seed, epoch, index) only."""
-    return np.random.Generator(np.random.Philox(key=[int(seed) & (2**64 - 1),
-                                                     (int(epoch) << 40) + int(index)]))
+    # Philox is counter-based: distinct keys give independent streams (no entropy gathering).
+    key = [int(seed) & (2**64 - 1), ((int(epoch) << 40) + int(index)) & (2**64 - 1)]
+    return np.random.Generator(np.random.Philox(counter=0, key=key))
 
 
 def _maskable_positions(token_ids: np.ndarray, config: MaskingConfig) -> np.ndarray:

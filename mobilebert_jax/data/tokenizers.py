@@ -294,9 +294,9 @@ def check_vocab(tokenizer: Tokenizer, vocab_size: int) -> None:
 
 def train_sentencepiece(text_files: Sequence[str], model_prefix: str, vocab_size: int,
                         model_type: str = "unigram", character_coverage: float = 0.9995,
-                        input_sentence_size: int = 2_000_000, seed_sentencepiece_size: int = 1_000_000,
-                        num_threads: int | None = None, extra_options: dict | None = None
-                        ) -> SentencePieceTokenizer:
+                        input_sentence_size: int = 2_000_000,
+                        seed_sentencepiece_size: int = 1_000_000, num_threads: int | None = None,
+                        extra_options: dict | None = None) -> SentencePieceTokenizer:
     """Trains a SentencePiece model on `text_files` and returns it loaded.
 
     The model gets [PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3, [MASK]=4 ([CLS]/[SEP]/[MASK] as control

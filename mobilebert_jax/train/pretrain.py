@@ -7,6 +7,7 @@ logging, evaluation, checkpoints and preemption handling.
 from __future__ import annotations
 
 import functools
+import os
 import time
 
 import jax
@@ -79,6 +80,7 @@ def make_train_step(model, tx, schedule, accum_steps: int):
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["update_norm"] = optax.global_norm(updates)  # non-finite: the params broke
         metrics["learning_rate"] = schedule(state.step)
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
         return new_state, metrics
@@ -141,10 +143,19 @@ def peak_flops_per_device() -> tuple[float | None, str]:
     return None, "unknown"
 
 
+def optimizer_config(config):
+    """The optimizer section with `total_steps` 0 resolved to the run's `total_steps`."""
+    opt = config.optimizer.copy_and_resolve_references()
+    if not opt.total_steps:
+        opt.total_steps = config.total_steps
+    return opt
+
+
 def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     """Runs (or resumes) teacher pretraining; returns the last logged training metrics."""
     # -- workdir, model config -------------------------------------------------------------------
     model_config = MobileBertConfig.from_dict(config.model.to_dict())
+    os.makedirs(workdir, exist_ok=True)
     state_lib.check_workdir_model(workdir, model_config)
     state_lib.write_config(workdir, config)
     writer = MetricsWriter(workdir)
@@ -166,7 +177,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
 
     # -- model, optimizer, sharded state ---------------------------------------------------------
     model = MobileBertForPreTraining(model_config)
-    tx, schedule = optim.make_optimizer(config.optimizer)
+    tx, schedule = optim.make_optimizer(optimizer_config(config))
     ids = jnp.zeros((1, info.seq_len), jnp.int32)
     init_params = functools.partial(
         lambda: model.init(jax.random.PRNGKey(config.seed), ids)["params"])
@@ -248,8 +259,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
                     log(f"eval step {step}: {format_scalars(ev)}")
                     t_window = time.perf_counter()
             if step % config.checkpoint_every == 0 or is_last:
-                loss = float(jax.device_get(metrics["loss"]))
-                state_lib.check_finite({"loss": loss}, step, mngr)
+                state_lib.check_finite(
+                    {k: float(jax.device_get(metrics[k])) for k in ("loss", "update_norm")},
+                    step, mngr)
                 state_lib.save_state(mngr, state, train_iter)
     finally:
         mngr.wait_until_finished()

@@ -168,11 +168,15 @@ class NonFiniteLoss(RuntimeError):
 
 
 def check_finite(metrics: dict[str, float], step: int, mngr) -> None:
-    loss = metrics.get("loss")
-    if loss is not None and not np.isfinite(loss):
+    """Raises NonFiniteLoss when the loss or the update norm is NaN/inf (before any save)."""
+    bad = {k: metrics[k] for k in ("loss", "update_norm")
+           if k in metrics and not np.isfinite(metrics[k])}
+    if bad:
         last = mngr.latest_step()
         kept = f"last good checkpoint: step {last}" if last is not None else "no checkpoint kept"
-        raise NonFiniteLoss(f"non-finite loss ({loss}) at step {step}; stopping ({kept})")
+        what = ", ".join(f"{k}={v}" for k, v in bad.items())
+        raise NonFiniteLoss(f"non-finite training values ({what}) at step {step}; "
+                            f"stopping ({kept})")
 
 
 def to_host(tree) -> Any:

@@ -1,0 +1,214 @@
+"""Teacher trainer: exact resume, mesh equivalence, preemption, NaN guard, bad input, gradient
+accumulation and the two-process run (CPU collectives)."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mobilebert_jax import checkpoint
+from mobilebert_jax.data import corpus, prepare
+from mobilebert_jax.train import pretrain
+from mobilebert_jax.train.state import NonFiniteLoss
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "configs"))
+import teacher  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """A small prepared dataset from the first articles of the embedded Wikipedia sample."""
+    root = tmp_path_factory.mktemp("pretrain_data")
+    docs = []
+    for doc in corpus.iter_documents("gensim_wiki"):
+        docs.append(doc)
+        if len(docs) == 12:
+            break
+    text = root / "corpus.txt"
+    text.write_text("\n\n".join("\n".join(d) for d in docs))
+    return prepare.prepare_dataset(f"text:{text}", "bert-base-uncased", str(root / "data"),
+                                   seq_len=64, max_predictions_per_seq=10, seed=1,
+                                   eval_fraction=0.2, progress=False)
+
+
+def tiny_config(data_dir, **overrides):
+    c = teacher.get_config("smoke")
+    c.model.update(num_hidden_layers=2, hidden_size=32, embedding_size=16,
+                   intra_bottleneck_size=64, intermediate_size=64, num_attention_heads=4,
+                   max_position_embeddings=64)
+    c.data.update(dataset_dir=str(data_dir), corpus="", seq_len=64, max_predictions_per_seq=10)
+    c.update(batch_size=8, total_steps=6, log_every=1, eval_every=1000, eval_steps=2,
+             checkpoint_every=3, async_checkpointing=True)
+    c.optimizer.update(warmup_steps=2)
+    c.optimizer.total_steps = 6  # fixed, whatever total_steps
+    for key, value in overrides.items():
+        target = c
+        *parents, leaf = key.split(".")
+        for p in parents:
+            target = target[p]
+        target[leaf] = value
+    return c
+
+
+def losses(workdir):
+    rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+def test_resume_is_bitwise_identical(data_dir, tmp_path):
+    pretrain.train_and_evaluate(tiny_config(data_dir), str(tmp_path / "straight"))
+    resumed = str(tmp_path / "resumed")
+    pretrain.train_and_evaluate(tiny_config(data_dir, total_steps=3), resumed)
+    assert checkpoint.latest_step(resumed) == 3
+    pretrain.train_and_evaluate(tiny_config(data_dir), resumed)
+    a, b = losses(str(tmp_path / "straight")), losses(resumed)
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5, 6]
+    assert all(a[s] == b[s] for s in a), (a, b)  # bitwise
+    assert len(set(a.values())) == 6
+    # the finished run holds a loadable checkpoint with the model config
+    config, params = checkpoint.load_pretrained(resumed)
+    assert config.hidden_size == 32 and "cls" in params
+
+
+def test_meshes_give_the_same_losses(data_dir, tmp_path):
+    runs = {}
+    for shape in [(8, 1, 1), (2, 2, 2), (1, 4, 2)]:
+        workdir = str(tmp_path / "x".join(map(str, shape)))
+        pretrain.train_and_evaluate(
+            tiny_config(data_dir, total_steps=3, checkpoint_every=100, **{"mesh.shape": shape}),
+            workdir)
+        runs[shape] = losses(workdir)
+    base = runs[(8, 1, 1)]
+    for shape, got in runs.items():
+        for step in base:
+            assert abs(got[step] - base[step]) <= 1e-5, (shape, step, got[step], base[step])
+
+
+def test_sigterm_saves_exits_cleanly_and_resumes_exactly(data_dir, tmp_path):
+    total = 40
+    straight = str(tmp_path / "straight")
+    pretrain.train_and_evaluate(tiny_config(data_dir, total_steps=total, checkpoint_every=1000,
+                                            **{"optimizer.total_steps": total}), straight)
+    workdir = tmp_path / "preempted"
+    cmd = [sys.executable, "-m", "mobilebert_jax.main",
+           f"--config={REPO}/configs/teacher.py:smoke", f"--workdir={workdir}",
+           "--config.model.num_hidden_layers=2", "--config.model.hidden_size=32",
+           "--config.model.embedding_size=16", "--config.model.intra_bottleneck_size=64",
+           "--config.model.intermediate_size=64", "--config.model.max_position_embeddings=64",
+           f"--config.data.dataset_dir={data_dir}", "--config.data.corpus=",
+           "--config.data.seq_len=64", "--config.data.max_predictions_per_seq=10",
+           "--config.batch_size=8", f"--config.total_steps={total}", "--config.log_every=1",
+           "--config.checkpoint_every=1000", "--config.eval_every=1000",
+           "--config.optimizer.warmup_steps=2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metrics = workdir / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text()) == 0):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert "preemption signal: saving step" in out
+    saved = checkpoint.latest_step(str(workdir))
+    assert saved is not None and 1 <= saved < total
+    assert max(losses(str(workdir))) == saved
+    # resume in-process with the same settings: every step's loss equals the straight run's
+    pretrain.train_and_evaluate(tiny_config(data_dir, total_steps=total, checkpoint_every=1000,
+                                            **{"optimizer.total_steps": total}), str(workdir))
+    a, b = losses(straight), losses(str(workdir))
+    assert sorted(a) == sorted(b) == list(range(1, total + 1))
+    assert all(a[s] == b[s] for s in a)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path):
+    workdir = str(tmp_path / "nan")
+    pretrain.train_and_evaluate(tiny_config(data_dir, total_steps=2, checkpoint_every=2), workdir)
+    before = checkpoint.load_params(workdir)
+    with pytest.raises(NonFiniteLoss, match=r"non-finite .* at step 3.*last good checkpoint: step 2"):
+        pretrain.train_and_evaluate(
+            tiny_config(data_dir, total_steps=4, checkpoint_every=1,
+                        **{"optimizer.learning_rate": 1e38}), workdir)
+    assert checkpoint.latest_step(workdir) == 2
+    after = checkpoint.load_params(workdir)
+    for x, y in zip(jax.tree_util.tree_leaves(before), jax.tree_util.tree_leaves(after)):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_bad_input(data_dir, tmp_path):
+    workdir = str(tmp_path / "w")
+    pretrain.train_and_evaluate(tiny_config(data_dir, total_steps=1, checkpoint_every=1), workdir)
+    with pytest.raises(ValueError, match="holds checkpoints of another model .*hidden_size=32"):
+        pretrain.train_and_evaluate(
+            tiny_config(data_dir, **{"model.hidden_size": 64}), workdir)
+    with pytest.raises(ValueError, match="vocab_size=1000 but tokenizer"):
+        pretrain.train_and_evaluate(tiny_config(data_dir, **{"model.vocab_size": 1000}),
+                                    str(tmp_path / "v"))
+    with pytest.raises(FileNotFoundError, match="holds no prepared dataset"):
+        pretrain.train_and_evaluate(
+            tiny_config(data_dir, **{"data.dataset_dir": str(tmp_path / "none")}),
+            str(tmp_path / "d"))
+    with pytest.raises(ValueError, match="seq_len=64.*config asks for 128"):
+        pretrain.train_and_evaluate(tiny_config(data_dir, **{"data.seq_len": 128}),
+                                    str(tmp_path / "s"))
+
+
+def test_gradient_accumulation_averages_micro_batches():
+    def loss_fn(params, batch, rng):
+        del rng
+        err = batch["x"] @ params["w"] - batch["y"]
+        return jnp.mean(err ** 2), {"n": jnp.float32(batch["x"].shape[0])}
+
+    rng = np.random.default_rng(0)
+    params = {"w": jnp.asarray(rng.standard_normal((3, 1)), jnp.float32)}
+    batch = {"x": jnp.asarray(rng.standard_normal((8, 3)), jnp.float32),
+             "y": jnp.asarray(rng.standard_normal((8, 1)), jnp.float32)}
+    grads, metrics = pretrain.accumulate_gradients(loss_fn, params, batch, jax.random.PRNGKey(0), 4)
+    full, _ = pretrain.accumulate_gradients(loss_fn, params, batch, jax.random.PRNGKey(0), 1)
+    # equal-size micro-batches of a mean loss: the average gradient is the full-batch gradient
+    np.testing.assert_allclose(grads["w"], full["w"], rtol=1e-5)
+    assert float(metrics["n"]) == 2.0  # each micro-batch had 8 / 4 rows
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_match_one(data_dir, tmp_path):
+    common = [f"--config={REPO}/configs/teacher.py:smoke",
+              "--config.model.num_hidden_layers=2", "--config.model.hidden_size=32",
+              "--config.model.embedding_size=16", "--config.model.intra_bottleneck_size=64",
+              "--config.model.intermediate_size=64", "--config.model.max_position_embeddings=64",
+              f"--config.data.dataset_dir={data_dir}", "--config.data.corpus=",
+              "--config.data.seq_len=64", "--config.data.max_predictions_per_seq=10",
+              "--config.batch_size=8", "--config.total_steps=3", "--config.log_every=1",
+              "--config.checkpoint_every=3", "--config.eval_every=1000",
+              "--config.optimizer.warmup_steps=1"]
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    one = str(tmp_path / "one")
+    r = subprocess.run([sys.executable, "-m", "mobilebert_jax.main", f"--workdir={one}", *common],
+                       env=dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=8"),
+                       capture_output=True, text=True, timeout=400)
+    assert r.returncode == 0, r.stdout + r.stderr
+    two = str(tmp_path / "two")
+    port = _free_port()
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "mobilebert_jax.main", f"--workdir={two}", *common,
+         f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
+        env=dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=4"),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=400)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    a, b = losses(one), losses(two)
+    assert sorted(a) == sorted(b) == [1, 2, 3]
+    for step in a:
+        assert abs(a[step] - b[step]) <= 1e-5, (step, a[step], b[step])
