@@ -23,9 +23,15 @@ PREPARE_TARGET_MB_PER_MIN_PER_CORE = 5.0
 LOADER_TARGET_RATIO = 20.0
 
 
-def train_step_examples_per_second() -> float | None:
-    """Examples per second one CPU teacher pretraining step consumes; None until measured."""
-    return None
+def train_step_examples_per_second(preset: str = "ibbert_large", batch: int = 8,
+                                   seq_len: int = 128) -> float:
+    """Examples per second one CPU teacher pretraining step consumes: the full IB-BERT_LARGE
+    teacher step (MLM + NSP, backward, LAMB) at batch 8 × seq 128, timed as in
+    `mobilebert_jax.bench.train`."""
+    from mobilebert_jax.bench.train import jax_step_seconds
+
+    seconds, _ = jax_step_seconds(preset, batch, seq_len, 20, steps=2)
+    return batch / seconds
 
 
 def _cpu_seconds() -> float:

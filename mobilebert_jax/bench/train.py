@@ -1,0 +1,138 @@
+"""Training-step benchmark on this machine, in one process:
+
+    python -m mobilebert_jax.bench.train [--batch=8] [--seq=128] [--steps=5] [--models=mobilebert,ibbert_large]
+
+For each model: one full pretraining step (MLM at the gathered positions + NSP, forward, backward,
+LAMB update) — step time, tokens/s and MFU against a matmul peak measured here. Then the same
+MobileBERT step in HF transformers (PyTorch eager, `MobileBertForPreTraining` encoder with the
+MLM head applied at the gathered positions, AdamW since torch has no LAMB) and the ratio.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app, flags
+
+from mobilebert_jax.metrics import throughput
+from mobilebert_jax.models import MobileBertForPreTraining, get_config, to_hf_config
+from mobilebert_jax.train import optim, pretrain
+
+flags.DEFINE_integer("batch", 8, "Batch size.")
+flags.DEFINE_integer("seq", 128, "Sequence length.")
+flags.DEFINE_integer("predictions", 20, "Masked positions per sequence.")
+flags.DEFINE_integer("steps", 5, "Timed steps (median reported), after one warm-up step.")
+flags.DEFINE_list("models", ["mobilebert", "ibbert_large"], "Presets to time in JAX.")
+flags.DEFINE_bool("torch", True, "Also time the HF PyTorch MobileBERT step.")
+FLAGS = flags.FLAGS
+
+
+def synthetic_batch(config, batch: int, seq: int, predictions: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    positions = np.sort(np.stack([rng.choice(np.arange(1, seq), predictions, replace=False)
+                                  for _ in range(batch)]), axis=1).astype(np.int32)
+    return {
+        "input_ids": rng.integers(1000, config.vocab_size, (batch, seq)).astype(np.int32),
+        "segment_ids": (np.arange(seq)[None] >= seq // 2).repeat(batch, 0).astype(np.int32),
+        "input_mask": np.ones((batch, seq), np.int32),
+        "masked_lm_positions": positions,
+        "masked_lm_ids": rng.integers(1000, config.vocab_size, (batch, predictions)).astype(np.int32),
+        "masked_lm_weights": np.ones((batch, predictions), np.float32),
+        "next_sentence_labels": rng.integers(0, 2, (batch,)).astype(np.int32),
+    }
+
+
+def time_calls(fn, steps: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def jax_step_seconds(name: str, batch: int, seq: int, predictions: int, steps: int):
+    config = get_config(name)
+    model = MobileBertForPreTraining(config)
+    opt_cfg = ml_collections.ConfigDict(dict(name="lamb", learning_rate=1e-4, warmup_steps=0,
+                                             total_steps=1000))
+    tx, schedule = optim.make_optimizer(opt_cfg)
+    data = {k: jnp.asarray(v) for k, v in synthetic_batch(config, batch, seq, predictions).items()}
+    from flax import linen as nn
+    params = nn.meta.unbox(model.init(jax.random.PRNGKey(0), data["input_ids"][:1])["params"])
+    from mobilebert_jax.train.state import TrainState
+    state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params),
+                       jax.random.key_data(jax.random.PRNGKey(0)))
+    step = jax.jit(pretrain.make_train_step(model, tx, schedule, 1), donate_argnums=0)
+    holder = {"state": state}
+
+    def run():
+        holder["state"], metrics = step(holder["state"], data)
+        jax.block_until_ready(metrics["loss"])
+
+    seconds = time_calls(run, steps)
+    flops = throughput.pretraining_step_flops(config, batch, seq, predictions)
+    return seconds, flops
+
+
+def torch_step_seconds(batch: int, seq: int, predictions: int, steps: int) -> float:
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    config = get_config("mobilebert")
+    hf_config = transformers.MobileBertConfig(**{k: v for k, v in to_hf_config(config).items()
+                                                 if k not in ("architectures", "model_type")})
+    model = transformers.MobileBertForPreTraining(hf_config)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, eps=1e-6)
+    data = {k: torch.from_numpy(v) for k, v in synthetic_batch(config, batch, seq,
+                                                                 predictions).items()}
+    positions = data["masked_lm_positions"].long()
+
+    def run():
+        opt.zero_grad(set_to_none=True)
+        out = model.mobilebert(input_ids=data["input_ids"].long(),
+                               token_type_ids=data["segment_ids"].long(),
+                               attention_mask=data["input_mask"].long())
+        seq_out = out.last_hidden_state
+        gathered = torch.gather(seq_out, 1, positions[..., None].expand(-1, -1, seq_out.shape[-1]))
+        mlm_logits, nsp_logits = model.cls(gathered, out.pooler_output)
+        mlm = torch.nn.functional.cross_entropy(mlm_logits.reshape(-1, mlm_logits.shape[-1]),
+                                                data["masked_lm_ids"].long().reshape(-1))
+        nsp = torch.nn.functional.cross_entropy(nsp_logits, data["next_sentence_labels"].long())
+        (mlm + nsp).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+
+    return time_calls(run, steps)
+
+
+def main(argv):
+    del argv
+    b, s, p = FLAGS.batch, FLAGS.seq, FLAGS.predictions
+    peak = throughput.measure_matmul_peak(size=1536, repeats=20)
+    print(f"device: {jax.devices()[0].device_kind} ({jax.device_count()} device), "
+          f"measured matmul peak {peak / 1e9:.1f} GFLOP/s; batch {b} x seq {s}, {p} MLM positions")
+    print(f"{'model':<16}{'runtime':<16}{'step ms':>10}{'tokens/s':>11}{'GFLOP/step':>12}{'MFU':>8}")
+    rows = {}
+    for name in FLAGS.models:
+        seconds, flops = jax_step_seconds(name, b, s, p, FLAGS.steps)
+        rows[name] = seconds
+        print(f"{name:<16}{'jax (LAMB)':<16}{seconds * 1e3:>10.1f}{b * s / seconds:>11.0f}"
+              f"{flops / 1e9:>12.1f}{flops / seconds / peak:>8.1%}")
+    if FLAGS.torch and "mobilebert" in rows:
+        t = torch_step_seconds(b, s, p, FLAGS.steps)
+        flops = throughput.pretraining_step_flops(get_config("mobilebert"), b, s, p)
+        print(f"{'mobilebert':<16}{'torch (AdamW)':<16}{t * 1e3:>10.1f}{b * s / t:>11.0f}"
+              f"{flops / 1e9:>12.1f}{flops / t / peak:>8.1%}")
+        print(f"MobileBERT step: JAX is {t / rows['mobilebert']:.2f}x the PyTorch throughput")
+
+
+if __name__ == "__main__":
+    app.run(main)
