@@ -45,10 +45,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         config.data = pretraining_data("gensim_wiki", "bert-base-uncased", 128)
         config.data.dupe_factor = 1
         config.data.eval_fraction = 0.05
-        config.total_steps = 300
+        config.total_steps = 200
         config.batch_size = 32
         config.log_every = 20
-        config.eval_every = 100
+        config.eval_every = 50
         config.eval_steps = 5
         config.checkpoint_every = 100
         config.optimizer.update(learning_rate=2e-3, warmup_steps=30, end_learning_rate=0.0)

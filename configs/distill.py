@@ -1,0 +1,104 @@
+"""Knowledge transfer from an IB-BERT teacher into MobileBERT, then pre-training distillation.
+
+    python -m mobilebert_jax.main --config=configs/distill.py --workdir=DIR \
+        --config.teacher_checkpoint=TEACHER_DIR
+    python -m mobilebert_jax.main --config=configs/distill.py:smoke --workdir=DIR
+    python -m mobilebert_jax.main --config=configs/distill.py:smoke,tiny,jkt --workdir=DIR
+
+The variant is a comma-separated list of words, in any order, at most one of each group:
+  student:  mobilebert (default) | tiny
+  strategy: pkt (default, progressive) | jkt (joint) | akt (auxiliary)
+  scale:    (default: the official run) | smoke (distils the smoke teacher of
+            `configs/teacher.py:smoke`, read from runs/teacher_smoke, on the embedded
+            Wikipedia sample, on a CPU)
+
+Defaults are the official hyperparameters: 24 stages of 10k steps of layer-wise transfer
+(constant lr 1.5e-3 times the PKT layer multipliers), then 500k steps of pre-training
+distillation (LAMB 1.5e-3, 10k warm-up, linear decay to 1.5e-7, weight decay 0.01, clip 1.0).
+`total_steps` counts the whole run (transfer + PD); `optimizer` is the PD optimizer.
+"""
+import os
+import sys
+
+import ml_collections
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from common import pretraining_data, trainer_fields  # noqa: E402
+
+from mobilebert_jax.models.config import PRESETS  # noqa: E402
+from mobilebert_jax.train.optim import default_optimizer_config  # noqa: E402
+
+STUDENTS = {"mobilebert": "mobilebert", "tiny": "mobilebert_tiny"}
+STRATEGIES = ("pkt", "jkt", "akt")
+SCALES = ("smoke",)
+
+
+def parse_variant(variant: str) -> dict:
+    """'smoke,tiny,jkt' -> {'student': 'tiny', 'strategy': 'jkt', 'scale': 'smoke'}."""
+    chosen = {"student": "mobilebert", "strategy": "pkt", "scale": ""}
+    seen = set()
+    for word in filter(None, (w.strip() for w in variant.split(","))):
+        group = ("student" if word in STUDENTS else "strategy" if word in STRATEGIES
+                 else "scale" if word in SCALES else None)
+        if group is None:
+            raise ValueError(f"unknown distill config variant {word!r}; expected a comma-"
+                             f"separated list of {', '.join((*STUDENTS, *STRATEGIES, *SCALES))}")
+        if group in seen:
+            raise ValueError(f"distill config variant {variant!r} names more than one {group}")
+        seen.add(group)
+        chosen[group] = word
+    return chosen
+
+
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+    choice = parse_variant(variant)
+    config = ml_collections.ConfigDict()
+    config.trainer = "distill"
+    trainer_fields(config)
+    config.teacher_checkpoint = ""  # a project checkpoint directory (trainer workdir or converted)
+    config.student = STUDENTS[choice["student"]]  # the preset `model` was built from
+    config.model = ml_collections.ConfigDict(dict(PRESETS[config.student], dtype="bfloat16",
+                                                  remat=False, attention_mask_mode="add",
+                                                  embedding_and_output_norm_eps=None))
+    config.strategy = choice["strategy"]
+    config.steps_per_layer = 10_000  # pkt: steps per stage; jkt: the transfer phase lasts
+    # num_layers * steps_per_layer steps (the same budget); akt: unused
+    config.total_steps = 24 * 10_000 + 500_000  # transfer + pre-training distillation
+    config.batch_size = 2048
+    config.transfer = ml_collections.ConfigDict(dict(
+        learning_rate=1.5e-3,  # constant, times the layer multipliers
+        multiplier=3.0,  # pkt: base * bg(t) at the layer being transferred
+        lower_multiplier=0.1,  # pkt: layers below it (0 with hard_freeze)
+        hard_freeze=False,
+        reset_optimizer_each_stage=False,  # TF1 reset the slots at every stage boundary
+        all_teacher_layers=False,  # TF1: mean/var against all teacher layers stacked
+        weights=ml_collections.ConfigDict(dict(fmt=100.0, at=1.0, beta=5000.0, gamma=5.0)),
+        optimizer="lamb",
+        weight_decay=0.01,
+        clip_norm=1.0,
+    ))
+    config.distill_ground_truth_ratio = 0.5  # PD soft labels: 0.5 one-hot + 0.5 teacher
+    config.data = pretraining_data("tfds:wikipedia/20230601.en", "bert-base-uncased", 512)
+    config.optimizer = default_optimizer_config()
+    config.optimizer.total_steps = 0  # PD decay steps; 0: total_steps minus the transfer steps
+
+    if choice["scale"] == "smoke":
+        config.teacher_checkpoint = "runs/teacher_smoke"
+        config.model.update(num_hidden_layers=4, hidden_size=128, embedding_size=64,
+                            intra_bottleneck_size=32, intermediate_size=128,
+                            num_attention_heads=4, max_position_embeddings=128,
+                            dtype="float32")
+        config.data = pretraining_data("gensim_wiki", "bert-base-uncased", 128)
+        config.data.dupe_factor = 1
+        config.data.eval_fraction = 0.05
+        config.data.dataset_dir = "runs/teacher_smoke/data"  # the teacher's; prepared if absent
+        config.steps_per_layer = 25
+        config.total_steps = 200  # 4 x 25 transfer + 100 PD
+        config.batch_size = 32
+        config.log_every = 20
+        config.eval_every = 100
+        config.eval_steps = 10  # the whole held-out split (324 examples)
+        config.checkpoint_every = 100
+        config.optimizer.update(learning_rate=2e-3, warmup_steps=20, end_learning_rate=0.0)
+    return config

@@ -1,0 +1,165 @@
+"""Distillation step benchmark on this machine, in one process:
+
+    python -m mobilebert_jax.bench.distill [--sizes=smoke|full] [--batch=8] [--seq=128] [--steps=5]
+
+Times (median of `--steps` after a warm-up), with random weights and a synthetic batch:
+  * the teacher forward (encoder + MLM/NSP heads at the masked positions);
+  * the student train step on its own (forward, backward, LAMB update; MLM + NSP loss);
+  * the full-depth distillation step (pre-training distillation: both of the above in one
+    program, soft-label MLM), and its ratio to the sum of the two (goal: <= 1.15);
+  * the PKT transfer step of every stage k with only layers <= k run, against the same stage
+    run at full depth: the speed-up of stage-k truncation.
+`smoke` sizes are those of `configs/teacher.py:smoke` and `configs/distill.py:smoke`; `full`
+the IB-BERT_LARGE teacher and MobileBERT (24 layers).
+"""
+from __future__ import annotations
+
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import ml_collections
+from absl import app, flags
+from flax import linen as nn
+
+from mobilebert_jax.models import MobileBertForPreTraining, get_config
+from mobilebert_jax.train import distill_steps as ds
+from mobilebert_jax.train import optim, pretrain
+from mobilebert_jax.train.state import TrainState
+
+flags.DEFINE_enum("sizes", "smoke", ["smoke", "full"], "Teacher/student sizes.")
+flags.DEFINE_integer("batch", 8, "Batch size.")
+flags.DEFINE_integer("seq", 128, "Sequence length.")
+flags.DEFINE_integer("predictions", 20, "Masked positions per sequence.")
+flags.DEFINE_integer("steps", 5, "Timed steps (median reported), after one warm-up step.")
+FLAGS = flags.FLAGS
+RATIO_GOAL = 1.15
+
+
+def synthetic_batch(vocab_size: int, batch: int, seq: int, predictions: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    positions = np.sort(np.stack([rng.choice(np.arange(1, seq), predictions, replace=False)
+                                  for _ in range(batch)]), axis=1)
+    return {"input_ids": rng.integers(1000, vocab_size, (batch, seq)),
+            "segment_ids": (np.arange(seq)[None] >= seq // 2).repeat(batch, 0),
+            "input_mask": np.ones((batch, seq)),
+            "masked_lm_positions": positions,
+            "masked_lm_ids": rng.integers(1000, vocab_size, (batch, predictions)),
+            "masked_lm_weights": np.ones((batch, predictions), np.float32),
+            "next_sentence_labels": rng.integers(0, 2, (batch,))}
+
+
+def time_calls(fn, steps: int) -> float:
+    """Median seconds of `fn()` over `steps` calls after one warm-up (compile) call."""
+    fn()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def model_configs(sizes: str):
+    if sizes == "full":
+        return get_config("ibbert_large"), get_config("mobilebert")
+    shape = dict(num_hidden_layers=4, hidden_size=128, embedding_size=64,
+                 num_attention_heads=4, max_position_embeddings=128)
+    teacher = get_config("ibbert_large", intra_bottleneck_size=256, intermediate_size=1024,
+                         **shape)
+    student = get_config("mobilebert", intra_bottleneck_size=32, intermediate_size=128, **shape)
+    return teacher, student
+
+
+def _block(tree):
+    jax.tree_util.tree_map(lambda x: x.block_until_ready(), tree)
+
+
+def run_benchmark(sizes: str, batch: int, seq: int, predictions: int, steps: int) -> dict:
+    teacher_cfg, student_cfg = model_configs(sizes)
+    data = {k: jnp.asarray(v, jnp.float32 if k == "masked_lm_weights" else jnp.int32)
+            for k, v in synthetic_batch(student_cfg.vocab_size, batch, seq, predictions).items()}
+
+    def init(cfg, seed):
+        return nn.meta.unbox(MobileBertForPreTraining(cfg).init(
+            jax.random.PRNGKey(seed), data["input_ids"][:1])["params"])
+
+    t_params, s_params = init(teacher_cfg, 0), init(student_cfg, 1)
+    opt = ml_collections.ConfigDict(dict(name="lamb", learning_rate=1e-4, warmup_steps=0,
+                                         total_steps=1000))
+    pd_tx, _ = optim.make_optimizer(opt)
+    settings = ds.LossSettings(student_cfg.num_hidden_layers, {})
+    results = {}
+
+    teacher_fwd = jax.jit(lambda p, b: pretrain.forward(
+        MobileBertForPreTraining(teacher_cfg), p, b, deterministic=True))
+    results["teacher_forward"] = time_calls(lambda: _block(teacher_fwd(t_params, data)), steps)
+
+    def student_step(state, b):
+        def loss_fn(p):
+            out = pretrain.forward(MobileBertForPreTraining(student_cfg), p, b, True)
+            return pretrain.pretraining_losses(out, b)[0]
+        grads = jax.grad(loss_fn)(state.params)
+        updates, opt_state = pd_tx.update(grads, state.opt_state, state.params)
+        return state.replace(params=jax.tree_util.tree_map(jnp.add, state.params, updates),
+                             opt_state=opt_state, step=state.step + 1)
+
+    def timed_state_step(fn, tx):
+        state = [TrainState(jnp.zeros((), jnp.int32), jax.tree_util.tree_map(jnp.copy, s_params),
+                            tx.init(s_params), None)]
+
+        def call():
+            state[0] = fn(state[0])
+            _block(state[0].params)
+        return time_calls(call, steps)
+
+    jit_student = jax.jit(student_step, donate_argnums=0)
+    results["student_step"] = timed_state_step(lambda s: jit_student(s, data), pd_tx)
+
+    pd_stage = ds.StagePlan("pkt", student_cfg.num_hidden_layers, 1).stages[-1]
+    pd_step = jax.jit(ds.make_train_step(pd_stage, teacher_cfg, student_cfg, settings, pd_tx,
+                                         lambda s: {}), donate_argnums=0)
+    results["distill_step"] = timed_state_step(lambda s: pd_step(s, t_params, data)[0], pd_tx)
+
+    cfg = ml_collections.ConfigDict(dict(learning_rate=1.5e-3, multiplier=3.0,
+                                         lower_multiplier=0.1, hard_freeze=False,
+                                         optimizer="lamb", weight_decay=0.01, clip_norm=1.0))
+    n = student_cfg.num_hidden_layers
+    tx = ds.transfer_optimizer(cfg, ds.transfer_multipliers(cfg, "pkt", n, 10))
+    plan = ds.StagePlan("pkt", n, 10)
+    stages = sorted({0, n // 2, n - 1})
+    results["transfer"] = {}
+    for k in stages:
+        stage = plan.stages[k]
+        full_stage = ds.Stage(stage.index, stage.kind, stage.layers, n, stage.start, stage.end)
+        times = []
+        for st in (stage, full_stage):
+            fn = jax.jit(ds.make_train_step(st, teacher_cfg, student_cfg, settings, tx,
+                                            lambda s: {}), donate_argnums=0)
+            times.append(timed_state_step(lambda s, fn=fn: fn(s, t_params, data)[0], tx))
+        results["transfer"][k] = tuple(times)
+    return results
+
+
+def main(argv):
+    del argv
+    r = run_benchmark(FLAGS.sizes, FLAGS.batch, FLAGS.seq, FLAGS.predictions, FLAGS.steps)
+    ms = lambda s: f"{1000 * s:9.1f} ms"  # noqa: E731
+    print(f"{FLAGS.sizes} sizes, batch {FLAGS.batch} x seq {FLAGS.seq}, "
+          f"{jax.devices()[0].device_kind}, median of {FLAGS.steps}")
+    print(f"teacher forward                 {ms(r['teacher_forward'])}")
+    print(f"student train step              {ms(r['student_step'])}")
+    both = r["teacher_forward"] + r["student_step"]
+    print(f"teacher forward + student step  {ms(both)}")
+    ratio = r["distill_step"] / both
+    print(f"distillation step (PD, full)    {ms(r['distill_step'])}   ratio {ratio:.2f} "
+          f"({'meets' if ratio <= RATIO_GOAL else 'misses'} the <= {RATIO_GOAL} goal)")
+    for k, (truncated, full) in r["transfer"].items():
+        print(f"PKT stage {k:2d}: layers <= {k:2d} {ms(truncated)}   full depth {ms(full)}   "
+              f"speed-up {full / truncated:.2f}x")
+
+
+if __name__ == "__main__":
+    app.run(main)

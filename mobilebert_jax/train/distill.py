@@ -1,0 +1,261 @@
+"""Knowledge transfer from a frozen teacher into a MobileBERT student, then pre-training
+distillation (PKT, JKT or AKT; `distill_steps.py` holds the stages, losses and optimizers).
+
+Reads top to bottom in the order it runs: model configs and their compatibility (before any
+compute) → workdir and logging → mesh → input → teacher (restored straight into its
+shardings, frozen) → student state (embeddings and heads copied from the teacher) → checkpoint
+restore (stage, step, data position) → loop: one step function per stage kind and truncation
+depth, compiled when first needed; optimizer switch or slot reset at stage boundaries;
+logging, evaluation, checkpoints and preemption handling.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from mobilebert_jax import checkpoint, parallel
+from mobilebert_jax.metrics.writers import MetricsWriter, format_eta, format_scalars, log
+from mobilebert_jax.models.config import MobileBertConfig
+from mobilebert_jax.models.heads import MobileBertForPreTraining
+from mobilebert_jax.train import distill_steps as ds
+from mobilebert_jax.train import inputs, optim, pretrain
+from mobilebert_jax.train import state as state_lib
+
+SMOKE_TEACHER_HINT = ("train it first: python -m mobilebert_jax.main "
+                      "--config=configs/teacher.py:smoke --workdir=runs/teacher_smoke")
+
+
+def load_teacher_config(path: str) -> MobileBertConfig:
+    if not path:
+        raise ValueError("config.teacher_checkpoint is empty: give a project checkpoint "
+                         "directory (a teacher workdir or a converted checkpoint)")
+    if not os.path.isdir(os.path.abspath(path)):
+        raise FileNotFoundError(f"teacher_checkpoint {path} not found; {SMOKE_TEACHER_HINT}")
+    return checkpoint.load_config(os.path.abspath(path))
+
+
+def loss_settings(config, num_layers: int) -> ds.LossSettings:
+    weights = {k: float(v) for k, v in config.transfer.weights.items()}
+    return ds.LossSettings(num_layers, weights, bool(config.transfer.all_teacher_layers),
+                           float(config.distill_ground_truth_ratio))
+
+
+def load_teacher(path: str, teacher_cfg: MobileBertConfig, seq_len: int, mesh, rules):
+    """Teacher params restored straight onto their shardings (never materialised on one
+    host first); returns (params, shardings)."""
+    model = MobileBertForPreTraining(teacher_cfg)
+    ids = jnp.zeros((1, seq_len), jnp.int32)
+    abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), ids)["params"])
+    shardings = parallel.logical_shardings(abstract, mesh, rules)
+    target = state_lib.abstract_like(nn.meta.unbox(abstract), shardings)
+    params = checkpoint.load_params(os.path.abspath(path), target=target)
+    return params, shardings
+
+
+class Optimizers:
+    """The optimizer of each phase (built when first needed) and its state shardings."""
+
+    def __init__(self, config, plan: ds.StagePlan, mesh):
+        self.config, self.plan, self.mesh = config, plan, mesh
+        self.multipliers = ds.transfer_multipliers(config.transfer, plan.strategy,
+                                                   plan.num_layers, plan.steps_per_layer)
+        self._tx, self.schedule = {}, None
+
+    def tx(self, phase: str):
+        if phase not in self._tx:
+            if phase == ds.TRANSFER:
+                self._tx[phase] = ds.transfer_optimizer(self.config.transfer, self.multipliers)
+            else:
+                self._tx[phase], self.schedule = ds.pd_optimizer(
+                    self.config.optimizer, self.config.total_steps, self.plan.pd_start)
+        return self._tx[phase]
+
+    def learning_rates(self, phase: str):
+        """state -> logged effective learning rates of `phase`."""
+        if phase == ds.TRANSFER:
+            lr = float(self.config.transfer.learning_rate)
+
+            def per_layer(state):
+                m = self.multipliers(optim.layer_multiplier_step(state.opt_state))
+                return {f"lr_layer_{i}": lr * m[i] for i in range(self.plan.num_layers)}
+            return per_layer
+        self.tx(phase)
+        start, schedule = self.plan.pd_start, self.schedule
+        return lambda state: {"learning_rate": schedule(state.step - start)}
+
+    def init(self, phase: str, params, param_sh, step: int):
+        """Fresh optimizer state of `phase` in its shardings (layer multipliers at `step`)."""
+        tx = self.tx(phase)
+        opt_sh = ds.opt_state_shardings(tx, params, param_sh, self.mesh)
+
+        def fresh(p):
+            return optim.reset_opt_state(tx, p, step if phase == ds.TRANSFER else None)
+        with jax.set_mesh(self.mesh):
+            return jax.jit(fresh, out_shardings=opt_sh)(params), opt_sh
+
+
+def train_and_evaluate(config, workdir: str) -> dict[str, float]:
+    """Runs (or resumes) distillation; returns the last logged training metrics."""
+    # -- model configs and their compatibility: before any compute --------------------------------
+    student_cfg = MobileBertConfig.from_dict(config.model.to_dict())
+    teacher_cfg = load_teacher_config(config.teacher_checkpoint)
+    settings = loss_settings(config, student_cfg.num_hidden_layers)
+    ds.check_compatible(teacher_cfg, student_cfg, attention_transfer=settings.weights["at"] != 0)
+    plan = ds.StagePlan(config.strategy, student_cfg.num_hidden_layers, config.steps_per_layer)
+    if config.total_steps > plan.pd_start:  # a bad PD schedule fails now, not at its stage
+        ds.pd_optimizer(config.optimizer, config.total_steps, plan.pd_start)
+    if config.batch_size % config.grad_accum_steps:
+        raise ValueError(f"batch_size={config.batch_size} is not divisible by "
+                         f"grad_accum_steps={config.grad_accum_steps}")
+
+    # -- workdir, logging ------------------------------------------------------------------------
+    os.makedirs(workdir, exist_ok=True)
+    state_lib.check_workdir_model(workdir, student_cfg)
+    state_lib.write_config(workdir, config)
+    writer = MetricsWriter(workdir)
+
+    # -- mesh ------------------------------------------------------------------------------------
+    mesh = parallel.make_mesh(config.mesh.shape)
+    rules = parallel.rules_from_config(config.mesh.rules)
+    parallel.check_batch_divisible(config.batch_size, mesh)
+    log(f"mesh {dict(mesh.shape)} over {jax.device_count()} devices; strategy "
+        f"{plan.strategy}: {', '.join(s.name for s in plan.stages)}")
+
+    # -- input -----------------------------------------------------------------------------------
+    info = inputs.prepare_if_needed(config, workdir, student_cfg.vocab_size)
+    train_iter = inputs.train_loader(config, info)
+    log(f"data: {info.num_examples} examples at seq {info.seq_len} in {info.data_dir}")
+
+    # -- teacher: sharded restore, frozen ----------------------------------------------------------
+    teacher_params, teacher_sh = load_teacher(config.teacher_checkpoint, teacher_cfg,
+                                              info.seq_len, mesh, rules)
+    log(f"teacher: {sum(x.size for x in jax.tree_util.tree_leaves(teacher_params)):,} "
+        f"parameters from {config.teacher_checkpoint}")
+
+    # -- student state ---------------------------------------------------------------------------
+    mngr = state_lib.state_manager(workdir, config)
+    start_stage = plan.stage_at(mngr.latest_step() or 0)
+    optimizers = Optimizers(config, plan, mesh)
+    model = MobileBertForPreTraining(student_cfg)
+    ids = jnp.zeros((1, info.seq_len), jnp.int32)
+    state, shardings = state_lib.create_sharded_state(
+        lambda: model.init(jax.random.PRNGKey(config.seed), ids)["params"],
+        optimizers.tx(start_stage.phase), config.seed, mesh, rules,
+        extra={"stage": jnp.asarray(start_stage.index, jnp.int32)})
+    log(f"student: {sum(x.size for x in jax.tree_util.tree_leaves(state.params)):,} parameters")
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    if mngr.latest_step() is not None:
+        state = state_lib.restore_state(mngr, state, shardings, train_iter)
+        if int(state.extra["stage"]) != start_stage.index:
+            raise ValueError(f"checkpoint step {int(state.step)} is in stage "
+                             f"{int(state.extra['stage'])}, the config puts it in stage "
+                             f"{start_stage.index}: strategy or steps_per_layer changed")
+        log(f"resumed from step {int(state.step)} ({start_stage.name})")
+    else:
+        same_norm = teacher_cfg.normalization_type == student_cfg.normalization_type
+        with jax.set_mesh(mesh):
+            params = jax.jit(lambda s, t: ds.copy_teacher_parts(s, t, same_norm),
+                             out_shardings=shardings.params)(state.params, teacher_params)
+        state = state.replace(params=params)
+        log("student embeddings and MLM/NSP heads copied from the teacher")
+
+    # -- step functions: one per (stage kind, layers, depth), compiled when first needed -----------
+    batch_sh = parallel.batch_sharding(mesh)
+    repl = parallel.replicated(mesh)
+    example = {k: jax.ShapeDtypeStruct((config.batch_size,) + shape[1:],
+                                       jnp.float32 if k == "masked_lm_weights" else jnp.int32,
+                                       sharding=batch_sh)
+               for k, shape in train_iter.element_shapes.items()}
+    compiled = {}
+
+    def step_fn(stage: ds.Stage, shardings):
+        key = (stage.kind, stage.layers, stage.depth)
+        if key not in compiled:
+            fn = ds.make_train_step(stage, teacher_cfg, student_cfg, settings,
+                                    optimizers.tx(stage.phase),
+                                    optimizers.learning_rates(stage.phase),
+                                    config.grad_accum_steps)
+            jitted = jax.jit(fn, in_shardings=(shardings, teacher_sh, batch_sh),
+                             out_shardings=(shardings, repl), donate_argnums=0)
+            with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+                args = (state_lib.abstract_like(state, shardings),
+                        state_lib.abstract_like(teacher_params, teacher_sh), example)
+                compiled[key] = pretrain.compile_step(jitted, args, f"{stage.name} step")
+        return compiled[key]
+
+    eval_step = jax.jit(pretrain.make_eval_step(model),
+                        in_shardings=(shardings.params, batch_sh), out_shardings=repl)
+
+    def enter(state, shardings, old: ds.Stage, new: ds.Stage, step: int):
+        """At a stage boundary: the PD optimizer replaces the transfer one, or (optionally)
+        the transfer slots are reset; the state records the new stage."""
+        if new.phase != old.phase or (new.phase == ds.TRANSFER
+                                      and config.transfer.reset_optimizer_each_stage):
+            opt_state, opt_sh = optimizers.init(new.phase, state.params, shardings.params, step)
+            state, shardings = (state.replace(opt_state=opt_state),
+                                shardings.replace(opt_state=opt_sh))
+        extra = {"stage": jax.device_put(jnp.asarray(new.index, jnp.int32), repl)}
+        log(f"step {step}: stage {new.index} ({new.name})")
+        return state.replace(extra=extra), shardings
+
+    # -- loop ------------------------------------------------------------------------------------
+    guard = state_lib.PreemptionGuard()
+    step = int(state.step)
+    window, last = [], {}
+    t_window, steps_in_window = time.perf_counter(), 0
+    try:
+        while step < config.total_steps:
+            if guard.should_stop(mngr, step):
+                log(f"preemption signal: saving step {step} and exiting")
+                state_lib.save_state(mngr, state, train_iter, force=True)
+                break
+            stage = plan.stage_at(step)
+            if (stage.kind, stage.layers, stage.depth) not in compiled:
+                step_fn(stage, shardings)
+                t_window = time.perf_counter()  # compile time is not step time
+            train_step = step_fn(stage, shardings)
+            batch = parallel.global_batch(next(train_iter), mesh)
+            state, metrics = train_step(state, teacher_params, batch)
+            step += 1
+            steps_in_window += 1
+            window.append(metrics)
+            next_stage = plan.stage_at(step)
+            boundary = next_stage.index != stage.index
+            if boundary:
+                state, shardings = enter(state, shardings, stage, next_stage, step)
+            is_last = step == config.total_steps
+            if step % config.log_every == 0 or is_last or boundary:
+                last = {k: float(v) for k, v in state_lib.to_host(
+                    jax.tree_util.tree_map(lambda *xs: jnp.mean(jnp.stack(xs)), *window)).items()}
+                state_lib.check_finite(last, step, mngr)
+                sps = steps_in_window / (time.perf_counter() - t_window)
+                last.update(stage=stage.index, steps_per_second=sps,
+                            tokens_per_second=sps * config.batch_size * info.seq_len)
+                writer.write(step, last)
+                log(f"step {step}/{config.total_steps} [{stage.name}] {format_scalars(last)} "
+                    f"eta {format_eta((config.total_steps - step) / sps)}")
+                window, t_window, steps_in_window = [], time.perf_counter(), 0
+            if step % config.eval_every == 0 or is_last:
+                loader = inputs.eval_loader(config, info)
+                if loader is not None:
+                    ev = pretrain.evaluate(eval_step, state.params, loader, mesh,
+                                           config.eval_steps)
+                    writer.write(step, dict(ev, stage=next_stage.index), prefix="eval_")
+                    log(f"eval step {step}: {format_scalars(ev)}")
+                    t_window = time.perf_counter()
+            if step % config.checkpoint_every == 0 or is_last:
+                state_lib.check_finite(
+                    {k: float(jax.device_get(metrics[k])) for k in ("loss", "update_norm")},
+                    step, mngr)
+                state_lib.save_state(mngr, state, train_iter)
+    finally:
+        mngr.wait_until_finished()
+        mngr.close()
+        guard.restore()
+        writer.close()
+    return last

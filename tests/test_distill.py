@@ -1,0 +1,321 @@
+"""Distillation trainer: composed losses (hand-worked values), PKT learning-rate multipliers
+as the trainer applies them, freezing, truncation, teacher/student checks, exact resume across
+stage boundaries, and the config variants."""
+import json
+import math
+import os
+import sys
+from types import SimpleNamespace
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+
+from mobilebert_jax import checkpoint
+from mobilebert_jax.data import corpus, prepare
+from mobilebert_jax.models.config import MobileBertConfig, get_config
+from mobilebert_jax.models.heads import MobileBertForPreTraining
+from mobilebert_jax.train import distill
+from mobilebert_jax.train import distill_steps as ds
+from mobilebert_jax.train import state as state_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "configs"))
+import distill as distill_config  # noqa: E402
+
+SPL = 10  # steps per layer in the trainer tests
+LR = 1.5e-3
+TEACHER = get_config("ibbert_large", num_hidden_layers=2, hidden_size=32, embedding_size=16,
+                     intra_bottleneck_size=64, intermediate_size=64, num_attention_heads=4,
+                     max_position_embeddings=64)
+STUDENT = dict(num_hidden_layers=2, hidden_size=32, embedding_size=16, intra_bottleneck_size=16,
+               intermediate_size=32, num_attention_heads=4, max_position_embeddings=64,
+               num_feedforward_networks=2, dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("distill_data")
+    docs = []
+    for doc in corpus.iter_documents("gensim_wiki"):
+        docs.append(doc)
+        if len(docs) == 12:
+            break
+    text = root / "corpus.txt"
+    text.write_text("\n\n".join("\n".join(d) for d in docs))
+    return prepare.prepare_dataset(f"text:{text}", "bert-base-uncased", str(root / "data"),
+                                   seq_len=64, max_predictions_per_seq=10, seed=1,
+                                   eval_fraction=0.2, progress=False)
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+    """A randomly initialised tiny IB-BERT teacher saved as a project checkpoint directory."""
+    out = str(tmp_path_factory.mktemp("teacher") / "ckpt")
+    params = MobileBertForPreTraining(TEACHER).init(jax.random.PRNGKey(7),
+                                                    jnp.zeros((1, 64), jnp.int32))["params"]
+    checkpoint.save_pretrained(out, TEACHER, nn.meta.unbox(params))
+    return out
+
+
+def tiny_config(data_dir, teacher_dir, variant="smoke,pkt", **overrides):
+    c = distill_config.get_config(variant)
+    c.teacher_checkpoint = teacher_dir
+    c.model.update(STUDENT)
+    c.data.update(dataset_dir=str(data_dir), corpus="", seq_len=64, max_predictions_per_seq=10)
+    c.update(batch_size=8, steps_per_layer=SPL, total_steps=2 * SPL + 3, log_every=1,
+             eval_every=1000, eval_steps=2, checkpoint_every=SPL // 2, keep_checkpoints=40)
+    c.optimizer.update(warmup_steps=1, total_steps=3)
+    for key, value in overrides.items():
+        target = c
+        *parents, leaf = key.split(".")
+        for p in parents:
+            target = target[p]
+        target[leaf] = value
+    return c
+
+
+def rows(workdir):
+    return [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+
+
+def train_losses(workdir):
+    return {r["step"]: r["loss"] for r in rows(workdir) if "loss" in r}
+
+
+@pytest.fixture(scope="module")
+def pkt_run(data_dir, teacher_dir, tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("pkt") / "run")
+    distill.train_and_evaluate(tiny_config(data_dir, teacher_dir), workdir)
+    return workdir
+
+
+# -- losses the trainer composes ----------------------------------------------------------------
+
+
+def test_transfer_terms_hand_computed():
+    # one layer, B=1, S=2, H=2, one head. Teacher tokens [1,3] and [2,2]; student [0,4], [1,3].
+    # normalized: teacher [-1,1], [0,0]; student [-1,1], [-1,1] -> FMT = (0+0+1+1)/4 = 0.5
+    # means 2,2 vs 2,2 -> beta 0; variances 1,0 vs 4,1 -> gamma (3+1)/2 = 2
+    # AT: teacher uniform, student softmax [1/4, 3/4] -> CE = (ln 4 + ln 4/3)/2 per query
+    h_t = jnp.array([[[1.0, 3.0], [2.0, 2.0]]])
+    h_s = jnp.array([[[0.0, 4.0], [1.0, 3.0]]])
+    s_t = jnp.zeros((1, 1, 2, 2))
+    s_s = jnp.tile(jnp.array([0.0, math.log(3.0)]), (1, 1, 2, 1))
+    zeros = jnp.zeros_like(h_t)
+    t_out = SimpleNamespace(hidden_states=(zeros, h_t), attention_scores=(s_t,))
+    s_out = SimpleNamespace(hidden_states=(zeros, h_s), attention_scores=(s_s,))
+    settings = ds.LossSettings(2, dict(fmt=100.0, at=1.0, beta=5000.0, gamma=5.0))
+    total, parts = ds.transfer_terms(t_out, s_out, (0,), settings)
+    at = 0.5 * (math.log(4.0) + math.log(4.0 / 3.0))
+    assert float(parts["fmt_layer_0"]) == pytest.approx(0.5, rel=1e-6)
+    assert float(parts["mean_layer_0"]) == pytest.approx(0.0, abs=1e-7)
+    assert float(parts["var_layer_0"]) == pytest.approx(2.0, rel=1e-6)
+    assert float(parts["at_layer_0"]) == pytest.approx(at, rel=1e-6)
+    assert float(total) == pytest.approx((100 * 0.5 + at + 5 * 2.0) / 2, rel=1e-6)
+
+
+def test_pd_terms_hand_computed_with_padding():
+    # slot 0: teacher uniform over 2 classes, label 0 -> y = [3/4, 1/4]; student softmax
+    # [1/4, 3/4] -> -(3/4 ln 1/4 + 1/4 ln 3/4). Slot 1 is padding (weight 0), wild logits.
+    s_logits = jnp.array([[[0.0, math.log(3.0)], [50.0, -50.0]]])
+    t_logits = jnp.array([[[0.0, 0.0], [-50.0, 50.0]]])
+    batch = {"masked_lm_ids": jnp.array([[0, 1]]), "masked_lm_weights": jnp.array([[1.0, 0.0]]),
+             "next_sentence_labels": jnp.array([0])}
+    s_out = SimpleNamespace(mlm_logits=s_logits, nsp_logits=jnp.zeros((1, 2)))
+    t_out = SimpleNamespace(mlm_logits=t_logits, nsp_logits=jnp.ones((1, 2)))
+    loss, m = ds.pd_terms(t_out, s_out, batch, ds.LossSettings(2, {}))
+    soft = -(0.75 * math.log(0.25) + 0.25 * math.log(0.75)) / (1 + 1e-5)
+    assert float(m["soft_mlm_loss"]) == pytest.approx(soft, rel=1e-6)
+    assert float(m["nsp_loss"]) == pytest.approx(math.log(2.0), rel=1e-6)
+    assert float(loss) == pytest.approx(soft + math.log(2.0), rel=1e-6)
+    assert float(m["mlm_accuracy"]) == 0.0  # the only real slot predicts class 1, label 0
+
+
+# -- stages, truncation, freezing at the step level ------------------------------------------------
+
+
+def test_stage_plans():
+    pkt = ds.StagePlan("pkt", 3, 5)
+    assert [pkt.stage_at(s).name for s in (0, 4, 5, 14, 15, 999)] == [
+        "transfer_layer_0", "transfer_layer_0", "transfer_layer_1", "transfer_layer_2", "pd",
+        "pd"]
+    assert [pkt.stage_at(s).depth for s in (0, 5, 10)] == [1, 2, 3]
+    jkt = ds.StagePlan("jkt", 3, 5)
+    assert [jkt.stage_at(s).name for s in (0, 14, 15)] == ["transfer_all", "transfer_all", "pd"]
+    assert jkt.stage_at(0).layers == (0, 1, 2)
+    akt = ds.StagePlan("akt", 3, 5)
+    assert akt.stage_at(0).kind == "akt" and akt.pd_start == 0
+    with pytest.raises(ValueError, match="unknown distillation strategy 'xkt'"):
+        ds.StagePlan("xkt", 3, 5)
+
+
+def _models_and_batch():
+    student = MobileBertConfig.from_dict({**get_config("mobilebert").to_dict(), **STUDENT})
+    rng = np.random.default_rng(0)
+    batch = {"input_ids": jnp.asarray(rng.integers(1000, 2000, (2, 16)), jnp.int32),
+             "segment_ids": jnp.zeros((2, 16), jnp.int32),
+             "input_mask": jnp.asarray(np.arange(16)[None] < np.array([[16], [11]]), jnp.int32),
+             "masked_lm_positions": jnp.array([[1, 2], [3, 0]], jnp.int32),
+             "masked_lm_ids": jnp.array([[1500, 1600], [1700, 0]], jnp.int32),
+             "masked_lm_weights": jnp.array([[1.0, 1.0], [1.0, 0.0]]),
+             "next_sentence_labels": jnp.array([0, 1], jnp.int32)}
+    init = lambda cfg, seed: nn.meta.unbox(MobileBertForPreTraining(cfg).init(  # noqa: E731
+        jax.random.PRNGKey(seed), batch["input_ids"])["params"])
+    return student, init(student, 1), init(TEACHER, 2), batch
+
+
+def test_truncated_forward_gives_the_full_forward_loss():
+    student, s_params, t_params, batch = _models_and_batch()
+    settings = ds.LossSettings(2, {})
+    stage = ds.StagePlan("pkt", 2, 5).stage_at(0)
+    assert stage.depth == 1
+    short, m_short = ds.distillation_loss(stage, TEACHER, student, settings, s_params, t_params,
+                                          batch)
+    full, m_full = ds.distillation_loss(stage, TEACHER, student, settings, s_params, t_params,
+                                        batch, depth=2)
+    np.testing.assert_allclose(float(short), float(full), rtol=1e-6)
+    for k in m_full:
+        np.testing.assert_allclose(float(m_short[k]), float(m_full[k]), rtol=1e-6)
+
+
+def test_step_freezes_teacher_and_layers_above_the_stage():
+    student, s_params, t_params, batch = _models_and_batch()
+    s_params = ds.copy_teacher_parts(s_params, t_params, same_norm=False)
+    np.testing.assert_array_equal(s_params["bert"]["embeddings"]["word_embeddings"],
+                                  t_params["bert"]["embeddings"]["word_embeddings"])
+    plan = ds.StagePlan("pkt", 2, SPL)
+    cfg = tiny_config("", "").transfer
+    multipliers = ds.transfer_multipliers(cfg, "pkt", 2, SPL)
+    tx = ds.transfer_optimizer(cfg, multipliers)
+    state = state_lib.TrainState(jnp.asarray(1, jnp.int32), s_params, None, None)
+    opt_state = ds.optim.reset_opt_state(tx, s_params, step=1)  # 10% into stage 0
+    state = state.replace(opt_state=opt_state)
+    before = jax.tree_util.tree_map(np.array, (s_params, t_params))
+    step = jax.jit(ds.make_train_step(plan.stage_at(1), TEACHER, student,
+                                      ds.LossSettings(2, {}), tx, lambda s: {}),
+                   donate_argnums=0)
+    new, metrics = step(state, t_params, batch)
+    # the teacher's buffers are neither donated nor changed
+    for x, y in zip(jax.tree_util.tree_leaves(t_params), jax.tree_util.tree_leaves(before[1])):
+        assert not x.is_deleted()
+        np.testing.assert_array_equal(x, y)
+    enc_new, enc_old = new.params["bert"]["encoder"], before[0]["bert"]["encoder"]
+    for x, y in zip(jax.tree_util.tree_leaves(enc_new["layer_1"]),
+                    jax.tree_util.tree_leaves(enc_old["layer_1"])):
+        np.testing.assert_array_equal(x, y)  # above the stage: untouched
+    # layer 0 moved: a LAMB kernel moves by lr * multiplier * ||w|| (trust ratio)
+    w0 = enc_old["layer_0"]["bottleneck"]["input"]["dense"]["kernel"]
+    w1 = enc_new["layer_0"]["bottleneck"]["input"]["dense"]["kernel"]
+    bg = min(0.1 * math.sqrt(0.9) + 0.9, 1.0)
+    assert np.linalg.norm(w1 - w0) / np.linalg.norm(w0) == pytest.approx(LR * 3 * bg, rel=1e-4)
+    for name in ("embeddings", "pooler"):
+        if name in before[0]["bert"]:
+            for x, y in zip(jax.tree_util.tree_leaves(new.params["bert"][name]),
+                            jax.tree_util.tree_leaves(before[0]["bert"][name])):
+                np.testing.assert_array_equal(x, y)
+    assert np.isfinite(float(metrics["loss"]))
+
+
+# -- the trainer ---------------------------------------------------------------------------------
+
+
+def test_trainer_multipliers_at_stage_boundaries(pkt_run):
+    by_step = {r["step"]: r for r in rows(pkt_run) if "lr_layer_0" in r}
+    bg = lambda t: min(0.1 * math.sqrt(1 - t / SPL) + 0.9, 10 * t / SPL)  # noqa: E731
+    assert bg(1) == pytest.approx(0.99487, abs=1e-5) and bg(SPL - 1) == pytest.approx(0.93162,
+                                                                                        abs=1e-5)
+    for update, (m0, m1) in {0: (0, 0), 1: (3 * bg(1), 0), SPL - 1: (3 * bg(SPL - 1), 0),
+                             SPL: (0, 0), SPL + 1: (0.3 * bg(1), 3 * bg(1)),
+                             2 * SPL - 1: (0.3 * bg(SPL - 1), 3 * bg(SPL - 1))}.items():
+        r = by_step[update + 1]  # the line of step s reports update s - 1
+        assert r["lr_layer_0"] == pytest.approx(LR * m0, rel=1e-5, abs=1e-12), update
+        assert r["lr_layer_1"] == pytest.approx(LR * m1, rel=1e-5, abs=1e-12), update
+        assert r["stage"] == update // SPL
+    pd = [r for r in rows(pkt_run) if r.get("stage") == 2 and "loss" in r]
+    assert pd and all("mlm_accuracy" in r and "learning_rate" in r for r in pd)
+
+
+def test_trainer_freezes_layers_above_the_stage(pkt_run, teacher_dir):
+    teacher = checkpoint.load_params(teacher_dir)
+    start, end = checkpoint.load_params(pkt_run, SPL // 2), checkpoint.load_params(pkt_run, SPL)
+    leaves = lambda t: jax.tree_util.tree_leaves(t)  # noqa: E731
+    enc = lambda p, i: p["bert"]["encoder"][f"layer_{i}"]  # noqa: E731
+    assert all(np.array_equal(x, y) for x, y in zip(leaves(enc(start, 1)), leaves(enc(end, 1))))
+    assert not all(np.array_equal(x, y) for x, y in zip(leaves(enc(start, 0)),
+                                                         leaves(enc(end, 0))))
+    # embeddings (but not the differing norm) and heads are the teacher's, at learning rate 0
+    for name in ("word_embeddings", "position_embeddings", "token_type_embeddings"):
+        np.testing.assert_array_equal(end["bert"]["embeddings"][name],
+                                      teacher["bert"]["embeddings"][name])
+    for x, y in zip(leaves(end["cls"]), leaves(teacher["cls"])):
+        np.testing.assert_array_equal(x, y)
+    # in PD everything trains
+    last = checkpoint.load_params(pkt_run)
+    assert not np.array_equal(last["cls"]["predictions"]["output_bias"],
+                              teacher["cls"]["predictions"]["output_bias"])
+
+
+def test_resume_across_stage_boundaries_is_bitwise(pkt_run, data_dir, teacher_dir, tmp_path):
+    workdir = str(tmp_path / "resumed")
+    for total in (SPL, 2 * SPL, 2 * SPL + 3):  # stop at both boundaries, then finish
+        distill.train_and_evaluate(tiny_config(data_dir, teacher_dir, total_steps=total), workdir)
+    a, b = train_losses(pkt_run), train_losses(workdir)
+    assert sorted(a) == sorted(b) == list(range(1, 2 * SPL + 4))
+    assert all(a[s] == b[s] for s in a), [(s, a[s], b[s]) for s in a if a[s] != b[s]]
+
+
+@pytest.mark.parametrize("variant", ["smoke,jkt", "smoke,akt"])
+def test_jkt_and_akt_run(data_dir, teacher_dir, tmp_path, variant):
+    workdir = str(tmp_path / "run")
+    last = distill.train_and_evaluate(
+        tiny_config(data_dir, teacher_dir, variant, steps_per_layer=1, total_steps=4,
+                    checkpoint_every=100), workdir)
+    r = rows(workdir)
+    assert [x["stage"] for x in r if "loss" in x] == ([0, 0, 1, 1] if "jkt" in variant
+                                                      else [0, 0, 0, 0])
+    assert "fmt_layer_1" in r[0] and np.isfinite(last["loss"])
+    assert ("mlm_accuracy" in r[0]) == ("akt" in variant)
+
+
+# -- bad input ---------------------------------------------------------------------------------
+
+
+def test_teacher_student_mismatch_fails_before_compute(data_dir, teacher_dir, tmp_path):
+    student = MobileBertConfig.from_dict({**get_config("mobilebert").to_dict(), **STUDENT})
+    for field, value, match in [("hidden_size", 64, "hidden_size \\(teacher 32, student 64\\)"),
+                                ("num_hidden_layers", 3, "num_hidden_layers"),
+                                ("num_attention_heads", 2, "num_attention_heads")]:
+        with pytest.raises(ValueError, match=match):
+            ds.check_compatible(TEACHER, student.replace(**{field: value}))
+    ds.check_compatible(TEACHER, student.replace(num_attention_heads=2),
+                        attention_transfer=False)  # heads only matter for AT
+    workdir = tmp_path / "w"
+    with pytest.raises(ValueError, match="differ in hidden_size"):
+        distill.train_and_evaluate(tiny_config(data_dir, teacher_dir, **{
+            "model.hidden_size": 64}), str(workdir))
+    assert not workdir.exists()  # nothing was written or computed
+    with pytest.raises(FileNotFoundError, match="teacher_checkpoint .* not found"):
+        distill.train_and_evaluate(tiny_config(data_dir, str(tmp_path / "none")), str(workdir))
+    with pytest.raises(ValueError, match="warmup_steps=5"):
+        distill.train_and_evaluate(tiny_config(data_dir, teacher_dir, **{
+            "optimizer.warmup_steps": 5}), str(workdir))
+    assert not workdir.exists()
+
+
+def test_config_variants():
+    c = distill_config.get_config("")
+    assert (c.strategy, c.student, c.steps_per_layer, c.total_steps) == ("pkt", "mobilebert",
+                                                                          10_000, 740_000)
+    assert c.transfer.learning_rate == 1.5e-3 and c.optimizer.warmup_steps == 10_000
+    assert c.optimizer.end_learning_rate == 1.5e-7 and c.optimizer.weight_decay == 0.01
+    c = distill_config.get_config("tiny,smoke,jkt")
+    assert (c.strategy, c.student, c.teacher_checkpoint) == ("jkt", "mobilebert_tiny",
+                                                             "runs/teacher_smoke")
+    assert c.model.use_bottleneck_attention and c.model.hidden_size == 128
+    with pytest.raises(ValueError, match="unknown distill config variant 'fast'"):
+        distill_config.get_config("smoke,fast")
+    with pytest.raises(ValueError, match="more than one strategy"):
+        distill_config.get_config("pkt,akt")
