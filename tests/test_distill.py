@@ -319,3 +319,17 @@ def test_config_variants():
         distill_config.get_config("smoke,fast")
     with pytest.raises(ValueError, match="more than one strategy"):
         distill_config.get_config("pkt,akt")
+
+
+def test_student_override_must_match_model():
+    from mobilebert_jax.models.config import MobileBertConfig
+    from mobilebert_jax.train import distill_steps
+
+    c = distill_config.get_config("smoke")
+    student = MobileBertConfig.from_dict(c.model.to_dict())
+    distill_steps.check_student_preset("mobilebert", student)  # the variant's own pairing
+    with pytest.raises(ValueError, match="config.student='mobilebert_tiny' but config.model has "
+                                         "use_bottleneck_attention=False"):
+        distill_steps.check_student_preset("mobilebert_tiny", student)
+    with pytest.raises(ValueError, match="unknown student preset 'mobilebrt'"):
+        distill_steps.check_student_preset("mobilebrt", student)

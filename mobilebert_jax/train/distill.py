@@ -102,6 +102,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     """Runs (or resumes) distillation; returns the last logged training metrics."""
     # -- model configs and their compatibility: before any compute --------------------------------
     student_cfg = MobileBertConfig.from_dict(config.model.to_dict())
+    ds.check_student_preset(config.student, student_cfg)
     teacher_cfg = load_teacher_config(config.teacher_checkpoint)
     settings = loss_settings(config, student_cfg.num_hidden_layers)
     ds.check_compatible(teacher_cfg, student_cfg, attention_transfer=settings.weights["at"] != 0)

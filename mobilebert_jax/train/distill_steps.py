@@ -92,6 +92,25 @@ class StagePlan:
 # --------------------------------------------------------------------------------------------
 
 
+# The switches that tell the MobileBERT presets apart.
+PRESET_SWITCHES = ("use_bottleneck", "use_bottleneck_attention", "key_query_shared_bottleneck",
+                   "num_feedforward_networks", "normalization_type", "hidden_act")
+
+
+def check_student_preset(preset: str, student: MobileBertConfig) -> None:
+    """`config.student` names the preset `config.model` was built from; a `--config.student`
+    override alone would not change the model, so a disagreement is an error."""
+    from mobilebert_jax.models.config import PRESETS
+
+    if preset not in PRESETS:
+        raise ValueError(f"unknown student preset {preset!r}; known presets: {', '.join(PRESETS)}")
+    for name in PRESET_SWITCHES:
+        if PRESETS[preset][name] != getattr(student, name):
+            raise ValueError(f"config.student={preset!r} but config.model has {name}="
+                             f"{getattr(student, name)!r} (the preset has {PRESETS[preset][name]!r});"
+                             f" pick the student with the config variant (e.g. :tiny)")
+
+
 def check_compatible(teacher: MobileBertConfig, student: MobileBertConfig,
                      attention_transfer: bool = True) -> None:
     """One-line ValueError naming the first teacher/student difference that layer-wise transfer
