@@ -1,0 +1,210 @@
+"""CPU inference latency of MobileBERT, MobileBERT_TINY and BERT_BASE across runtimes.
+
+One process, batch 1, a fixed sequence length (128), a fixed thread count (2). Each model has
+random weights at its real size (latency does not depend on the values), and is timed as:
+
+* `jax`           the Flax encoder under `jax.jit`, float32 (XLA CPU)
+* `tflite_float`  the TFLite export, float32, XNNPACK
+* `tflite_int8`   the full-integer TFLite export (calibrated on real Wikipedia text)
+* `torch`         HF transformers `MobileBertModel` / `BertModel`, PyTorch eager,
+                  `torch.set_num_threads(threads)`, `torch.inference_mode()`
+
+Every cell is the median of `--runs` (≥ 20) timed calls after `--warmup` untimed ones; the
+table also gives the 10th/90th percentiles, and the machine's load average is printed before
+and after so a noisy run is visible. The last rows give BERT_BASE / MobileBERT per runtime
+(how many times faster MobileBERT is).
+
+    python -m mobilebert_jax.bench.latency [--models=mobilebert,mobilebert_tiny,bert_base]
+        [--runtimes=jax,tflite_float,tflite_int8,torch] [--runs=30] [--threads=2]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Callable
+
+import numpy as np
+
+MODELS = ("mobilebert", "mobilebert_tiny", "bert_base")
+RUNTIMES = ("jax", "tflite_float", "tflite_int8", "torch")
+NAMES = {"mobilebert": "MobileBERT", "mobilebert_tiny": "MobileBERT_TINY",
+         "bert_base": "BERT_BASE"}
+
+
+def time_calls(fn: Callable[[], object], runs: int, warmup: int) -> dict[str, float]:
+    """Median and 10th/90th percentile wall time of `fn()` in milliseconds."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return {"median_ms": float(np.median(times)), "p10_ms": float(np.percentile(times, 10)),
+            "p90_ms": float(np.percentile(times, 90)), "runs": runs}
+
+
+def example_inputs(config, seq_len: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """One row of random token ids, full attention mask, two segments."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1000, config.vocab_size, (1, seq_len)).astype(np.int32)
+    types = np.zeros((1, seq_len), np.int32)
+    types[:, seq_len // 2:] = 1
+    return {"input_ids": ids, "attention_mask": np.ones((1, seq_len), np.int32),
+            "token_type_ids": types}
+
+
+def jax_runner(config, params, inputs) -> Callable[[], object]:
+    import jax
+    from mobilebert_jax import export
+
+    fn = jax.jit(export.inference_fn(config, params))
+    args = [jax.device_put(inputs[n]) for n in export.INPUT_NAMES]
+    params = jax.device_put(params)
+    return lambda: jax.block_until_ready(fn(params, *args))
+
+
+def tflite_runner(config, params, inputs, quantize: str, threads: int,
+                  seq_len: int) -> Callable[[], object]:
+    from mobilebert_jax import export
+    from mobilebert_jax.data.tokenizers import load_tokenizer
+
+    calib = None
+    if quantize == "int8":
+        calib = export.representative_inputs(load_tokenizer("bert-base-uncased"), seq_len, 8)
+    model = export.TFLiteModel(export.to_tflite(config, params, seq_len, quantize, calib),
+                               num_threads=threads)
+    return lambda: model(**inputs)
+
+
+def torch_runner(config, inputs, threads: int) -> Callable[[], object]:
+    import torch
+    import transformers
+
+    from mobilebert_jax.models.config import is_plain_bert, to_hf_config
+
+    torch.set_num_threads(threads)
+    hf = to_hf_config(config)
+    hf.pop("architectures", None)
+    if is_plain_bert(config):
+        model = transformers.BertModel(transformers.BertConfig(**hf))
+    else:
+        model = transformers.MobileBertModel(transformers.MobileBertConfig(**hf))
+    model.eval()
+    feed = {k: torch.from_numpy(v.astype(np.int64)) for k, v in inputs.items()}
+
+    def run():
+        with torch.inference_mode():
+            return model(**feed)
+
+    return run
+
+
+def bench_model(preset: str, runtimes, runs: int, warmup: int, threads: int,
+                seq_len: int) -> dict[str, dict]:
+    import jax
+    import jax.numpy as jnp
+    from flax.core import meta
+
+    from mobilebert_jax.models import MobileBertModel, get_config
+
+    config = get_config(preset, attention_mask_mode="add")
+    params = {"bert": meta.unbox(MobileBertModel(config).init(
+        jax.random.PRNGKey(0), jnp.ones((1, seq_len), jnp.int32))["params"])}
+    params = jax.tree_util.tree_map(np.asarray, params)
+    inputs = example_inputs(config, seq_len)
+    results = {}
+    for runtime in runtimes:
+        start = time.time()
+        if runtime == "jax":
+            fn = jax_runner(config, params, inputs)
+        elif runtime in ("tflite_float", "tflite_int8"):
+            fn = tflite_runner(config, params, inputs,
+                               "none" if runtime == "tflite_float" else "int8", threads, seq_len)
+        else:
+            fn = torch_runner(config, inputs, threads)
+        setup = time.time() - start
+        results[runtime] = {**time_calls(fn, runs, warmup), "setup_s": round(setup, 1)}
+        print(f"  {NAMES[preset]:<16} {runtime:<13} {results[runtime]['median_ms']:8.2f} ms "
+              f"(p10 {results[runtime]['p10_ms']:.2f}, p90 {results[runtime]['p90_ms']:.2f}; "
+              f"setup {setup:.0f}s; load {os.getloadavg()[0]:.1f})", file=sys.stderr, flush=True)
+        del fn
+    return results
+
+
+def format_table(results: dict[str, dict], runtimes) -> str:
+    """The latency table (median ms, [p10–p90]) plus the BERT_BASE / MobileBERT ratios."""
+    header = f"{'model':<26}" + "".join(f"{r:>24}" for r in runtimes)
+    lines = [header, "-" * len(header)]
+    for preset, row in results.items():
+        cells = []
+        for r in runtimes:
+            c = row.get(r)
+            cells.append(f"{c['median_ms']:8.2f} [{c['p10_ms']:.1f}-{c['p90_ms']:.1f}]"
+                         if c else "-")
+        lines.append(f"{NAMES[preset]:<26}" + "".join(f"{c:>24}" for c in cells))
+    if "bert_base" in results:
+        for small in ("mobilebert", "mobilebert_tiny"):
+            if small not in results:
+                continue
+            cells = [f"{results['bert_base'][r]['median_ms'] / results[small][r]['median_ms']:.2f}x"
+                     if r in results[small] and r in results["bert_base"] else "-"
+                     for r in runtimes]
+            lines.append(f"{'BERT_BASE / ' + NAMES[small]:<26}"
+                         + "".join(f"{c:>24}" for c in cells))
+    return "\n".join(lines)
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="python -m mobilebert_jax.bench.latency",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--runtimes", default=",".join(RUNTIMES))
+    parser.add_argument("--runs", type=int, default=30, help="Timed calls per cell (>= 20).")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seq_len", type=int, default=128)
+    parser.add_argument("--json", default=None, help="Also write the results to this file.")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(list(sys.argv if argv is None else argv)[1:])
+    try:
+        models = [m for m in args.models.split(",") if m]
+        runtimes = [r for r in args.runtimes.split(",") if r]
+        bad = [m for m in models if m not in MODELS] + [r for r in runtimes if r not in RUNTIMES]
+        if bad or not models or not runtimes:
+            raise ValueError(f"unknown or empty model/runtime {bad}; models: {MODELS}, "
+                             f"runtimes: {RUNTIMES}")
+        if args.runs < 20 or args.warmup < 1 or args.threads < 1:
+            raise ValueError("need --runs >= 20, --warmup >= 1 and --threads >= 1")
+        if not 1 <= args.seq_len <= 512:
+            raise ValueError(f"--seq_len must be in [1, 512], got {args.seq_len}")
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    load_before = os.getloadavg()
+    print(f"batch 1, seq {args.seq_len}, {args.threads} threads, median of {args.runs} runs "
+          f"after {args.warmup} warm-up; cpus {os.cpu_count()}, load average before "
+          f"{load_before[0]:.2f}/{load_before[1]:.2f}/{load_before[2]:.2f}", flush=True)
+    results = {m: bench_model(m, runtimes, args.runs, args.warmup, args.threads, args.seq_len)
+               for m in models}
+    load_after = os.getloadavg()
+    print(format_table(results, runtimes))
+    print(f"load average after {load_after[0]:.2f}/{load_after[1]:.2f}/{load_after[2]:.2f}")
+    if args.json:
+        tmp = f"{args.json}.tmp"
+        with open(tmp, "w") as f:
+            json.dump({"args": vars(args), "load_before": load_before,
+                       "load_after": load_after, "results": results}, f, indent=2)
+        os.replace(tmp, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
