@@ -1,0 +1,387 @@
+"""Fine-tuning on GLUE and SQuAD from any project checkpoint directory.
+
+    python -m mobilebert_jax.main --config=configs/finetune_glue.py:mrpc --workdir=DIR \
+        --config.init_checkpoint=CKPT_DIR
+    python -m mobilebert_jax.main --config=configs/finetune_squad.py:1.1 --workdir=DIR \
+        --config.init_checkpoint=CKPT_DIR
+
+The encoder (`bert/`) starts from `init_checkpoint` (a teacher, a distilled student or a
+converted TF1/HF model, plain BERT included); the task head (`classifier/` or `qa_outputs/`) is
+new. Recipe (reference §5): AdamW (optionally without bias correction, as the official code),
+10% linear warm-up then linear decay, global-norm clipping 1.0, dropout 0.1 on [CLS].
+
+Every epoch ends with an evaluation: its metrics go to `metrics.jsonl` and
+`eval_results.json`, and the params are saved in an orbax manager that keeps the best
+checkpoints by the task metric (`best_metric`). After training the best params predict the
+test sets: GLUE submission files in `WORKDIR/submission/`, SQuAD `predictions.json` for the
+eval set in `WORKDIR/predictions/` (and for `predict_file` in `WORKDIR/test_predictions/`).
+The workdir is itself a project checkpoint directory (`model_config.json`, vocabulary, params).
+"""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import linen as nn
+
+from mobilebert_jax import checkpoint, parallel
+from mobilebert_jax.data import glue as glue_data
+from mobilebert_jax.data import squad as squad_data
+from mobilebert_jax.metrics.glue import glue_metrics
+from mobilebert_jax.metrics.squad import squad_scores
+from mobilebert_jax.metrics.writers import MetricsWriter, format_scalars, log
+from mobilebert_jax.models.heads import (MobileBertForQuestionAnswering,
+                                         MobileBertForSequenceClassification)
+from mobilebert_jax.train import finetune_data as fd
+from mobilebert_jax.train import optim
+from mobilebert_jax.train import state as state_lib
+
+EVAL_RESULTS = "eval_results.json"
+PREDICTED = ("logits", "start_logits", "end_logits")  # model outputs brought back to the host
+
+
+# -- losses --------------------------------------------------------------------------------------
+def _weighted_mean(values, weights):
+    return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
+def glue_loss(logits, batch, regression: bool):
+    """Weighted cross-entropy (classification) or squared error (STS-B) over the batch rows."""
+    if regression:
+        per_example = jnp.square(logits[:, 0] - batch["labels"])
+    else:
+        per_example = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"])
+    return _weighted_mean(per_example, batch["weights"])
+
+
+def squad_loss(start_logits, end_logits, batch):
+    """(CE(start) + CE(end)) / 2 over all positions, weighted over the batch rows."""
+    start = optax.softmax_cross_entropy_with_integer_labels(start_logits, batch["start_positions"])
+    end = optax.softmax_cross_entropy_with_integer_labels(end_logits, batch["end_positions"])
+    return _weighted_mean(0.5 * (start + end), batch["weights"])
+
+
+# -- optimizer -----------------------------------------------------------------------------------
+def optimizer_config(config, total_steps: int):
+    """The AdamW section of `make_optimizer` for a run of `total_steps` updates."""
+    warmup = int(round(float(config.warmup_proportion) * total_steps))
+    return dict(name="adamw", learning_rate=float(config.learning_rate), warmup_steps=warmup,
+                total_steps=total_steps, end_learning_rate=0.0, decay="linear",
+                decay_after_warmup=bool(config.get("decay_after_warmup", False)),
+                weight_decay=float(config.weight_decay), b1=0.9, b2=0.999,
+                eps=float(config.get("adam_eps", 1e-6)),
+                bias_correction=bool(config.bias_correction), clip_norm=float(config.clip_norm))
+
+
+# -- the task-independent loop -------------------------------------------------------------------
+class Trainer:
+    """Model, sharded state, jitted steps and the best-checkpoint manager of one run."""
+
+    def __init__(self, config, workdir: str, model, model_config, train_keys, loss_fn,
+                 num_train: int, seq_len: int):
+        self.config, self.workdir, self.model = config, workdir, model
+        self.mesh = parallel.make_mesh(config.mesh.shape)
+        self.rules = parallel.rules_from_config(config.mesh.rules)
+        self.batch_size = int(config.batch_size)
+        self.eval_batch_size = int(config.eval_batch_size)
+        for size in (self.batch_size, self.eval_batch_size):
+            if size <= 0:
+                raise ValueError(f"batch sizes must be positive, got {size}")
+            parallel.check_batch_divisible(size, self.mesh)
+        if int(config.num_epochs) <= 0:
+            raise ValueError(f"num_epochs must be positive, got {config.num_epochs}")
+        self.train_keys = train_keys
+        self.steps_per_epoch = fd.num_batches(num_train, self.batch_size)
+        self.total_steps = self.steps_per_epoch * int(config.num_epochs)
+        tx, self.schedule = optim.make_optimizer(optimizer_config(config, self.total_steps))
+        ids = jnp.zeros((1, seq_len), jnp.int32)
+        seed = int(config.seed)
+        init = lambda: model.init(jax.random.PRNGKey(seed), ids, ids, ids)["params"]  # noqa
+        self.state, self.shardings = state_lib.create_sharded_state(
+            init, tx, seed, self.mesh, self.rules)
+        self.step = 0
+        self._load_encoder(config.init_checkpoint)
+        self._build_steps(tx, loss_fn)
+
+    def _load_encoder(self, directory: str) -> None:
+        pretrained = checkpoint.load_params(directory)
+        if "bert" not in pretrained:
+            raise ValueError(f"checkpoint {directory} holds no 'bert' encoder params")
+        want = jax.tree_util.tree_flatten_with_path(self.state.params["bert"])[0]
+        have = dict(jax.tree_util.tree_flatten_with_path(pretrained["bert"])[0])
+        for path, leaf in want:
+            name = "bert" + jax.tree_util.keystr(path)
+            if path not in have:
+                raise ValueError(f"checkpoint {directory} lacks {name} (its model config does "
+                                 "not match its params)")
+            if tuple(np.shape(have[path])) != tuple(leaf.shape):
+                raise ValueError(f"checkpoint {directory}: {name} has shape "
+                                 f"{tuple(np.shape(have[path]))}, the model needs {leaf.shape}")
+        bert = jax.tree_util.tree_unflatten(
+            jax.tree_util.tree_structure(self.state.params["bert"]),
+            [np.asarray(have[p], dtype=leaf.dtype) for p, leaf in want])
+        bert = jax.device_put(bert, self.shardings.params["bert"])
+        self.state = self.state.replace(params=dict(self.state.params, bert=bert))
+
+    def _build_steps(self, tx, loss_fn) -> None:
+        model, schedule = self.model, self.schedule
+
+        def train_step(state, batch):
+            rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+
+            def loss_of(params):
+                out = model.apply({"params": params}, batch["input_ids"],
+                                  batch["token_type_ids"], batch["attention_mask"],
+                                  deterministic=False, rngs={"dropout": rng})
+                return loss_fn(out, batch)
+
+            loss, grads = jax.value_and_grad(loss_of)(state.params)
+            updates, opt_state = tx.update(grads, state.opt_state, state.params)
+            params = optax.apply_updates(state.params, updates)
+            metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
+                       "learning_rate": schedule(state.step)}
+            return state.replace(step=state.step + 1, params=params,
+                                 opt_state=opt_state), metrics
+
+        def predict_step(params, batch):
+            out = model.apply({"params": params}, batch["input_ids"], batch["token_type_ids"],
+                              batch["attention_mask"], deterministic=True)
+            return {k: getattr(out, k) for k in PREDICTED if hasattr(out, k)}
+
+        batch_sh = parallel.batch_sharding(self.mesh)
+        repl = parallel.replicated(self.mesh)
+        self.train_step = jax.jit(train_step, in_shardings=(self.shardings, batch_sh),
+                                  out_shardings=(self.shardings, repl), donate_argnums=0)
+        self.predict_step = jax.jit(predict_step, in_shardings=(self.shardings.params, batch_sh))
+
+    def run_epoch(self, features, epoch: int, writer: MetricsWriter) -> float:
+        """One pass over the training features; returns the epoch's mean loss."""
+        order = fd.epoch_order(len(features["input_ids"]), epoch, int(self.config.seed))
+        losses, window = [], []
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+            for batch in fd.batches(features, order, self.batch_size, self.train_keys):
+                self.state, metrics = self.train_step(
+                    self.state, parallel.global_batch(batch, self.mesh))
+                window.append(metrics)
+                self.step += 1  # a host counter: no device sync per step
+                step = self.step
+                if step % int(self.config.log_every) == 0 or step == self.total_steps:
+                    host = {k: float(np.mean([float(m[k]) for m in window]))
+                            for k in window[0]}
+                    if not math.isfinite(host["loss"]):
+                        raise state_lib.NonFiniteLoss(f"non-finite loss at step {step}")
+                    losses.extend([float(m["loss"]) for m in window])
+                    writer.write(step, host)
+                    log(f"epoch {epoch + 1} step {step}/{self.total_steps} "
+                        f"{format_scalars(host)}")
+                    window = []
+        losses.extend([float(m["loss"]) for m in window])
+        return float(np.mean(losses)) if losses else float("nan")
+
+    def predict(self, params, features, keys=fd.MODEL_INPUTS) -> dict[str, np.ndarray]:
+        """Outputs of the deterministic model on all features, in order, as host arrays."""
+        n = len(features["input_ids"])
+        outs: dict[str, list] = {}
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+            for batch in fd.batches(features, np.arange(n), self.eval_batch_size, keys):
+                real = int(batch.pop("weights").sum())
+                out = self.predict_step(params, parallel.global_batch(batch, self.mesh))
+                for k, v in out.items():
+                    outs.setdefault(k, []).append(np.asarray(jax.device_get(v))[:real])
+        return {k: np.concatenate(v) for k, v in outs.items()}
+
+
+def _best_manager(workdir: str, metric: str, keep: int):
+    import orbax.checkpoint as ocp
+
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max(int(keep), 1), best_fn=lambda m: float(m[metric]), best_mode="max",
+        enable_async_checkpointing=False, create=True, cleanup_tmp_directories=True)
+    return ocp.CheckpointManager(os.path.join(workdir, checkpoint.CHECKPOINTS),
+                                 options=options, item_names=("params",))
+
+
+def _save(mngr, step: int, params, metrics: dict) -> None:
+    import orbax.checkpoint as ocp
+
+    mngr.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params)),
+              metrics={k: float(v) for k, v in metrics.items()})
+    mngr.wait_until_finished()
+
+
+def _restore_best(mngr, trainer: Trainer):
+    import orbax.checkpoint as ocp
+
+    step = mngr.best_step()
+    target = state_lib.abstract_like(trainer.state.params, trainer.shardings.params)
+    restored = mngr.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))
+    return step, restored["params"]
+
+
+def _prepare_workdir(config, workdir: str, model_config, tokenizer) -> None:
+    if checkpoint.latest_step(workdir) is not None:
+        raise FileExistsError(f"workdir {workdir} already holds a fine-tuning run; "
+                              "use a new --workdir")
+    os.makedirs(workdir, exist_ok=True)
+    state_lib.write_config(workdir, config)
+    model_config.to_json(os.path.join(workdir, checkpoint.MODEL_CONFIG))
+    name = "spm.model" if tokenizer.path.endswith(".model") else "vocab.txt"
+    if os.path.abspath(tokenizer.path) != os.path.abspath(os.path.join(workdir, name)):
+        shutil.copyfile(tokenizer.path, os.path.join(workdir, name))
+
+
+def _run(config, workdir: str, model, model_config, train_features, train_keys, loss_fn,
+         evaluate, best_metric: str, task_name: str) -> tuple[Trainer, object, dict]:
+    """The epoch loop shared by GLUE and SQuAD; returns (trainer, manager, final results)."""
+    seq_len = train_features["input_ids"].shape[1]
+    trainer = Trainer(config, workdir, model, model_config, train_keys, loss_fn,
+                      len(train_features["input_ids"]), seq_len)
+    log(f"{task_name}: {len(train_features['input_ids'])} training features, "
+        f"{trainer.steps_per_epoch} steps/epoch x {config.num_epochs} epochs, "
+        f"batch {trainer.batch_size}, seq {seq_len}, lr {config.learning_rate}")
+    writer = MetricsWriter(workdir)
+    mngr = _best_manager(workdir, best_metric, config.keep_checkpoints)
+    history, best, results = [], None, {}
+    start = time.perf_counter()
+    try:
+        for epoch in range(int(config.num_epochs)):
+            t0 = time.perf_counter()
+            train_loss = trainer.run_epoch(train_features, epoch, writer)
+            t_train = time.perf_counter() - t0
+            metrics = evaluate(trainer, trainer.state.params)
+            if best_metric not in metrics:
+                raise ValueError(f"best_metric {best_metric!r} is not among the eval metrics "
+                                 f"({', '.join(metrics)})")
+            step = int(trainer.state.step)
+            record = {"epoch": epoch + 1, "step": step, "train_loss": train_loss,
+                      "train_seconds": t_train, "metrics": metrics}
+            history.append(record)
+            # ties go to the later epoch, as orbax keeps them
+            if best is None or metrics[best_metric] >= best["metrics"][best_metric]:
+                best = record
+            _save(mngr, step, trainer.state.params, metrics)
+            writer.write(step, metrics, prefix="eval_")
+            log(f"eval epoch {epoch + 1}: {format_scalars(metrics)}")
+            results = {"task": task_name, "epoch": epoch + 1, "step": step,
+                       "metrics": metrics, "best_metric": best_metric,
+                       "best": {k: best[k] for k in ("epoch", "step", "metrics")},
+                       "history": history, "finished": False,
+                       "elapsed_seconds": time.perf_counter() - start}
+            if jax.process_index() == 0:
+                state_lib.dump_json(os.path.join(workdir, EVAL_RESULTS), results)
+    finally:
+        writer.close()
+    return trainer, mngr, results
+
+
+def _finish(workdir: str, results: dict) -> dict:
+    results["finished"] = True
+    if jax.process_index() == 0:
+        state_lib.dump_json(os.path.join(workdir, EVAL_RESULTS), results)
+    return results
+
+
+# -- GLUE ----------------------------------------------------------------------------------------
+def glue_predictions(task: glue_data.GlueTask, logits: np.ndarray) -> np.ndarray:
+    return logits[:, 0] if task.is_regression else logits.argmax(-1)
+
+
+def evaluate_glue(trainer: Trainer, params, task, dev_splits) -> dict[str, float]:
+    metrics: dict[str, float] = {}
+    for split in dev_splits:
+        logits = trainer.predict(params, split.features)["logits"]
+        labels = split.features["labels"]
+        metrics.update(glue_metrics(task.name, glue_predictions(task, logits), labels,
+                                    split=split.name if len(dev_splits) > 1 else None))
+    return metrics
+
+
+def train_glue(config, workdir: str) -> dict:
+    task = fd.glue_task(config.task)
+    if not config.init_checkpoint:
+        raise ValueError("config.init_checkpoint is required (a project checkpoint directory)")
+    model_config = checkpoint.load_config(config.init_checkpoint)
+    tokenizer = fd.resolve_tokenizer(config, model_config.vocab_size)
+    data = fd.load_glue_data(config, tokenizer)
+    _prepare_workdir(config, workdir, model_config, tokenizer)
+    model = MobileBertForSequenceClassification(model_config, task.num_labels,
+                                                float(config.classifier_dropout))
+    regression = task.is_regression
+    best_metric = config.best_metric or (
+        "accuracy_matched" if task.name == "mnli" else task.metrics[0])
+    trainer, mngr, results = _run(
+        config, workdir, model, model_config, data.train.features,
+        fd.MODEL_INPUTS + ("labels",), lambda out, b: glue_loss(out.logits, b, regression),
+        lambda tr, p: evaluate_glue(tr, p, task, data.dev), best_metric, task.name)
+    with mngr:
+        step, params = _restore_best(mngr, trainer)
+    files = []
+    for split in data.test:
+        logits = trainer.predict(params, split.features)["logits"]
+        path = glue_data.write_glue_submission(
+            task, glue_predictions(task, logits), os.path.join(workdir, "submission"),
+            split=split.name, indices=[ex.guid for ex in split.examples])
+        files.append(str(path))
+        log(f"wrote {path} ({len(split.examples)} test predictions, best step {step})")
+    results["submission_files"] = files
+    return _finish(workdir, results)
+
+
+# -- SQuAD ---------------------------------------------------------------------------------------
+def squad_answers(trainer: Trainer, params, split, config, version: str):
+    out = trainer.predict(params, split.features)
+    return squad_data.postprocess_squad(
+        split.examples, split.features, out["start_logits"], out["end_logits"],
+        n_best_size=int(config.n_best_size), max_answer_length=int(config.max_answer_length),
+        version=version, null_score_diff_threshold=float(config.null_score_diff_threshold))
+
+
+def evaluate_squad(trainer: Trainer, params, split, config, version: str) -> dict[str, float]:
+    predictions, null_odds, _ = squad_answers(trainer, params, split, config, version)
+    return squad_scores(split.squad_json, predictions, null_odds if version == "2.0" else None,
+                        version=version, warn_missing=False)
+
+
+def train_squad(config, workdir: str) -> dict:
+    version = fd.squad_version(config.version)
+    if not config.init_checkpoint:
+        raise ValueError("config.init_checkpoint is required (a project checkpoint directory)")
+    model_config = checkpoint.load_config(config.init_checkpoint)
+    tokenizer = fd.resolve_tokenizer(config, model_config.vocab_size)
+    data = fd.load_squad_data(config, tokenizer)
+    _prepare_workdir(config, workdir, model_config, tokenizer)
+    model = MobileBertForQuestionAnswering(model_config)
+    trainer, mngr, results = _run(
+        config, workdir, model, model_config, data.train.features,
+        fd.MODEL_INPUTS + ("start_positions", "end_positions"),
+        lambda out, b: squad_loss(out.start_logits, out.end_logits, b),
+        lambda tr, p: evaluate_squad(tr, p, data.eval, config, version),
+        config.best_metric or "f1", f"squad{version}")
+    with mngr:
+        step, params = _restore_best(mngr, trainer)
+    for split, folder in ((data.eval, "predictions"), (data.test, "test_predictions")):
+        if split is None:
+            continue
+        predictions, null_odds, nbest = squad_answers(trainer, params, split, config, version)
+        paths = squad_data.write_predictions(os.path.join(workdir, folder), predictions,
+                                             null_odds or None, nbest)
+        log(f"wrote {paths['predictions']} ({len(predictions)} answers, best step {step})")
+        results[f"{folder}_file"] = str(paths["predictions"])
+    return _finish(workdir, results)
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+    """Runs the fine-tuning job named by `config.trainer`; returns the eval results."""
+    trainer = config.get("trainer")
+    if trainer == "finetune_glue":
+        return train_glue(config, workdir)
+    if trainer == "finetune_squad":
+        return train_squad(config, workdir)
+    raise ValueError(f"unknown fine-tuning trainer {trainer!r} "
+                     "(expected finetune_glue or finetune_squad)")

@@ -1,0 +1,217 @@
+"""Inputs of the GLUE and SQuAD fine-tuning trainer: tokenizer, examples, features, batches.
+
+* `resolve_tokenizer` picks the tokenizer (config field `tokenizer`, else the vocab stored in
+  the init checkpoint directory) and checks it against the model's vocabulary size.
+* `GlueData` / `SquadData` hold the featurized train and eval sets (and the test sets whose
+  predictions are written in submission format).
+* `epoch_order` is the example order of one epoch (a permutation from seed and epoch), shared
+  with the HF benchmark so both frameworks see the same batches; `batches` cuts features into
+  fixed-size batches, padding the last one with zero-weight rows.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from mobilebert_jax import checkpoint
+from mobilebert_jax.data import glue as glue_data
+from mobilebert_jax.data import squad as squad_data
+from mobilebert_jax.data import tokenizers
+
+# The nine GLUE tasks one fine-tunes on (the diagnostic set ax is scored with an MNLI model).
+GLUE_FINETUNE_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def glue_task(name: str) -> glue_data.GlueTask:
+    """The registry entry of a fine-tuning task; a one-line error for anything else."""
+    task = glue_data.get_task(name)
+    if task.name not in GLUE_FINETUNE_TASKS:
+        raise ValueError(f"task {task.name!r} is not a fine-tuning task (expected one of "
+                         f"{', '.join(GLUE_FINETUNE_TASKS)}; ax is scored with an MNLI model)")
+    return task
+
+
+def resolve_tokenizer(config, vocab_size: int) -> tokenizers.Tokenizer:
+    """`config.tokenizer`, or the tokenizer file stored in `config.init_checkpoint`."""
+    path = config.get("tokenizer", "") or checkpoint.tokenizer_file(config.init_checkpoint)
+    if not path:
+        raise ValueError(f"checkpoint {config.init_checkpoint} stores no vocab.txt or spm.model; "
+                         "set --config.tokenizer=PATH (the vocabulary the model was trained with)")
+    tokenizer = tokenizers.load_tokenizer(path, lower_case=config.get("lower_case", True))
+    tokenizers.check_vocab(tokenizer, vocab_size)
+    return tokenizer
+
+
+def epoch_order(num_examples: int, epoch: int, seed: int) -> np.ndarray:
+    """The order in which epoch `epoch` visits the training features (seeded permutation)."""
+    return np.random.default_rng([int(seed), int(epoch)]).permutation(num_examples)
+
+
+def batches(features: dict[str, np.ndarray], order: Sequence[int], batch_size: int,
+            keys: Sequence[str]) -> Iterator[dict[str, np.ndarray]]:
+    """Batches of `keys` in `order`, plus `weights` (1 for real rows, 0 for the padding rows
+    that fill the last batch to `batch_size`)."""
+    order = np.asarray(order)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        real = len(idx)
+        if real < batch_size:
+            idx = np.concatenate([idx, np.full(batch_size - real, idx[0])])
+        batch = {k: features[k][idx] for k in keys}
+        weights = np.zeros(batch_size, np.float32)
+        weights[:real] = 1.0
+        batch["weights"] = weights
+        yield batch
+
+
+def num_batches(num_examples: int, batch_size: int) -> int:
+    return -(-num_examples // batch_size)
+
+
+# -- GLUE ----------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class GlueSplit:
+    name: str
+    examples: list[glue_data.GlueExample]
+    features: dict[str, np.ndarray]
+
+
+@dataclasses.dataclass
+class GlueData:
+    task: glue_data.GlueTask
+    train: GlueSplit
+    dev: list[GlueSplit]
+    test: list[GlueSplit]
+
+
+def _glue_split(task, data_dir: str, split: str, tokenizer, max_seq_length: int,
+                limit: int = 0) -> GlueSplit:
+    examples = glue_data.load_glue(task, data_dir, split)
+    if limit:
+        examples = examples[:limit]
+    if not examples:
+        raise ValueError(f"{split} split of task {task.name} in {data_dir} holds no examples")
+    features = glue_data.featurize_glue(examples, tokenizer, max_seq_length, task)
+    return GlueSplit(split, examples, features)
+
+
+def load_glue_data(config, tokenizer) -> GlueData:
+    """Train, dev and (where the files exist) test sets of `config.task`, featurized.
+
+    `config.train_subset` / `config.eval_subset` (0: all) keep the first N examples.
+    """
+    task = glue_task(config.task)
+    data_dir = os.path.expanduser(config.data_dir)
+    if not os.path.isdir(data_dir) and data_dir != "tfds":
+        raise FileNotFoundError(f"GLUE data_dir not found: {data_dir}")
+    seq = int(config.max_seq_length)
+    train = _glue_split(task, data_dir, task.train_splits[0], tokenizer, seq,
+                        int(config.get("train_subset", 0)))
+    dev = [_glue_split(task, data_dir, s, tokenizer, seq, int(config.get("eval_subset", 0)))
+           for s in task.dev_splits]
+    test = []
+    if config.get("predict_test", True):
+        for split in task.test_splits:
+            try:
+                test.append(_glue_split(task, data_dir, split, tokenizer, seq))
+            except FileNotFoundError:
+                continue
+    return GlueData(task, train, dev, test)
+
+
+# -- SQuAD ---------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class SquadSplit:
+    squad_json: dict
+    examples: list[squad_data.SquadExample]
+    features: dict[str, np.ndarray]
+
+
+@dataclasses.dataclass
+class SquadData:
+    version: str
+    train: SquadSplit
+    eval: SquadSplit
+    test: SquadSplit | None
+
+
+def squad_version(version: Any) -> str:
+    text = str(version).lstrip("v")
+    if text not in ("1.1", "2.0"):
+        raise ValueError(f"unknown SQuAD version {version!r} (expected 1.1 or 2.0)")
+    return text
+
+
+def read_squad_json(path: str) -> dict:
+    """The loaded official JSON, with one-line errors for a missing or malformed file."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"SQuAD file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("data"), list):
+        raise ValueError(f"{path}: SQuAD JSON needs a top-level 'data' list of articles")
+    return data
+
+
+def _articles(squad_json: dict, start: int, stop: int | None) -> dict:
+    return {"version": squad_json.get("version", "1.1"), "data": squad_json["data"][start:stop]}
+
+
+def _squad_split(squad_json: dict, version: str, tokenizer, config,
+                 is_training: bool, where: str) -> SquadSplit:
+    try:
+        examples = squad_data.parse_squad_json(squad_json, version)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+    if not examples:
+        raise ValueError(f"{where} holds no questions")
+    features = squad_data.featurize_squad(
+        examples, tokenizer, int(config.max_seq_length), int(config.doc_stride),
+        int(config.max_query_length), is_training=is_training)
+    if not len(features["input_ids"]):
+        raise ValueError(f"{where}: no question could be featurized for training")
+    return SquadSplit(squad_json, examples, features)
+
+
+def load_squad_data(config, tokenizer) -> SquadData:
+    """Train and eval sets from `train_file` / `eval_file` (defaults: `train-v<V>.json` and
+    `dev-v<V>.json` in `data_dir`). With `train_articles` > 0 both come from `train_file`:
+    its first `train_articles` articles train, the next `eval_articles` (0: all the rest)
+    evaluate. `predict_file` (optional) is predicted with the best checkpoint;
+    `train_subset` > 0 keeps that many training windows, drawn at random with `seed`."""
+    version = squad_version(config.version)
+    data_dir = os.path.expanduser(config.data_dir)
+    train_file = config.train_file or os.path.join(data_dir, f"train-v{version}.json")
+    eval_file = config.eval_file or os.path.join(data_dir, f"dev-v{version}.json")
+    train_json = read_squad_json(os.path.expanduser(train_file))
+    n_train, n_eval = int(config.train_articles), int(config.eval_articles)
+    if n_train > 0:
+        if n_train >= len(train_json["data"]):
+            raise ValueError(f"train_articles={n_train} leaves no article of {train_file} "
+                             f"({len(train_json['data'])} articles) for evaluation")
+        eval_json = _articles(train_json, n_train, n_train + n_eval if n_eval else None)
+        train_json = _articles(train_json, 0, n_train)
+        eval_file = f"{train_file} (articles {n_train}..)"
+    else:
+        eval_json = read_squad_json(os.path.expanduser(eval_file))
+    train = _squad_split(train_json, version, tokenizer, config, True, str(train_file))
+    keep = int(config.get("train_subset", 0))
+    if 0 < keep < len(train.features["input_ids"]):
+        # N training windows drawn at random (seeded), so that they span all the articles
+        rng = np.random.default_rng(int(config.seed))
+        idx = np.sort(rng.choice(len(train.features["input_ids"]), keep, replace=False))
+        train.features = {k: v[idx] for k, v in train.features.items()}
+    evaluation = _squad_split(eval_json, version, tokenizer, config, False, str(eval_file))
+    test = None
+    if config.get("predict_file", ""):
+        path = os.path.expanduser(config.predict_file)
+        test = _squad_split(read_squad_json(path), version, tokenizer, config, False, path)
+    return SquadData(version, train, evaluation, test)

@@ -1,0 +1,300 @@
+"""GLUE and SQuAD fine-tuning: end to end through main.py on a tiny checkpoint and tiny data
+written here (eval results, best checkpoint, submission files), the sweep table, the optimizer
+options, and one-line errors for bad input."""
+import json
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from absl import flags
+from flax import linen as nn
+
+from mobilebert_jax import checkpoint
+from mobilebert_jax.data import glue as glue_data
+from mobilebert_jax.models.config import MobileBertConfig
+from mobilebert_jax.models.heads import MobileBertForPreTraining
+from mobilebert_jax.train import finetune, finetune_data, optim, sweep
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GLUE_CONFIG = os.path.join(REPO, "configs", "finetune_glue.py")
+SQUAD_CONFIG = os.path.join(REPO, "configs", "finetune_squad.py")
+sys.path.insert(0, os.path.join(REPO, "configs"))
+import finetune_glue  # noqa: E402
+
+WORDS = ("the cat dog sat ran on a mat big small red blue house tree is was "
+         "where did go when who park home yesterday today").split()
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def tiny_model_config(vocab_size: int) -> MobileBertConfig:
+    """A two-layer plain BERT (no bottleneck, LayerNorm, tanh pooler)."""
+    return MobileBertConfig(
+        vocab_size=vocab_size, hidden_size=32, embedding_size=32, num_hidden_layers=2,
+        num_attention_heads=2, intermediate_size=64, hidden_act="gelu_exact",
+        hidden_dropout_prob=0.1, max_position_embeddings=64, trigram_input=False,
+        use_bottleneck=False, intra_bottleneck_size=32, key_query_shared_bottleneck=False,
+        num_feedforward_networks=1, normalization_type="layer_norm",
+        classifier_activation=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ft_ckpt")
+    vocab = root / "vocab.txt"
+    vocab.write_text("\n".join(SPECIALS + WORDS + ["?", "."]) + "\n")
+    config = tiny_model_config(len(SPECIALS) + len(WORDS) + 2)
+    ids = jnp.zeros((1, 8), jnp.int32)
+    params = nn.meta.unbox(
+        MobileBertForPreTraining(config).init(jax.random.PRNGKey(0), ids)["params"])
+    out = root / "ckpt"
+    checkpoint.save_pretrained(str(out), config, params, tokenizer_path=str(vocab))
+    return out
+
+
+def _sentence(rng, n=5):
+    return " ".join(rng.choice(WORDS[:14], size=n))
+
+
+@pytest.fixture(scope="module")
+def glue_dir(tmp_path_factory):
+    """A tiny MRPC folder: label 1 iff both sentences start with 'the'."""
+    root = tmp_path_factory.mktemp("glue") / "MRPC"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    header = "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String"
+    for split, n in (("train", 24), ("dev", 8), ("test", 8)):
+        rows = []
+        for i in range(n):
+            label = i % 2
+            a = ("the " if label else "a ") + _sentence(rng)
+            b = ("the " if label else "big ") + _sentence(rng)
+            if split == "test":
+                rows.append(f"{100 + i}\t{i}\t{i}\t{a}\t{b}")
+            else:
+                rows.append(f"{label}\t{i}\t{i}\t{a}\t{b}")
+        head = "index\t#1 ID\t#2 ID\t#1 String\t#2 String" if split == "test" else header
+        (root / f"{split}.tsv").write_text("\n".join([head] + rows) + "\n")
+    return root
+
+
+def squad_json(num_articles=3):
+    articles = []
+    for a in range(num_articles):
+        context = f"the cat sat on the mat {a}. the dog ran to the park yesterday."
+        qas = [{"id": f"q{a}_0", "question": "where did the dog go?",
+                "answers": [{"text": "the park", "answer_start": context.index("the park")}]},
+               {"id": f"q{a}_1", "question": "who sat on the mat?",
+                "answers": [{"text": "the cat", "answer_start": 0}]}]
+        articles.append({"title": f"t{a}", "paragraphs": [{"context": context, "qas": qas}]})
+    return {"version": "1.1", "data": articles}
+
+
+def run_main(argv, capsys):
+    """main.py in this process (its absl flags parsed from `argv`); returns (rc, stderr)."""
+    from mobilebert_jax import main as main_mod
+
+    argv = ["main"] + [str(a) for a in argv]
+    saved = sys.argv
+    sys.argv = argv  # config_flags finds the --config.* overrides in sys.argv
+    try:
+        flags.FLAGS.unparse_flags()
+        for name in [n for n in flags.FLAGS if n.startswith("config.")]:
+            delattr(flags.FLAGS, name)  # the previous call's overrides
+        flags.FLAGS(argv)
+        rc = main_mod.main([])
+    finally:
+        sys.argv = saved
+    return rc, capsys.readouterr().err
+
+
+def glue_args(ckpt, data, workdir, *extra):
+    return [f"--config={GLUE_CONFIG}:mrpc", f"--workdir={workdir}",
+            f"--config.init_checkpoint={ckpt}", f"--config.data_dir={data}",
+            "--config.batch_size=8", "--config.eval_batch_size=8", "--config.num_epochs=2",
+            "--config.max_seq_length=16", "--config.learning_rate=1e-3", "--config.log_every=1",
+            *extra]
+
+
+def test_glue_end_to_end_through_main(tiny_checkpoint, glue_dir, tmp_path, capsys):
+    workdir = tmp_path / "run"
+    rc, err = run_main(glue_args(tiny_checkpoint, glue_dir, workdir), capsys)
+    assert rc == 0, err
+    results = json.loads((workdir / "eval_results.json").read_text())
+    assert results["finished"] and results["task"] == "mrpc" and results["epoch"] == 2
+    assert set(results["metrics"]) == {"accuracy", "f1"}
+    assert [h["step"] for h in results["history"]] == [3, 6]  # 24 examples / batch 8
+    top = max(h["metrics"]["accuracy"] for h in results["history"])
+    best = [h for h in results["history"] if h["metrics"]["accuracy"] == top][-1]
+    assert results["best"]["metrics"] == best["metrics"]
+    # only the best checkpoint is kept, and the workdir loads as a checkpoint directory
+    assert checkpoint.latest_step(str(workdir)) == results["best"]["step"]
+    config, params = checkpoint.load_pretrained(str(workdir))
+    assert set(params) == {"bert", "classifier"} and config.hidden_size == 32
+    assert checkpoint.tokenizer_file(str(workdir)) is not None
+    lines = (workdir / "submission" / "MRPC.tsv").read_text().splitlines()
+    assert lines[0] == "index\tprediction"
+    assert [ln.split("\t")[0] for ln in lines[1:]] == [str(100 + i) for i in range(8)]
+    assert {ln.split("\t")[1] for ln in lines[1:]} <= {"0", "1"}
+    # the same workdir is refused rather than silently overwritten
+    rc, err = run_main(glue_args(tiny_checkpoint, glue_dir, workdir), capsys)
+    assert rc == 1 and "already holds a fine-tuning run" in err
+
+
+def test_squad_end_to_end_writes_official_predictions(tiny_checkpoint, tmp_path, capsys):
+    path = tmp_path / "squad.json"
+    path.write_text(json.dumps(squad_json(3)))
+    workdir = tmp_path / "squad_run"
+    rc, err = run_main([f"--config={SQUAD_CONFIG}:1.1", f"--workdir={workdir}",
+                        f"--config.init_checkpoint={tiny_checkpoint}",
+                        f"--config.train_file={path}", "--config.train_articles=2",
+                        "--config.eval_articles=1", "--config.batch_size=8",
+                        "--config.eval_batch_size=8", "--config.num_epochs=1",
+                        "--config.max_seq_length=32", "--config.doc_stride=8",
+                        "--config.max_query_length=8", "--config.learning_rate=1e-3"], capsys)
+    assert rc == 0, err
+    results = json.loads((workdir / "eval_results.json").read_text())
+    assert set(results["metrics"]) == {"exact_match", "f1"} and results["finished"]
+    assert 0.0 <= results["metrics"]["f1"] <= 100.0
+    predictions = json.loads((workdir / "predictions" / "predictions.json").read_text())
+    assert set(predictions) == {"q2_0", "q2_1"}  # the third article is the eval set
+    context = squad_json(3)["data"][2]["paragraphs"][0]["context"]
+    assert all(isinstance(t, str) and t in context for t in predictions.values())
+    assert (workdir / "predictions" / "nbest_predictions.json").is_file()
+
+
+def test_sweep_table_aggregates_seeds(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_run(cfg, workdir):  # accuracy depends on lr and seed; finished runs are reused
+        calls.append((cfg.learning_rate, cfg.num_epochs, cfg.seed))
+        acc = 0.5 + 1000 * cfg.learning_rate * (1 + cfg.seed) / 10
+        results = {"task": "mrpc", "best_metric": "accuracy", "finished": True,
+                   "best": {"metrics": {"accuracy": acc, "f1": acc / 2}}}
+        os.makedirs(workdir)
+        with open(os.path.join(workdir, finetune.EVAL_RESULTS), "w") as f:
+            json.dump(results, f)
+        return results
+
+    monkeypatch.setattr(finetune, "train_and_evaluate", fake_run)
+    config = finetune_glue.get_config("mrpc")
+    rows = sweep.run_sweep(config, str(tmp_path / "sweep"), [1e-4, 2e-4], [2], [0, 1])
+    assert len(calls) == 4 and [r["learning_rate"] for r in rows] == [1e-4, 2e-4]
+    acc = rows[1]["metrics"]["accuracy"]
+    assert acc["values"] == pytest.approx([52.0, 54.0])  # points
+    assert acc["mean"] == pytest.approx(53.0) and acc["std"] == pytest.approx(1.0)
+    assert rows[1]["best"] and not rows[0]["best"]
+    table = (tmp_path / "sweep" / "sweep_results.md").read_text()
+    assert "| 0.0002 (best) | 2 | 2 | 53.00 ± 1.00 | 26.50 ± 0.50 |" in table
+    saved = json.loads((tmp_path / "sweep" / "sweep_results.json").read_text())
+    assert len(saved["runs"]) == 4 and saved["best_metric"] == "accuracy"
+    sweep.run_sweep(config, str(tmp_path / "sweep"), [1e-4, 2e-4], [2], [0, 1])
+    assert len(calls) == 4  # nothing re-run
+
+
+def test_no_bias_correction_option_is_wired():
+    config = finetune_glue.get_config("rte")
+    config.warmup_proportion = 0.0
+    assert config.bias_correction is False  # the official AdamW is the default
+    params = {"w": jnp.ones((4,))}
+    grads = {"w": jnp.full((4,), 0.5)}
+    first = {}
+    for bias_correction in (False, True):
+        config.bias_correction = bias_correction
+        opt = finetune.optimizer_config(config, total_steps=10)
+        assert opt["bias_correction"] is bias_correction and opt["name"] == "adamw"
+        assert opt["clip_norm"] == 1.0 and opt["warmup_steps"] == 0
+        tx, _ = optim.make_optimizer(opt)
+        updates, _ = tx.update(grads, tx.init(params), params)
+        first[bias_correction] = float(updates["w"][0])
+    lr, wd = config.learning_rate, config.weight_decay
+    # first step: m/sqrt(v) = 0.1/sqrt(0.001) without correction, 1 with it (plus decay)
+    assert first[True] == pytest.approx(-lr * (1.0 + wd), rel=1e-4)
+    assert first[False] == pytest.approx(-lr * (0.1 / np.sqrt(0.001) + wd), rel=1e-4)
+
+
+def test_warmup_is_ten_percent_and_decays_to_zero():
+    opt = finetune.optimizer_config(finetune_glue.get_config("rte"), total_steps=100)
+    assert opt["warmup_steps"] == 10
+    schedule = optim.make_schedule(opt)
+    assert float(schedule(0)) == 0.0 and float(schedule(100)) == 0.0
+    assert float(schedule(10)) == pytest.approx(5e-5 * 0.9)
+
+
+def test_epoch_order_and_padded_batches():
+    a, b = finetune_data.epoch_order(10, 0, 3), finetune_data.epoch_order(10, 1, 3)
+    assert sorted(a) == list(range(10)) and not np.array_equal(a, b)
+    assert np.array_equal(a, finetune_data.epoch_order(10, 0, 3))
+    feats = {"x": np.arange(10)}
+    out = list(finetune_data.batches(feats, np.arange(10), 4, ("x",)))
+    assert len(out) == 3 and out[-1]["weights"].tolist() == [1, 1, 0, 0]
+    assert out[-1]["x"][:2].tolist() == [8, 9]
+
+
+def _bad_glue(glue_dir, tmp_path, train_text):
+    bad = tmp_path / "MRPC"
+    bad.mkdir()
+    for split in ("dev", "test"):
+        (bad / f"{split}.tsv").write_text((glue_dir / f"{split}.tsv").read_text())
+    (bad / "train.tsv").write_text(train_text)
+    return bad
+
+
+@pytest.mark.parametrize("case", ["unknown_task", "bad_label", "short_row", "squad_keys",
+                                  "vocab_mismatch", "no_tokenizer", "squad_version"])
+def test_bad_input_is_one_line_error(case, tiny_checkpoint, glue_dir, tmp_path, capsys):
+    header = (glue_dir / "train.tsv").read_text().splitlines()[0]
+    workdir = tmp_path / "run"
+    if case == "unknown_task":
+        args = glue_args(tiny_checkpoint, glue_dir, workdir, "--config.task=mrcp")
+        expected = "unknown GLUE task 'mrcp'"
+    elif case == "bad_label":
+        data = _bad_glue(glue_dir, tmp_path, f"{header}\n1\t1\t1\tthe cat\tthe dog\n"
+                                             "7\t2\t2\ta cat\ta dog\n")
+        args = glue_args(tiny_checkpoint, data, workdir)
+        expected = "train.tsv:3: label '7' is not one of task mrpc's labels"
+    elif case == "short_row":
+        data = _bad_glue(glue_dir, tmp_path, f"{header}\n1\t1\t1\tthe cat\tthe dog\n"
+                                             "0\t2\ta cat\n")
+        args = glue_args(tiny_checkpoint, data, workdir)
+        expected = "train.tsv:3: expected 5 tab-separated fields, got 3"
+    elif case in ("squad_keys", "squad_version"):
+        path = tmp_path / "squad.json"
+        broken = squad_json(2)
+        del broken["data"][1]["paragraphs"][0]["qas"][0]["question"]
+        path.write_text(json.dumps(broken))
+        version = "3.0" if case == "squad_version" else "1.1"
+        args = [f"--config={SQUAD_CONFIG}", f"--workdir={workdir}",
+                f"--config.init_checkpoint={tiny_checkpoint}", f"--config.version={version}",
+                f"--config.train_file={path}", "--config.train_articles=1"]
+        expected = ("unknown SQuAD version '3.0'" if case == "squad_version"
+                    else "question q1_0 has no 'question' key")
+    elif case == "vocab_mismatch":
+        args = glue_args(tiny_checkpoint, glue_dir, workdir,
+                         "--config.tokenizer=bert-base-uncased")
+        expected = f"vocab_size={len(SPECIALS) + len(WORDS) + 2} but tokenizer"
+    else:
+        bare = tmp_path / "bare"
+        config, params = checkpoint.load_pretrained(str(tiny_checkpoint))
+        checkpoint.save_pretrained(str(bare), config, params)
+        args = glue_args(bare, glue_dir, workdir)
+        expected = "stores no vocab.txt or spm.model; set --config.tokenizer"
+    rc, err = run_main(args, capsys)
+    assert rc == 1
+    lines = err.strip().splitlines()
+    assert lines[-1].startswith("error: ") and expected in lines[-1], err
+
+
+def test_real_mrpc_features_with_the_packaged_vocab(shared_data, tiny_checkpoint):
+    config = finetune_glue.get_config("mrpc")
+    config.update(data_dir=str(shared_data / "glue"), train_subset=50, eval_subset=20,
+                  tokenizer="bert-base-uncased", init_checkpoint=str(tiny_checkpoint))
+    tokenizer = finetune_data.resolve_tokenizer(config, 30522)
+    data = finetune_data.load_glue_data(config, tokenizer)
+    assert data.train.features["input_ids"].shape == (50, 128)
+    assert data.dev[0].features["labels"].tolist()[:20] == [
+        ex.label for ex in glue_data.load_glue("mrpc", shared_data / "glue", "dev")[:20]]
+    assert [s.name for s in data.test] == ["test"] and len(data.test[0].examples) == 1725
+    assert (data.train.features["input_ids"][:, 0] == tokenizer.cls_id).all()
