@@ -14,8 +14,6 @@ the IB-BERT_LARGE teacher and MobileBERT (24 layers).
 """
 from __future__ import annotations
 
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +22,7 @@ import ml_collections
 from absl import app, flags
 from flax import linen as nn
 
+from mobilebert_jax.bench.train import time_calls
 from mobilebert_jax.models import MobileBertForPreTraining, get_config
 from mobilebert_jax.train import distill_steps as ds
 from mobilebert_jax.train import optim, pretrain
@@ -49,17 +48,6 @@ def synthetic_batch(vocab_size: int, batch: int, seq: int, predictions: int, see
             "masked_lm_ids": rng.integers(1000, vocab_size, (batch, predictions)),
             "masked_lm_weights": np.ones((batch, predictions), np.float32),
             "next_sentence_labels": rng.integers(0, 2, (batch,))}
-
-
-def time_calls(fn, steps: int) -> float:
-    """Median seconds of `fn()` over `steps` calls after one warm-up (compile) call."""
-    fn()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def model_configs(sizes: str):

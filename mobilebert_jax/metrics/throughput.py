@@ -27,7 +27,7 @@ def encoder_forward_flops(c: MobileBertConfig, batch: int, seq: int,
                           num_layers: int | None = None) -> float:
     """Forward matmul FLOPs of embeddings + `num_layers` blocks (default: all)."""
     tokens = batch * seq
-    h, d, i, n = c.hidden_size, c.inner_size, c.intermediate_size, c.num_attention_heads
+    h, d, i = c.hidden_size, c.inner_size, c.intermediate_size
     macs = 0
     if c.has_embedding_transformation:
         macs += c.embedding_input_width * h

@@ -250,10 +250,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
                     log(f"eval step {step}: {format_scalars(ev)}")
                     t_window = time.perf_counter()
             if step % config.checkpoint_every == 0 or is_last:
-                state_lib.check_finite(
-                    {k: float(jax.device_get(metrics[k])) for k in ("loss", "update_norm")},
-                    step, mngr)
-                state_lib.save_state(mngr, state, train_iter)
+                state_lib.checked_save(mngr, state, train_iter, metrics, step)
     finally:
         mngr.wait_until_finished()
         mngr.close()

@@ -179,6 +179,14 @@ def check_finite(metrics: dict[str, float], step: int, mngr) -> None:
                             f"stopping ({kept})")
 
 
+def checked_save(mngr, state: TrainState, data_iter, metrics: dict, step: int) -> None:
+    """Saves `state` unless the step's loss or update norm is non-finite (then NonFiniteLoss,
+    and the last good checkpoint stays the latest)."""
+    check_finite({k: float(jax.device_get(metrics[k])) for k in ("loss", "update_norm")},
+                 step, mngr)
+    save_state(mngr, state, data_iter)
+
+
 def to_host(tree) -> Any:
     return jax.tree_util.tree_map(lambda x: np.asarray(jax.device_get(x)), tree)
 
