@@ -28,7 +28,7 @@ def train_step_examples_per_second(preset: str = "ibbert_large", batch: int = 8,
     """Examples per second one CPU teacher pretraining step consumes: the full IB-BERT_LARGE
     teacher step (MLM + NSP, backward, LAMB) at batch 8 × seq 128, timed as in
     `mobilebert_jax.bench.train`."""
-    from mobilebert_jax.bench.train import jax_step_seconds
+    from mobilebert_jax.bench.common import jax_step_seconds
 
     seconds, _ = jax_step_seconds(preset, batch, seq_len, 20, steps=2)
     return batch / seconds

@@ -22,7 +22,7 @@ import ml_collections
 from absl import app, flags
 from flax import linen as nn
 
-from mobilebert_jax.bench.train import time_calls
+from mobilebert_jax.bench.common import time_calls
 from mobilebert_jax.models import MobileBertForPreTraining, get_config
 from mobilebert_jax.train import distill_steps as ds
 from mobilebert_jax.train import optim, pretrain
