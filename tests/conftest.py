@@ -37,3 +37,22 @@ def minilm_dir():
 
 
 FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def small_pretraining_data(tmp_path_factory):
+    """A small prepared MLM/NSP dataset (seq 64) from the first 12 articles of the Wikipedia
+    sample inside the gensim wheel, shared by the trainer tests."""
+    from mobilebert_jax.data import corpus, prepare
+
+    root = tmp_path_factory.mktemp("pretrain_data")
+    docs = []
+    for doc in corpus.iter_documents("gensim_wiki"):
+        docs.append(doc)
+        if len(docs) == 12:
+            break
+    text = root / "corpus.txt"
+    text.write_text("\n\n".join("\n".join(d) for d in docs))
+    return prepare.prepare_dataset(f"text:{text}", "bert-base-uncased", str(root / "data"),
+                                   seq_len=64, max_predictions_per_seq=10, seed=1,
+                                   eval_fraction=0.2, progress=False)

@@ -14,7 +14,6 @@ import pytest
 from flax import linen as nn
 
 from mobilebert_jax import checkpoint
-from mobilebert_jax.data import corpus, prepare
 from mobilebert_jax.models.config import MobileBertConfig, get_config
 from mobilebert_jax.models.heads import MobileBertForPreTraining
 from mobilebert_jax.train import distill
@@ -36,18 +35,8 @@ STUDENT = dict(num_hidden_layers=2, hidden_size=32, embedding_size=16, intra_bot
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("distill_data")
-    docs = []
-    for doc in corpus.iter_documents("gensim_wiki"):
-        docs.append(doc)
-        if len(docs) == 12:
-            break
-    text = root / "corpus.txt"
-    text.write_text("\n\n".join("\n".join(d) for d in docs))
-    return prepare.prepare_dataset(f"text:{text}", "bert-base-uncased", str(root / "data"),
-                                   seq_len=64, max_predictions_per_seq=10, seed=1,
-                                   eval_fraction=0.2, progress=False)
+def data_dir(small_pretraining_data):
+    return small_pretraining_data
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 from mobilebert_jax import checkpoint
-from mobilebert_jax.data import corpus, prepare
 from mobilebert_jax.train import pretrain
 from mobilebert_jax.train.state import NonFiniteLoss
 
@@ -24,19 +23,8 @@ import teacher  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    """A small prepared dataset from the first articles of the embedded Wikipedia sample."""
-    root = tmp_path_factory.mktemp("pretrain_data")
-    docs = []
-    for doc in corpus.iter_documents("gensim_wiki"):
-        docs.append(doc)
-        if len(docs) == 12:
-            break
-    text = root / "corpus.txt"
-    text.write_text("\n\n".join("\n".join(d) for d in docs))
-    return prepare.prepare_dataset(f"text:{text}", "bert-base-uncased", str(root / "data"),
-                                   seq_len=64, max_predictions_per_seq=10, seed=1,
-                                   eval_fraction=0.2, progress=False)
+def data_dir(small_pretraining_data):
+    return small_pretraining_data
 
 
 def tiny_config(data_dir, **overrides):

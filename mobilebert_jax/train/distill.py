@@ -231,8 +231,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
                 state, shardings = enter(state, shardings, stage, next_stage, step)
             is_last = step == config.total_steps
             if step % config.log_every == 0 or is_last or boundary:
-                last = {k: float(v) for k, v in state_lib.to_host(
-                    jax.tree_util.tree_map(lambda *xs: jnp.mean(jnp.stack(xs)), *window)).items()}
+                last = state_lib.window_means(window)
                 state_lib.check_finite(last, step, mngr)
                 sps = steps_in_window / (time.perf_counter() - t_window)
                 last.update(stage=stage.index, steps_per_second=sps,

@@ -187,6 +187,12 @@ def checked_save(mngr, state: TrainState, data_iter, metrics: dict, step: int) -
     save_state(mngr, state, data_iter)
 
 
+def window_means(window: list[dict]) -> dict[str, float]:
+    """Host means of the per-step metric dicts logged since the last log line (one fetch)."""
+    stacked = jax.tree_util.tree_map(lambda *xs: jnp.mean(jnp.stack(xs)), *window)
+    return {k: float(v) for k, v in to_host(stacked).items()}
+
+
 def to_host(tree) -> Any:
     return jax.tree_util.tree_map(lambda x: np.asarray(jax.device_get(x)), tree)
 
