@@ -56,3 +56,14 @@ def small_pretraining_data(tmp_path_factory):
     return prepare.prepare_dataset(f"text:{text}", "bert-base-uncased", str(root / "data"),
                                    seq_len=64, max_predictions_per_seq=10, seed=1,
                                    eval_fraction=0.2, progress=False)
+
+
+def apply_overrides(config, overrides: dict):
+    """Sets dotted-path fields ("optimizer.learning_rate") of an ml-collections config."""
+    for key, value in overrides.items():
+        target = config
+        *parents, leaf = key.split(".")
+        for p in parents:
+            target = target[p]
+        target[leaf] = value
+    return config

@@ -18,6 +18,8 @@ from mobilebert_jax.models.config import MobileBertConfig, get_config
 from mobilebert_jax.models.heads import MobileBertForPreTraining
 from mobilebert_jax.train import distill
 from mobilebert_jax.train import distill_steps as ds
+
+from conftest import apply_overrides
 from mobilebert_jax.train import state as state_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -57,13 +59,7 @@ def tiny_config(data_dir, teacher_dir, variant="smoke,pkt", **overrides):
     c.update(batch_size=8, steps_per_layer=SPL, total_steps=2 * SPL + 3, log_every=1,
              eval_every=1000, eval_steps=2, checkpoint_every=SPL // 2, keep_checkpoints=40)
     c.optimizer.update(warmup_steps=1, total_steps=3)
-    for key, value in overrides.items():
-        target = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            target = target[p]
-        target[leaf] = value
-    return c
+    return apply_overrides(c, overrides)
 
 
 def rows(workdir):

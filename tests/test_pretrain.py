@@ -17,6 +17,8 @@ from mobilebert_jax import checkpoint
 from mobilebert_jax.train import pretrain
 from mobilebert_jax.train.state import NonFiniteLoss
 
+from conftest import apply_overrides
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "configs"))
 import teacher  # noqa: E402
@@ -37,13 +39,7 @@ def tiny_config(data_dir, **overrides):
              checkpoint_every=3, async_checkpointing=True)
     c.optimizer.update(warmup_steps=2)
     c.optimizer.total_steps = 6  # fixed, whatever total_steps
-    for key, value in overrides.items():
-        target = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            target = target[p]
-        target[leaf] = value
-    return c
+    return apply_overrides(c, overrides)
 
 
 def losses(workdir):
