@@ -226,7 +226,7 @@ def checkpoint_json(path: str) -> dict[str, Any]:
 
 # -- CLI ---------------------------------------------------------------------------------------------
 def main(argv=None) -> int:
-    from absl import flags
+    from absl import app, flags
 
     flags.DEFINE_enum("from", None, ["hf", "tf1"], "Import from this format.")
     flags.DEFINE_enum("to", None, ["hf"], "Export to this format.")
@@ -236,7 +236,12 @@ def main(argv=None) -> int:
     flags.DEFINE_string("out", None, "Output directory.")
     flags.DEFINE_string("tokenizer", None, "Tokenizer file to store beside the params.")
     FLAGS = flags.FLAGS
-    FLAGS(argv or sys.argv)
+    app.define_help_flags()  # --help prints the flags
+    try:
+        FLAGS(argv or sys.argv)
+    except flags.Error as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     try:
         src, out = FLAGS.src, FLAGS.out
         if not src or not out:

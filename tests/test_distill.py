@@ -318,3 +318,38 @@ def test_student_override_must_match_model():
         distill_steps.check_student_preset("mobilebert_tiny", student)
     with pytest.raises(ValueError, match="unknown student preset 'mobilebrt'"):
         distill_steps.check_student_preset("mobilebrt", student)
+
+
+def test_claims_runs_give_scratch_and_distilled_students_the_same_model_and_budget(monkeypatch):
+    """bench.transfer: the from-scratch baseline must train the very student the distillation
+    runs train, for the same steps, batch, data and PD optimizer settings."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    from mobilebert_jax.bench import transfer
+
+    monkeypatch.chdir(transfer.REPO)
+    args = SimpleNamespace(teacher="runs/some_teacher", steps_per_layer=3, pd_steps=5)
+
+    def parse(flag_list):  # as `python -m mobilebert_jax.main` parses them (config_flags reads
+        argv = ["prog", *flag_list]  # sys.argv when the flag is defined)
+        monkeypatch.setattr(sys, "argv", argv)
+        values = flags.FlagValues()
+        config_flags.DEFINE_config_file("config", None, flag_values=values, lock_config=True)
+        values(argv)
+        return values.config
+
+    scratch = parse(transfer.run_flags("scratch", args, 1))
+    assert scratch.trainer == "pretrain"
+    for kind in ("pkt", "jkt", "akt"):
+        distill = parse(transfer.run_flags(kind, args, 1))
+        assert distill.trainer == "distill" and distill.strategy == kind
+        assert scratch.model.to_dict() == distill.model.to_dict()
+        assert distill.teacher_checkpoint == "runs/some_teacher"
+        for key in ("total_steps", "batch_size", "seed", "eval_steps", "eval_every"):
+            assert scratch[key] == distill[key], key
+        assert scratch.data.dataset_dir == distill.data.dataset_dir == "runs/some_teacher/data"
+        for key in ("learning_rate", "warmup_steps", "end_learning_rate"):
+            assert scratch.optimizer[key] == distill.optimizer[key], key
+    assert scratch.total_steps == distill.model.num_hidden_layers * 3 + 5
+    assert scratch.seed == 1

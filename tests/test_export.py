@@ -163,6 +163,16 @@ def test_dynamic_and_int8_quantize(classifier_checkpoint, real_inputs, tmp_path)
     assert len(int8_activations) > 10, "full int8 must quantize activations, not only weights"
     assert "QUANTIZE" in export.op_names(int8)
     assert export.float16_overflows(int8) == []
+    # The attention core stays float by default (no int8 XNNPACK batch-matmul); projections and
+    # FFN matmuls are int8.
+    assert summary["float_ops"] == export.INT8_FLOAT_OPS
+    dtypes = {d["index"]: np.dtype(d["dtype"]) for d in interp.get_tensor_details()}
+    inputs_of = {}
+    for op in interp._get_ops_details():
+        inputs_of.setdefault(op["op_name"], []).extend(int(i) for i in op["inputs"] if i >= 0)
+    assert {dtypes[i] for i in inputs_of["BATCH_MATMUL"]} == {np.dtype(np.float32)}
+    assert {dtypes[i] for i in inputs_of["SOFTMAX"]} == {np.dtype(np.float32)}
+    assert np.dtype(np.int8) in {dtypes[i] for i in inputs_of["FULLY_CONNECTED"]}
 
 
 def test_int8_needs_representative_data(classifier_checkpoint):

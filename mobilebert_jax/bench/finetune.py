@@ -12,7 +12,8 @@ of `data/glue.py` (same WordPiece ids, padding to max_seq_length), the epoch ord
 `finetune_data.epoch_order`, the schedule of `train/optim.py` (10% warm-up, linear decay), AdamW
 (weight decay 0.01 off for biases and LayerNorm, eps 1e-6; `--bias_correction` picks the
 bias-corrected variant, otherwise the official one without it on both sides), clipping 1.0 and
-dropout 0.1. Each evaluates the dev set after every epoch. Prints dev metrics (last epoch and
+dropout 0.1; the PyTorch classifier starts from the JAX run's initial classifier weights, so the
+two runs differ only in their dropout draws and float rounding. Each evaluates the dev set after every epoch. Prints dev metrics (last epoch and
 best epoch, in points) and wall times, and writes `WORKDIR/bench_results.json`.
 """
 from __future__ import annotations
@@ -117,6 +118,24 @@ def torch_adamw(params, lr: float, weight_decay: float, eps: float, bias_correct
     return AdamWNoBiasCorrection(params)
 
 
+def jax_classifier_init(checkpoint_dir: str, num_labels: int, seed: int, seq_len: int):
+    """The classifier kernel and bias the JAX trainer starts from (same seed, same init call)."""
+    import jax
+    import jax.numpy as jnp
+    from flax import linen as nn
+
+    from mobilebert_jax import checkpoint
+    from mobilebert_jax.models import MobileBertForSequenceClassification
+
+    model = MobileBertForSequenceClassification(checkpoint.load_config(checkpoint_dir),
+                                                num_labels)
+    ids = jnp.zeros((1, seq_len), jnp.int32)
+    params = jax.jit(lambda: nn.meta.unbox(
+        model.init(jax.random.PRNGKey(seed), ids, ids, ids)["params"]))()
+    head = jax.tree_util.tree_map(np.asarray, params["classifier"])
+    return head["kernel"], head["bias"]
+
+
 def run_hf(args) -> dict:
     import torch
     import transformers
@@ -135,6 +154,11 @@ def run_hf(args) -> dict:
     data = finetune_data.load_glue_data(config, tokenizer)
     model = transformers.BertForSequenceClassification.from_pretrained(
         args.hf_dir, num_labels=task.num_labels, classifier_dropout=0.1)
+    kernel, bias = jax_classifier_init(args.checkpoint, task.num_labels, args.seed,
+                                       args.max_seq_length)
+    with torch.no_grad():  # the JAX run's initial classifier, so only dropout draws differ
+        model.classifier.weight.copy_(torch.from_numpy(np.array(kernel.T)))
+        model.classifier.bias.copy_(torch.from_numpy(np.array(bias)))
     features = data.train.features
     n = len(features["input_ids"])
     steps = finetune_data.num_batches(n, args.batch_size) * args.num_epochs

@@ -5,7 +5,8 @@ random weights at its real size (latency does not depend on the values), and is 
 
 * `jax`           the Flax encoder under `jax.jit`, float32 (XLA CPU)
 * `tflite_float`  the TFLite export, float32, XNNPACK
-* `tflite_int8`   the full-integer TFLite export (calibrated on real Wikipedia text)
+* `tflite_int8`   the full-integer TFLite export as the export CLI makes it (calibrated on real
+                  Wikipedia text, fill mask, attention core in float: `export.INT8_FLOAT_OPS`)
 * `torch`         HF transformers `MobileBertModel` / `BertModel`, PyTorch eager,
                   `torch.set_num_threads(threads)`, `torch.inference_mode()`
 
@@ -72,11 +73,12 @@ def tflite_runner(config, params, inputs, quantize: str, threads: int,
     from mobilebert_jax import export
     from mobilebert_jax.data.tokenizers import load_tokenizer
 
-    calib = None
-    if quantize == "int8":
+    calib, kwargs = None, {}
+    if quantize == "int8":  # as `python -m mobilebert_jax.export --quantize=int8` builds it
         calib = export.representative_inputs(load_tokenizer("bert-base-uncased"), seq_len, 8)
-    model = export.TFLiteModel(export.to_tflite(config, params, seq_len, quantize, calib),
-                               num_threads=threads)
+        kwargs = dict(float_ops=export.INT8_FLOAT_OPS, export_mask_mode="fill")
+    model = export.TFLiteModel(export.to_tflite(config, params, seq_len, quantize, calib,
+                                                **kwargs), num_threads=threads)
     return lambda: model(**inputs)
 
 

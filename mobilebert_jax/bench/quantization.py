@@ -150,7 +150,7 @@ def activation_ranges(config, params, feats: dict) -> dict[str, float]:
 
 
 def main(argv=None) -> int:
-    from absl import flags
+    from absl import app, flags
 
     flags.DEFINE_enum("command", None, ["finetune", "drop", "ranges"], "What to run.")
     flags.DEFINE_string("checkpoint", None, "Project checkpoint directory.")
@@ -164,7 +164,12 @@ def main(argv=None) -> int:
     argv = list(argv or sys.argv)
     if len(argv) > 1 and not argv[1].startswith("-"):
         argv = [argv[0], f"--command={argv[1]}", *argv[2:]]
-    FLAGS(argv)
+    app.define_help_flags()  # --help prints the flags
+    try:
+        FLAGS(argv)
+    except flags.Error as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     try:
         if FLAGS.command == "finetune":
             if not FLAGS.checkpoint or not FLAGS.out:
@@ -178,8 +183,10 @@ def main(argv=None) -> int:
             rows = accuracy_drop(FLAGS.checkpoint, FLAGS.task_dir, FLAGS.seq_len,
                                  variants={
                 "int8 fill-mask": {"export_mask_mode": "fill"},
-                "int8 fill-mask float-LN": {"export_mask_mode": "fill",
-                                            "float_ops": ["LAYER_NORM"]}})
+                "int8 export default": {"export_mask_mode": "fill",
+                                        "float_ops": list(export.INT8_FLOAT_OPS)},
+                "int8 default+float-LN": {"export_mask_mode": "fill",
+                                          "float_ops": [*export.INT8_FLOAT_OPS, "LAYER_NORM"]}})
             base = rows[0]["accuracy"]
             for r in rows:
                 print(f"{r['model']:<24} acc {100 * r['accuracy']:6.2f}  drop "
