@@ -329,7 +329,7 @@ def test_claims_runs_give_scratch_and_distilled_students_the_same_model_and_budg
     from mobilebert_jax.bench import transfer
 
     monkeypatch.chdir(transfer.REPO)
-    args = SimpleNamespace(teacher="runs/some_teacher", steps_per_layer=3, pd_steps=5)
+    args = SimpleNamespace(teacher="runs/some_teacher", steps_per_layer=3, pd_steps=5, batch_size=4)
 
     def parse(flag_list):  # as `python -m mobilebert_jax.main` parses them (config_flags reads
         argv = ["prog", *flag_list]  # sys.argv when the flag is defined)
@@ -352,4 +352,4 @@ def test_claims_runs_give_scratch_and_distilled_students_the_same_model_and_budg
         for key in ("learning_rate", "warmup_steps", "end_learning_rate"):
             assert scratch.optimizer[key] == distill.optimizer[key], key
     assert scratch.total_steps == distill.model.num_hidden_layers * 3 + 5
-    assert scratch.seed == 1
+    assert scratch.seed == 1 and scratch.batch_size == 4

@@ -1,6 +1,7 @@
 """TFLite export: float fidelity against JAX on real text, named signatures per head, float16
 safety of every constant, dynamic/int8 quantization, and the CLI's handling of bad input."""
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -163,8 +164,8 @@ def test_dynamic_and_int8_quantize(classifier_checkpoint, real_inputs, tmp_path)
     assert len(int8_activations) > 10, "full int8 must quantize activations, not only weights"
     assert "QUANTIZE" in export.op_names(int8)
     assert export.float16_overflows(int8) == []
-    # The attention core stays float by default (no int8 XNNPACK batch-matmul); projections and
-    # FFN matmuls are int8.
+    # The attention core and the residual stream stay float by default; projections and FFN
+    # matmuls are int8.
     assert summary["float_ops"] == export.INT8_FLOAT_OPS
     dtypes = {d["index"]: np.dtype(d["dtype"]) for d in interp.get_tensor_details()}
     inputs_of = {}
@@ -173,6 +174,11 @@ def test_dynamic_and_int8_quantize(classifier_checkpoint, real_inputs, tmp_path)
     assert {dtypes[i] for i in inputs_of["BATCH_MATMUL"]} == {np.dtype(np.float32)}
     assert {dtypes[i] for i in inputs_of["SOFTMAX"]} == {np.dtype(np.float32)}
     assert np.dtype(np.int8) in {dtypes[i] for i in inputs_of["FULLY_CONNECTED"]}
+    residual = re.compile(export.FLOAT_NODE_GROUPS["RESIDUAL"])
+    produced = {int(i) for op in interp._get_ops_details() for i in op["outputs"]}
+    residual_dtypes = {dtypes[d["index"]] for d in interp.get_tensor_details()
+                       if d["index"] in produced and residual.search(d["name"])}
+    assert residual_dtypes == {np.dtype(np.float32)}
 
 
 def test_int8_needs_representative_data(classifier_checkpoint):

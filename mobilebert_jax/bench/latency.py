@@ -6,7 +6,8 @@ random weights at its real size (latency does not depend on the values), and is 
 * `jax`           the Flax encoder under `jax.jit`, float32 (XLA CPU)
 * `tflite_float`  the TFLite export, float32, XNNPACK
 * `tflite_int8`   the full-integer TFLite export as the export CLI makes it (calibrated on real
-                  Wikipedia text, fill mask, attention core in float: `export.INT8_FLOAT_OPS`)
+                  Wikipedia text, fill mask, attention core and residual stream in float:
+                  `export.INT8_FLOAT_OPS`)
 * `torch`         HF transformers `MobileBertModel` / `BertModel`, PyTorch eager,
                   `torch.set_num_threads(threads)`, `torch.inference_mode()`
 

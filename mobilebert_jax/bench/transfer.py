@@ -1,7 +1,8 @@
 """The paper's distillation claims at small scale, run end to end and tabulated:
 
     python -m mobilebert_jax.bench.transfer --teacher=runs/teacher_long --workdir=runs/claims \
-        [--seeds=0,1] [--steps_per_layer=100] [--pd_steps=600] [--runs=scratch,pkt,jkt,akt]
+        [--seeds=0,1] [--steps_per_layer=100] [--pd_steps=600] [--batch_size=32] \
+        [--runs=scratch,pkt,jkt,akt]
 
 From one teacher workdir (a `configs/teacher.py:smoke`-shaped run), every run trains the student
 of `configs/distill.py:smoke` for the same number of steps (num_layers * steps_per_layer +
@@ -31,6 +32,7 @@ import sys
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 RUNS = ("scratch", "pkt", "jkt", "akt")
+WHOLE_SPLIT = 1_000_000  # eval_steps: the held-out pass ends with the split, at any batch size
 
 
 def load_config(name: str, variant: str):
@@ -55,7 +57,8 @@ def run_flags(kind: str, args, seed: int) -> list[str]:
     distill = load_config("distill", f"smoke,{'pkt' if kind == 'scratch' else kind}")
     common = [flag("seed", seed), flag("total_steps", total), flag("eval_every", total),
               flag("checkpoint_every", max(1, total // 4)), flag("log_every", 50),
-              flag("eval_steps", distill.eval_steps), flag("batch_size", distill.batch_size),
+              flag("eval_steps", WHOLE_SPLIT),
+              flag("batch_size", args.batch_size or distill.batch_size),
               flag("data.dataset_dir", os.path.join(args.teacher, "data"))]
     if kind == "scratch":
         teacher = load_config("teacher", "smoke")
@@ -94,15 +97,19 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", default="0")
     p.add_argument("--steps_per_layer", type=int, default=100)
     p.add_argument("--pd_steps", type=int, default=600)
+    p.add_argument("--batch_size", type=int, default=0,
+                   help="Per-step batch of every run (0: that of configs/distill.py:smoke).")
     p.add_argument("--runs", default=",".join(RUNS))
     args = p.parse_args(argv)
     kinds = [k for k in args.runs.split(",") if k]
     unknown = sorted(set(kinds) - set(RUNS))
     seeds = [int(s) for s in args.seeds.split(",") if s]
     teacher_eval = final_eval(args.teacher, None)
-    if unknown or not seeds or args.steps_per_layer < 0 or args.pd_steps < 1:
+    if (unknown or not seeds or args.steps_per_layer < 0 or args.pd_steps < 1
+            or args.batch_size < 0):
         print(f"error: bad arguments (unknown runs {unknown}, seeds {seeds}, steps_per_layer "
-              f"{args.steps_per_layer}, pd_steps {args.pd_steps})", file=sys.stderr)
+              f"{args.steps_per_layer}, pd_steps {args.pd_steps}, batch_size {args.batch_size})",
+              file=sys.stderr)
         return 1
     if teacher_eval is None or not os.path.isdir(os.path.join(args.teacher, "data")):
         print(f"error: {args.teacher} is not a finished teacher workdir (no held-out evaluation "
@@ -127,7 +134,7 @@ def main(argv=None) -> int:
             results.setdefault(kind, []).append(final_eval(workdir, total))
     names = {"scratch": "student from scratch (MLM + NSP)", "pkt": "PKT + PD",
              "jkt": "JKT + PD", "akt": "AKT (PD + auxiliary transfer losses)"}
-    batch = load_config("distill", "smoke").batch_size
+    batch = args.batch_size or load_config("distill", "smoke").batch_size
     lines = [f"held-out MLM after {total} student steps (batch {batch}), seeds "
              f"{','.join(map(str, seeds))}; teacher at step {teacher_eval['step']}",
              "", "| model | held-out MLM accuracy (%) | held-out MLM loss |", "|---|---:|---:|",
