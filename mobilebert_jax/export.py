@@ -458,19 +458,30 @@ def write_atomic(data: bytes, path: str) -> str:
 
 
 # -- checkpoint → file ---------------------------------------------------------------------------
+def default_options(config: MobileBertConfig, quantize: str,
+                    float_ops: Iterable[str] | None = None,
+                    export_mask_mode: str | None = None) -> tuple[tuple[str, ...], str | None]:
+    """(float_ops, export_mask_mode) as the export CLI resolves them: `float_ops=None` means
+    `INT8_FLOAT_OPS` for int8 and nothing otherwise; an int8 export of an additive-mask model
+    uses the fill mask (see the module docstring: the additive mask breaks int8)."""
+    if float_ops is None:
+        float_ops = INT8_FLOAT_OPS if quantize == "int8" else ()
+    if quantize == "int8" and export_mask_mode is None and config.attention_mask_mode == "add":
+        export_mask_mode = "fill"
+    return tuple(float_ops), export_mask_mode
+
+
 def export_checkpoint(checkpoint_dir: str, out: str, quantize: str = "none", seq_len: int = 128,
                       calibration_data: str = "gensim_wiki", num_calibration: int = 100,
                       tokenizer_path: str | None = None, float_ops: Iterable[str] | None = None,
                       export_mask_mode: str | None = None) -> dict[str, Any]:
     """Exports a project checkpoint directory to a `.tflite` file; returns a summary dict.
-    `float_ops=None` means `INT8_FLOAT_OPS` for int8 and nothing otherwise."""
+    Unset `float_ops` / `export_mask_mode` take `default_options`."""
     from mobilebert_jax import checkpoint
     from mobilebert_jax.data.tokenizers import check_vocab, load_tokenizer
 
     if quantize not in QUANTIZE_MODES:
         raise ValueError(f"unknown quantize mode {quantize!r}; expected one of {QUANTIZE_MODES}")
-    if float_ops is None:
-        float_ops = INT8_FLOAT_OPS if quantize == "int8" else ()
     if not 1 <= seq_len <= 512:
         raise ValueError(f"seq_len must be in [1, 512], got {seq_len}")
     if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
@@ -487,16 +498,14 @@ def export_checkpoint(checkpoint_dir: str, out: str, quantize: str = "none", seq
         check_vocab(tokenizer, config.vocab_size)
         representative = representative_inputs(tokenizer, seq_len, num_calibration,
                                                calibration_data)
-    if (quantize == "int8" and export_mask_mode is None
-            and config.attention_mask_mode == "add"):
-        export_mask_mode = "fill"  # see the module docstring: the additive mask breaks int8
+    float_ops, export_mask_mode = default_options(config, quantize, float_ops, export_mask_mode)
     data = to_tflite(config, params, seq_len, quantize, representative, float_ops=float_ops,
                      export_mask_mode=export_mask_mode)
     write_atomic(data, out)
     return {"out": out, "bytes": len(data), "task": task_of(params),
             "outputs": output_names(params), "quantize": quantize, "seq_len": seq_len,
             "mask_mode": export_mask_mode or config.attention_mask_mode,
-            "float_ops": tuple(float_ops)}
+            "float_ops": float_ops}
 
 
 def parse_args(argv: list[str]):

@@ -1,7 +1,6 @@
 """TFLite export: float fidelity against JAX on real text, named signatures per head, float16
 safety of every constant, dynamic/int8 quantization, and the CLI's handling of bad input."""
 import os
-import re
 
 import jax
 import jax.numpy as jnp
@@ -174,11 +173,10 @@ def test_dynamic_and_int8_quantize(classifier_checkpoint, real_inputs, tmp_path)
     assert {dtypes[i] for i in inputs_of["BATCH_MATMUL"]} == {np.dtype(np.float32)}
     assert {dtypes[i] for i in inputs_of["SOFTMAX"]} == {np.dtype(np.float32)}
     assert np.dtype(np.int8) in {dtypes[i] for i in inputs_of["FULLY_CONNECTED"]}
-    residual = re.compile(export.FLOAT_NODE_GROUPS["RESIDUAL"])
-    produced = {int(i) for op in interp._get_ops_details() for i in op["outputs"]}
-    residual_dtypes = {dtypes[d["index"]] for d in interp.get_tensor_details()
-                       if d["index"] in produced and residual.search(d["name"])}
-    assert residual_dtypes == {np.dtype(np.float32)}
+    residual = set(export._float_node_names(int8, ["RESIDUAL"]))
+    assert residual, "the model's residual additions must be found"
+    assert {np.dtype(d["dtype"]) for d in interp.get_tensor_details()
+            if d["name"] in residual} == {np.dtype(np.float32)}
 
 
 def test_int8_needs_representative_data(classifier_checkpoint):

@@ -13,8 +13,9 @@ of `data/glue.py` (same WordPiece ids, padding to max_seq_length), the epoch ord
 (weight decay 0.01 off for biases and LayerNorm, eps 1e-6; `--bias_correction` picks the
 bias-corrected variant, otherwise the official one without it on both sides), clipping 1.0 and
 dropout 0.1; the PyTorch classifier starts from the JAX run's initial classifier weights, so the
-two runs differ only in their dropout draws and float rounding. Each evaluates the dev set after every epoch. Prints dev metrics (last epoch and
-best epoch, in points) and wall times, and writes `WORKDIR/bench_results.json`.
+two runs differ only in their dropout draws and float rounding. Each evaluates the dev set after
+every epoch. Prints dev metrics (last epoch and best epoch, in points) and wall times, and writes
+`WORKDIR/bench_results.json`.
 """
 from __future__ import annotations
 
@@ -119,19 +120,17 @@ def torch_adamw(params, lr: float, weight_decay: float, eps: float, bias_correct
 
 
 def jax_classifier_init(checkpoint_dir: str, num_labels: int, seed: int, seq_len: int):
-    """The classifier kernel and bias the JAX trainer starts from (same seed, same init call)."""
+    """The classifier kernel and bias the JAX trainer starts from (its own init, same seed)."""
     import jax
-    import jax.numpy as jnp
     from flax import linen as nn
 
     from mobilebert_jax import checkpoint
     from mobilebert_jax.models import MobileBertForSequenceClassification
+    from mobilebert_jax.train import finetune
 
     model = MobileBertForSequenceClassification(checkpoint.load_config(checkpoint_dir),
                                                 num_labels)
-    ids = jnp.zeros((1, seq_len), jnp.int32)
-    params = jax.jit(lambda: nn.meta.unbox(
-        model.init(jax.random.PRNGKey(seed), ids, ids, ids)["params"]))()
+    params = jax.jit(lambda: nn.meta.unbox(finetune.init_params(model, seed, seq_len)))()
     head = jax.tree_util.tree_map(np.asarray, params["classifier"])
     return head["kernel"], head["bias"]
 

@@ -74,12 +74,14 @@ def tflite_runner(config, params, inputs, quantize: str, threads: int,
     from mobilebert_jax import export
     from mobilebert_jax.data.tokenizers import load_tokenizer
 
-    calib, kwargs = None, {}
-    if quantize == "int8":  # as `python -m mobilebert_jax.export --quantize=int8` builds it
+    calib = None
+    if quantize == "int8":
         calib = export.representative_inputs(load_tokenizer("bert-base-uncased"), seq_len, 8)
-        kwargs = dict(float_ops=export.INT8_FLOAT_OPS, export_mask_mode="fill")
+    # as `python -m mobilebert_jax.export` builds it
+    float_ops, mask_mode = export.default_options(config, quantize)
     model = export.TFLiteModel(export.to_tflite(config, params, seq_len, quantize, calib,
-                                                **kwargs), num_threads=threads)
+                                                float_ops=float_ops, export_mask_mode=mask_mode),
+                               num_threads=threads)
     return lambda: model(**inputs)
 
 

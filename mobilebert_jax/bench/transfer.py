@@ -121,17 +121,19 @@ def main(argv=None) -> int:
     for kind in kinds:
         for seed in seeds:
             workdir = os.path.join(args.workdir, f"{kind}_s{seed}")
-            if final_eval(workdir, total) is None:
+            row = final_eval(workdir, total)
+            if row is None:
                 cmd = [sys.executable, "-m", "mobilebert_jax.main", *run_flags(kind, args, seed),
                        f"--workdir={workdir}"]
                 print("$", " ".join(cmd[1:]), flush=True)
                 with open(workdir + ".log", "a") as log:
                     code = subprocess.call(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-                if code != 0 or final_eval(workdir, total) is None:
+                row = final_eval(workdir, total)
+                if code != 0 or row is None:
                     print(f"error: run {kind} seed {seed} failed (exit {code}); see "
                           f"{workdir}.log", file=sys.stderr)
                     return 1
-            results.setdefault(kind, []).append(final_eval(workdir, total))
+            results.setdefault(kind, []).append(row)
     names = {"scratch": "student from scratch (MLM + NSP)", "pkt": "PKT + PD",
              "jkt": "JKT + PD", "akt": "AKT (PD + auxiliary transfer losses)"}
     batch = args.batch_size or load_config("distill", "smoke").batch_size

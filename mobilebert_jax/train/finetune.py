@@ -80,6 +80,13 @@ def optimizer_config(config, total_steps: int):
 
 
 # -- the task-independent loop -------------------------------------------------------------------
+def init_params(model, seed: int, seq_len: int):
+    """The (boxed) initial params of a fine-tuning model: the encoder is replaced from the
+    checkpoint afterwards, so this fixes the task head's starting weights."""
+    ids = jnp.zeros((1, seq_len), jnp.int32)
+    return model.init(jax.random.PRNGKey(seed), ids, ids, ids)["params"]
+
+
 class Trainer:
     """Model, sharded state, jitted steps and the best-checkpoint manager of one run."""
 
@@ -100,11 +107,9 @@ class Trainer:
         self.steps_per_epoch = fd.num_batches(num_train, self.batch_size)
         self.total_steps = self.steps_per_epoch * int(config.num_epochs)
         tx, self.schedule = optim.make_optimizer(optimizer_config(config, self.total_steps))
-        ids = jnp.zeros((1, seq_len), jnp.int32)
         seed = int(config.seed)
-        init = lambda: model.init(jax.random.PRNGKey(seed), ids, ids, ids)["params"]  # noqa
         self.state, self.shardings = state_lib.create_sharded_state(
-            init, tx, seed, self.mesh, self.rules)
+            lambda: init_params(model, seed, seq_len), tx, seed, self.mesh, self.rules)
         self.step = 0
         self._load_encoder(config.init_checkpoint)
         self._build_steps(tx, loss_fn)
