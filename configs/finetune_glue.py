@@ -1,8 +1,10 @@
 """GLUE fine-tuning from any project checkpoint directory.
 
     python -m mobilebert_jax.main --config=configs/finetune_glue.py:mrpc --workdir=DIR \
-        --config.init_checkpoint=CKPT_DIR [--config.data_dir=../shared/data/glue]
+        --config.init_checkpoint=CKPT_DIR --config.data_dir=GLUE_DIR
 
+`data_dir` (required) is the GLUE root holding the task folders (MRPC/, SST-2/, ... with the
+official train/dev/test TSVs), one task's folder, or `tfds` for a prepared TFDS `glue/<task>`.
 The variant (or `--config.task=`) is one of cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli.
 Recipe (reference §5): AdamW without bias correction, 10% warm-up then linear decay, clipping
 1.0, dropout 0.1 on [CLS]; seq 128. The paper searches lr in (1-10)e-5, 2-10 epochs and batch
@@ -22,7 +24,7 @@ def get_config(task: str = "") -> ml_collections.ConfigDict:
     config.init_checkpoint = ""  # a project checkpoint directory (teacher, student, converted)
     config.tokenizer = ""  # vocab.txt / *.model; empty: the one stored in init_checkpoint
     config.lower_case = True
-    config.data_dir = "../shared/data/glue"  # the GLUE root, a task folder, or "tfds"
+    config.data_dir = ""  # required: the GLUE root, a task folder, or "tfds"
     config.learning_rate = 5e-5
     config.num_epochs = 3
     config.batch_size = 32

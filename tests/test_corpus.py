@@ -56,7 +56,6 @@ def test_clean_wiki_markup_hand_worked():
 
 
 def test_gensim_default_parses_articles():
-    pytest.importorskip("gensim")
     spec = corpus.parse_corpus_spec("gensim_wiki")
     assert os.path.isfile(spec.paths[0])
     docs = list(itertools.islice(corpus.iter_documents(spec), 3))
@@ -69,7 +68,7 @@ def test_gensim_default_parses_articles():
 
 
 def test_tfds_text_dataset(tmp_path):
-    tfds = pytest.importorskip("tensorflow_datasets")
+    import tensorflow_datasets as tfds
     tfds.dataset_builders.store_as_tfds_dataset(
         name="tiny_text_corpus", version="1.0.0",
         features=tfds.features.FeaturesDict({"text": tfds.features.Text()}),

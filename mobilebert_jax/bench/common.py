@@ -1,7 +1,10 @@
 """Pieces the benchmarks share (no flags here, so any benchmark may import them): synthetic
-pretraining batches, a median step timer, and the JAX pretraining-step timing."""
+pretraining batches, a median step timer, the JAX pretraining-step timing (whole, or split into
+forward / gradient / optimizer update), and the JSON results file every benchmark can write."""
 from __future__ import annotations
 
+import json
+import os
 import statistics
 import time
 
@@ -9,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from flax import linen as nn
 
 from mobilebert_jax.metrics import throughput
@@ -42,8 +46,8 @@ def time_calls(fn, steps: int) -> float:
     return statistics.median(times)
 
 
-def jax_step_seconds(name: str, batch: int, seq: int, predictions: int, steps: int):
-    config = get_config(name)
+def _pretraining_setup(name: str, batch: int, seq: int, predictions: int, dtype: str):
+    config = get_config(name, dtype=dtype)
     model = MobileBertForPreTraining(config)
     opt_cfg = ml_collections.ConfigDict(dict(name="lamb", learning_rate=1e-4, warmup_steps=0,
                                              total_steps=1000))
@@ -52,6 +56,14 @@ def jax_step_seconds(name: str, batch: int, seq: int, predictions: int, steps: i
     params = nn.meta.unbox(model.init(jax.random.PRNGKey(0), data["input_ids"][:1])["params"])
     state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params),
                        jax.random.key_data(jax.random.PRNGKey(0)))
+    return config, model, tx, schedule, data, state
+
+
+def jax_step_seconds(name: str, batch: int, seq: int, predictions: int, steps: int,
+                     dtype: str = "float32"):
+    """Median seconds of one full pretraining step (forward, backward, LAMB) and its FLOPs."""
+    config, model, tx, schedule, data, state = _pretraining_setup(name, batch, seq, predictions,
+                                                                  dtype)
     step = jax.jit(pretrain.make_train_step(model, tx, schedule, 1), donate_argnums=0)
     holder = {"state": state}
 
@@ -62,3 +74,48 @@ def jax_step_seconds(name: str, batch: int, seq: int, predictions: int, steps: i
     seconds = time_calls(run, steps)
     flops = throughput.pretraining_step_flops(config, batch, seq, predictions)
     return seconds, flops
+
+
+def jax_step_split(name: str, batch: int, seq: int, predictions: int, steps: int,
+                   dtype: str = "float32") -> dict[str, float]:
+    """Median seconds of the parts of a pretraining step, each jitted on its own: the training
+    forward pass with the losses, `jax.grad` of it (forward + backward), and the LAMB update
+    (`tx.update` + `apply_updates`) on a gradient of the same tree."""
+    _, model, tx, _, data, state = _pretraining_setup(name, batch, seq, predictions, dtype)
+    rng = jax.random.PRNGKey(1)
+
+    def loss_fn(params):
+        out = pretrain.forward(model, params, data, deterministic=False, rng=rng)
+        return pretrain.pretraining_losses(out, data)[0]
+
+    forward = jax.jit(loss_fn)
+    grad = jax.jit(jax.grad(loss_fn))
+    grads = grad(state.params)
+
+    @jax.jit
+    def update(params, opt_state, grads):
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    return {
+        "forward": time_calls(lambda: jax.block_until_ready(forward(state.params)), steps),
+        "grad": time_calls(lambda: jax.block_until_ready(grad(state.params)), steps),
+        "optimizer": time_calls(
+            lambda: jax.block_until_ready(update(state.params, state.opt_state, grads)), steps),
+    }
+
+
+def write_json(path: str | None, results) -> None:
+    """Writes a benchmark's results to `path` (atomically; nothing when `path` is empty)."""
+    if not path:
+        return
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(results, f, indent=2, sort_keys=True, default=float)
+    os.replace(tmp, path)
+    print(f"wrote {path}")
+
+
+def load_average() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f}/{five:.2f}/{fifteen:.2f}"

@@ -1,6 +1,6 @@
 """Data pipeline benchmark: preparation and loader throughput against training consumption.
 
-    python -m mobilebert_jax.bench.data [--corpus=gensim_wiki] [--seq_len=128]
+    python -m mobilebert_jax.bench.data [--corpus=gensim_wiki] [--seq_len=128] [--json=PATH]
 
 prints a table with
   * preparation throughput: MB of corpus text per minute, per wall-clock minute and per
@@ -126,6 +126,11 @@ def main(argv: Sequence[str]) -> None:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     print_table(rows)
+    from mobilebert_jax.bench.common import load_average, write_json
+
+    print(f"load average after: {load_average()}")
+    write_json(f.json, {"rows": [dict(quantity=q, value=v, target=t) for q, v, t in rows],
+                        "load_average_after": load_average()})
 
 
 if __name__ == "__main__":
@@ -139,4 +144,5 @@ if __name__ == "__main__":
     _flags.DEFINE_float("loader_seconds", 10.0, "How long to time the loader.")
     _flags.DEFINE_integer("num_threads", 1, "Loader read threads.")
     _flags.DEFINE_string("out", None, "Keep the prepared dataset here (default: a temp dir).")
+    _flags.DEFINE_string("json", None, "Also write the table to this JSON file.")
     app.run(main)

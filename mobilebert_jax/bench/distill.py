@@ -22,7 +22,7 @@ import ml_collections
 from absl import app, flags
 from flax import linen as nn
 
-from mobilebert_jax.bench.common import time_calls
+from mobilebert_jax.bench.common import load_average, time_calls, write_json
 from mobilebert_jax.models import MobileBertForPreTraining, get_config
 from mobilebert_jax.train import distill_steps as ds
 from mobilebert_jax.train import optim, pretrain
@@ -33,6 +33,7 @@ flags.DEFINE_integer("batch", 8, "Batch size.")
 flags.DEFINE_integer("seq", 128, "Sequence length.")
 flags.DEFINE_integer("predictions", 20, "Masked positions per sequence.")
 flags.DEFINE_integer("steps", 5, "Timed steps (median reported), after one warm-up step.")
+flags.DEFINE_string("json", None, "Also write the results to this JSON file.")
 FLAGS = flags.FLAGS
 RATIO_GOAL = 1.15
 
@@ -147,6 +148,13 @@ def main(argv):
     for k, (truncated, full) in r["transfer"].items():
         print(f"PKT stage {k:2d}: layers <= {k:2d} {ms(truncated)}   full depth {ms(full)}   "
               f"speed-up {full / truncated:.2f}x")
+    print(f"load average after: {load_average()}")
+    write_json(FLAGS.json, dict(
+        sizes=FLAGS.sizes, batch=FLAGS.batch, seq=FLAGS.seq, steps=FLAGS.steps,
+        teacher_forward_s=r["teacher_forward"], student_step_s=r["student_step"],
+        distill_step_s=r["distill_step"], ratio=ratio, load_average_after=load_average(),
+        transfer={str(k): {"truncated_s": t, "full_depth_s": f}
+                  for k, (t, f) in r["transfer"].items()}))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """GLUE fine-tuning of one HF checkpoint with this project (JAX) and with HF transformers
 (PyTorch), same data, same order, same hyperparameters, on the same machine.
 
-    python -m mobilebert_jax.bench.finetune --task=mrpc --data_dir=../shared/data/glue \
+    python -m mobilebert_jax.bench.finetune --task=mrpc --data_dir=GLUE_DIR \
         --workdir=/tmp/bench_mrpc [--hf_dir=DIR] [--learning_rate=5e-5 --num_epochs=3 \
         --batch_size=32 --max_seq_length=128 --seed=0 --train_subset=N --frameworks=jax,hf]
 
@@ -224,7 +224,7 @@ def run_hf(args) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--task", default="mrpc")
-    p.add_argument("--data_dir", default=str(REPO.parent / "shared" / "data" / "glue"))
+    p.add_argument("--data_dir", required=True, help="The GLUE root (MRPC/, RTE/, ...).")
     p.add_argument("--workdir", required=True)
     p.add_argument("--hf_dir", default="")
     p.add_argument("--learning_rate", type=float, default=5e-5)

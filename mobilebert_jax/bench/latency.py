@@ -18,17 +18,19 @@ and after so a noisy run is visible. The last rows give BERT_BASE / MobileBERT p
 
     python -m mobilebert_jax.bench.latency [--models=mobilebert,mobilebert_tiny,bert_base]
         [--runtimes=jax,tflite_float,tflite_int8,torch] [--runs=30] [--threads=2]
+        [--float_ops=BATCH_MATMUL,SOFTMAX] [--json=PATH]
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from typing import Callable
 
 import numpy as np
+
+from mobilebert_jax.bench.common import write_json
 
 MODELS = ("mobilebert", "mobilebert_tiny", "bert_base")
 RUNTIMES = ("jax", "tflite_float", "tflite_int8", "torch")
@@ -69,8 +71,8 @@ def jax_runner(config, params, inputs) -> Callable[[], object]:
     return lambda: jax.block_until_ready(fn(params, *args))
 
 
-def tflite_runner(config, params, inputs, quantize: str, threads: int,
-                  seq_len: int) -> Callable[[], object]:
+def tflite_runner(config, params, inputs, quantize: str, threads: int, seq_len: int,
+                  float_ops=None) -> Callable[[], object]:
     from mobilebert_jax import export
     from mobilebert_jax.data.tokenizers import load_tokenizer
 
@@ -78,7 +80,8 @@ def tflite_runner(config, params, inputs, quantize: str, threads: int,
     if quantize == "int8":
         calib = export.representative_inputs(load_tokenizer("bert-base-uncased"), seq_len, 8)
     # as `python -m mobilebert_jax.export` builds it
-    float_ops, mask_mode = export.default_options(config, quantize)
+    float_ops, mask_mode = export.default_options(config, quantize,
+                                                  float_ops if quantize == "int8" else None)
     model = export.TFLiteModel(export.to_tflite(config, params, seq_len, quantize, calib,
                                                 float_ops=float_ops, export_mask_mode=mask_mode),
                                num_threads=threads)
@@ -109,7 +112,7 @@ def torch_runner(config, inputs, threads: int) -> Callable[[], object]:
 
 
 def bench_model(preset: str, runtimes, runs: int, warmup: int, threads: int,
-                seq_len: int) -> dict[str, dict]:
+                seq_len: int, float_ops=None) -> dict[str, dict]:
     import jax
     import jax.numpy as jnp
     from flax.core import meta
@@ -128,7 +131,8 @@ def bench_model(preset: str, runtimes, runs: int, warmup: int, threads: int,
             fn = jax_runner(config, params, inputs)
         elif runtime in ("tflite_float", "tflite_int8"):
             fn = tflite_runner(config, params, inputs,
-                               "none" if runtime == "tflite_float" else "int8", threads, seq_len)
+                               "none" if runtime == "tflite_float" else "int8", threads, seq_len,
+                               float_ops)
         else:
             fn = torch_runner(config, inputs, threads)
         setup = time.time() - start
@@ -163,6 +167,12 @@ def format_table(results: dict[str, dict], runtimes) -> str:
     return "\n".join(lines)
 
 
+def export_float_ops(float_ops) -> tuple[str, ...]:
+    from mobilebert_jax import export
+
+    return export.INT8_FLOAT_OPS if float_ops is None else tuple(float_ops)
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m mobilebert_jax.bench.latency",
                                      description=__doc__.split("\n")[0])
@@ -172,6 +182,9 @@ def parse_args(argv):
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seq_len", type=int, default=128)
+    parser.add_argument("--float_ops", default=None,
+                        help="tflite_int8: ops kept in float, comma-separated, as the export "
+                        "CLI's --float_ops ('' for none; default: export.INT8_FLOAT_OPS).")
     parser.add_argument("--json", default=None, help="Also write the results to this file.")
     return parser.parse_args(argv)
 
@@ -197,17 +210,19 @@ def main(argv=None) -> int:
     print(f"batch 1, seq {args.seq_len}, {args.threads} threads, median of {args.runs} runs "
           f"after {args.warmup} warm-up; cpus {os.cpu_count()}, load average before "
           f"{load_before[0]:.2f}/{load_before[1]:.2f}/{load_before[2]:.2f}", flush=True)
-    results = {m: bench_model(m, runtimes, args.runs, args.warmup, args.threads, args.seq_len)
+    float_ops = (None if args.float_ops is None
+                 else tuple(o for o in args.float_ops.split(",") if o))
+    print(f"tflite_int8 float ops: "
+          f"{'+'.join(export_float_ops(float_ops)) or 'none (everything int8)'}", flush=True)
+    results = {m: bench_model(m, runtimes, args.runs, args.warmup, args.threads, args.seq_len,
+                              float_ops)
                for m in models}
     load_after = os.getloadavg()
     print(format_table(results, runtimes))
     print(f"load average after {load_after[0]:.2f}/{load_after[1]:.2f}/{load_after[2]:.2f}")
-    if args.json:
-        tmp = f"{args.json}.tmp"
-        with open(tmp, "w") as f:
-            json.dump({"args": vars(args), "load_before": load_before,
-                       "load_after": load_after, "results": results}, f, indent=2)
-        os.replace(tmp, args.json)
+    write_json(args.json, {"args": vars(args), "load_before": load_before,
+                           "load_after": load_after, "results": results,
+                           "int8_float_ops": list(export_float_ops(float_ops))})
     return 0
 
 

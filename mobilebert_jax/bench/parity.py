@@ -16,11 +16,13 @@ import numpy as np
 from absl import app, flags
 from flax import linen as nn
 
+from mobilebert_jax.bench.common import write_json
 from mobilebert_jax import convert
 from mobilebert_jax.models import (PRESETS, MobileBertForPreTraining, MobileBertModel,
                                    get_config)
 
 flags.DEFINE_string("fixtures", "tests/fixtures", "Folder of the hf_* parity fixtures.")
+flags.DEFINE_string("json", None, "Also write the results to this JSON file.")
 FLAGS = flags.FLAGS
 
 SENTENCES = ["MobileBERT compresses BERT_LARGE into a thin, deep network with bottlenecks.",
@@ -32,7 +34,8 @@ def count(tree) -> int:
     return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(tree))
 
 
-def parameter_counts():
+def parameter_counts() -> dict:
+    counts = {}
     print(f"{'preset':<20}{'embeddings+encoder':>20}{'pooler':>10}{'with MLM+NSP heads':>20}")
     for name in PRESETS:
         model = MobileBertForPreTraining(get_config(name))
@@ -41,9 +44,13 @@ def parameter_counts():
         enc = count(p["bert"]["embeddings"]) + count(p["bert"]["encoder"])
         pooler = count(p["bert"].get("pooler", {}))
         print(f"{name:<20}{enc:>20,}{pooler:>10,}{enc + count(p['cls']):>20,}")
+        counts[name] = {"embeddings_encoder": enc, "pooler": pooler,
+                        "with_heads": enc + count(p["cls"])}
+    return counts
 
 
-def fixture_parity(folder: str):
+def fixture_parity(folder: str) -> dict:
+    errors = {}
     print(f"\n{'HF fixture':<20}{'hidden states':>16}{'MLM logits':>14}{'NSP logits':>14}")
     for name in sorted(os.listdir(folder)):
         src = os.path.join(folder, name)
@@ -57,6 +64,8 @@ def fixture_parity(folder: str):
                 np.abs(np.asarray(out.mlm_logits) - e["mlm_logits"]).max(),
                 np.abs(np.asarray(out.nsp_logits) - e["nsp_logits"]).max()]
         print(f"{name:<20}" + "".join(f"{x:>14.1e}  " for x in errs))
+        errors[name] = dict(zip(("hidden_states", "mlm_logits", "nsp_logits"), map(float, errs)))
+    return errors
 
 
 def minilm_parity():
@@ -79,14 +88,16 @@ def minilm_parity():
     pooled = np.abs(np.asarray(ours.pooled_output) - ref.pooler_output.numpy()).max()
     print(f"\nMiniLM-L6 (real weights) vs transformers.BertModel on {len(SENTENCES)} sentences: "
           f"sequence output {seq:.1e}, pooled output {pooled:.1e}")
+    return {"sequence_output": float(seq), "pooled_output": float(pooled)}
 
 
 def main(argv):
     del argv
-    parameter_counts()
+    results = {"parameter_counts": parameter_counts()}
     if os.path.isdir(FLAGS.fixtures):
-        fixture_parity(FLAGS.fixtures)
-    minilm_parity()
+        results["hf_fixtures"] = fixture_parity(FLAGS.fixtures)
+    results["minilm"] = minilm_parity()
+    write_json(FLAGS.json, results)
 
 
 if __name__ == "__main__":

@@ -13,9 +13,9 @@ Sub-commands:
 
 Example:
     python -m mobilebert_jax.bench.quantization finetune --checkpoint=/tmp/minilm \
-        --task_dir=/work/shared/data/glue/SST-2 --out=/tmp/sst2_minilm
+        --task_dir=GLUE_DIR/SST-2 --out=/tmp/sst2_minilm
     python -m mobilebert_jax.bench.quantization drop --checkpoint=/tmp/sst2_minilm \
-        --task_dir=/work/shared/data/glue/SST-2
+        --task_dir=GLUE_DIR/SST-2
     python -m mobilebert_jax.bench.quantization ranges --preset=mobilebert
 """
 from __future__ import annotations
@@ -31,6 +31,7 @@ import optax
 from flax.core import meta
 
 from mobilebert_jax import checkpoint, export
+from mobilebert_jax.bench.common import write_json
 from mobilebert_jax.data import glue
 from mobilebert_jax.data.tokenizers import load_tokenizer
 from mobilebert_jax.models import MobileBertForSequenceClassification, MobileBertModel, get_config
@@ -154,12 +155,13 @@ def main(argv=None) -> int:
 
     flags.DEFINE_enum("command", None, ["finetune", "drop", "ranges"], "What to run.")
     flags.DEFINE_string("checkpoint", None, "Project checkpoint directory.")
-    flags.DEFINE_string("task_dir", "/work/shared/data/glue/SST-2", "GLUE task directory.")
+    flags.DEFINE_string("task_dir", None, "finetune/drop: the GLUE SST-2 task directory.")
     flags.DEFINE_string("out", None, "finetune: output checkpoint directory.")
     flags.DEFINE_integer("steps", 600, "finetune: optimizer steps.")
     flags.DEFINE_integer("seq_len", 64, "Sequence length.")
     flags.DEFINE_integer("batch_size", 32, "finetune: batch size.")
     flags.DEFINE_string("preset", "mobilebert", "ranges without --checkpoint: random preset.")
+    flags.DEFINE_string("json", None, "drop, ranges: also write the results to this JSON file.")
     FLAGS = flags.FLAGS
     argv = list(argv or sys.argv)
     if len(argv) > 1 and not argv[1].startswith("-"):
@@ -172,14 +174,14 @@ def main(argv=None) -> int:
         return 1
     try:
         if FLAGS.command == "finetune":
-            if not FLAGS.checkpoint or not FLAGS.out:
-                raise ValueError("finetune needs --checkpoint and --out")
+            if not FLAGS.checkpoint or not FLAGS.out or not FLAGS.task_dir:
+                raise ValueError("finetune needs --checkpoint, --task_dir (GLUE SST-2) and --out")
             out = finetune(FLAGS.checkpoint, FLAGS.task_dir, FLAGS.out, FLAGS.steps,
                            FLAGS.batch_size, seq_len=FLAGS.seq_len)
             print(f"wrote {out}")
         elif FLAGS.command == "drop":
-            if not FLAGS.checkpoint:
-                raise ValueError("drop needs --checkpoint")
+            if not FLAGS.checkpoint or not FLAGS.task_dir:
+                raise ValueError("drop needs --checkpoint and --task_dir (GLUE SST-2)")
             rows = accuracy_drop(FLAGS.checkpoint, FLAGS.task_dir, FLAGS.seq_len,
                                  variants={
                 "int8 fill-mask": {"export_mask_mode": "fill"},
@@ -192,6 +194,8 @@ def main(argv=None) -> int:
                 print(f"{r['model']:<28} acc {100 * r['accuracy']:6.2f}  drop "
                       f"{100 * (base - r['accuracy']):5.2f} pt  max|Δlogit| "
                       f"{r['max_abs_logit_diff']:.2e}")
+            write_json(FLAGS.json, {"checkpoint": FLAGS.checkpoint, "task_dir": FLAGS.task_dir,
+                                    "seq_len": FLAGS.seq_len, "rows": rows})
         elif FLAGS.command == "ranges":
             if FLAGS.checkpoint:
                 config, params = checkpoint.load_pretrained(FLAGS.checkpoint)
@@ -202,8 +206,10 @@ def main(argv=None) -> int:
                     jax.random.PRNGKey(0), jnp.ones((1, 8), jnp.int32))["params"])
             feats = export.representative_inputs(load_tokenizer("bert-base-uncased"),
                                                  FLAGS.seq_len, 8)
-            for key, value in sorted(activation_ranges(config, params, feats).items()):
+            ranges = activation_ranges(config, params, feats)
+            for key, value in sorted(ranges.items()):
                 print(f"{value:12.2f}  {key}")
+            write_json(FLAGS.json, {"max_abs_activation": ranges})
         else:
             raise ValueError("give a command: finetune, drop or ranges")
     except (ValueError, FileNotFoundError, FileExistsError) as e:

@@ -1,19 +1,26 @@
 """Training-step benchmark on this machine, in one process:
 
-    python -m mobilebert_jax.bench.train [--batch=8] [--seq=128] [--steps=5] [--models=mobilebert,ibbert_large]
+    python -m mobilebert_jax.bench.train [--batch=8] [--seq=128] [--steps=5]
+        [--models=mobilebert,ibbert_large] [--dtype=float32|bfloat16] [--split] [--json=PATH]
 
 For each model: one full pretraining step (MLM at the gathered positions + NSP, forward, backward,
 LAMB update) — step time, tokens/s and MFU against a matmul peak measured here. Then the same
 MobileBERT step in HF transformers (PyTorch eager, `MobileBertForPreTraining` encoder with the
 MLM head applied at the gathered positions, AdamW since torch has no LAMB) and the ratio.
+`--dtype` sets the JAX compute dtype (params, norms, softmax and losses stay float32); `--split`
+also times the parts of each JAX step on their own (forward, `jax.grad`, LAMB update);
+`--json` writes every figure printed to a file.
 """
 from __future__ import annotations
 
 
+import os
+
 import jax
 from absl import app, flags
 
-from mobilebert_jax.bench.common import jax_step_seconds, synthetic_batch, time_calls
+from mobilebert_jax.bench.common import (jax_step_seconds, jax_step_split, load_average,
+                                         synthetic_batch, time_calls, write_json)
 from mobilebert_jax.metrics import throughput
 from mobilebert_jax.models import get_config, to_hf_config
 
@@ -23,6 +30,9 @@ flags.DEFINE_integer("predictions", 20, "Masked positions per sequence.")
 flags.DEFINE_integer("steps", 5, "Timed steps (median reported), after one warm-up step.")
 flags.DEFINE_list("models", ["mobilebert", "ibbert_large"], "Presets to time in JAX.")
 flags.DEFINE_bool("torch", True, "Also time the HF PyTorch MobileBERT step.")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "JAX compute dtype.")
+flags.DEFINE_bool("split", False, "Also time forward, jax.grad and the LAMB update alone.")
+flags.DEFINE_string("json", None, "Also write the results to this JSON file.")
 FLAGS = flags.FLAGS
 
 
@@ -63,21 +73,42 @@ def main(argv):
     del argv
     b, s, p = FLAGS.batch, FLAGS.seq, FLAGS.predictions
     peak = throughput.measure_matmul_peak(size=1536, repeats=20)
-    print(f"device: {jax.devices()[0].device_kind} ({jax.device_count()} device), "
-          f"measured matmul peak {peak / 1e9:.1f} GFLOP/s; batch {b} x seq {s}, {p} MLM positions")
+    results = {"device": jax.devices()[0].device_kind, "device_count": jax.device_count(),
+               "cpus": os.cpu_count(), "load_average_before": load_average(),
+               "matmul_peak_gflops": peak / 1e9, "batch": b, "seq": s, "predictions": p,
+               "dtype": FLAGS.dtype, "steps": FLAGS.steps, "rows": []}
+    print(f"device: {results['device']} ({jax.device_count()} device), "
+          f"measured matmul peak {peak / 1e9:.1f} GFLOP/s; batch {b} x seq {s}, {p} MLM positions, "
+          f"JAX compute {FLAGS.dtype}; load average {results['load_average_before']}")
     print(f"{'model':<16}{'runtime':<16}{'step ms':>10}{'tokens/s':>11}{'GFLOP/step':>12}{'MFU':>8}")
-    rows = {}
+
+    def row(name, runtime, seconds, flops, **extra):
+        results["rows"].append(dict(model=name, runtime=runtime, step_ms=seconds * 1e3,
+                                    tokens_per_s=b * s / seconds, gflop_per_step=flops / 1e9,
+                                    mfu=flops / seconds / peak, **extra))
+        print(f"{name:<16}{runtime:<16}{seconds * 1e3:>10.1f}{b * s / seconds:>11.0f}"
+              f"{flops / 1e9:>12.1f}{flops / seconds / peak:>8.1%}", flush=True)
+
+    jax_seconds = {}
     for name in FLAGS.models:
-        seconds, flops = jax_step_seconds(name, b, s, p, FLAGS.steps)
-        rows[name] = seconds
-        print(f"{name:<16}{'jax (LAMB)':<16}{seconds * 1e3:>10.1f}{b * s / seconds:>11.0f}"
-              f"{flops / 1e9:>12.1f}{flops / seconds / peak:>8.1%}")
-    if FLAGS.torch and "mobilebert" in rows:
+        seconds, flops = jax_step_seconds(name, b, s, p, FLAGS.steps, FLAGS.dtype)
+        jax_seconds[name] = seconds
+        split = jax_step_split(name, b, s, p, FLAGS.steps, FLAGS.dtype) if FLAGS.split else {}
+        row(name, "jax (LAMB)", seconds, flops,
+            **{f"{k}_ms": v * 1e3 for k, v in split.items()})
+        if split:
+            print("  split: " + ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in split.items())
+                  + " (each jitted alone; grad = forward + backward)", flush=True)
+    if FLAGS.torch and "mobilebert" in jax_seconds:
         t = torch_step_seconds(b, s, p, FLAGS.steps)
-        flops = throughput.pretraining_step_flops(get_config("mobilebert"), b, s, p)
-        print(f"{'mobilebert':<16}{'torch (AdamW)':<16}{t * 1e3:>10.1f}{b * s / t:>11.0f}"
-              f"{flops / 1e9:>12.1f}{flops / t / peak:>8.1%}")
-        print(f"MobileBERT step: JAX is {t / rows['mobilebert']:.2f}x the PyTorch throughput")
+        row("mobilebert", "torch (AdamW)", t,
+            throughput.pretraining_step_flops(get_config("mobilebert"), b, s, p))
+        results["jax_over_torch_throughput"] = t / jax_seconds["mobilebert"]
+        print(f"MobileBERT step: JAX is {results['jax_over_torch_throughput']:.2f}x the PyTorch "
+              "throughput")
+    results["load_average_after"] = load_average()
+    print(f"load average after {results['load_average_after']}")
+    write_json(FLAGS.json, results)
 
 
 if __name__ == "__main__":

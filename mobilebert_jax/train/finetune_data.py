@@ -106,6 +106,11 @@ def load_glue_data(config, tokenizer) -> GlueData:
     `config.train_subset` / `config.eval_subset` (0: all) keep the first N examples.
     """
     task = glue_task(config.task)
+    if not config.data_dir:
+        raise ValueError(f"config.data_dir is not set: pass --config.data_dir=GLUE_DIR (the GLUE "
+                         f"root with {task.dir_name}/train.tsv and dev.tsv, as GLUE's download "
+                         f"script lays it out) or --config.data_dir=tfds (TFDS {task.tfds_name}, "
+                         f"prepared with `tfds build {task.tfds_name}`)")
     data_dir = os.path.expanduser(config.data_dir)
     if not os.path.isdir(data_dir) and data_dir != "tfds":
         raise FileNotFoundError(f"GLUE data_dir not found: {data_dir}")
@@ -188,6 +193,11 @@ def load_squad_data(config, tokenizer) -> SquadData:
     evaluate. `predict_file` (optional) is predicted with the best checkpoint;
     `train_subset` > 0 keeps that many training windows, drawn at random with `seed`."""
     version = squad_version(config.version)
+    if not config.data_dir and not (config.train_file and (config.eval_file
+                                                            or config.train_articles)):
+        raise ValueError(f"config.data_dir is not set: pass --config.data_dir=SQUAD_DIR (holding "
+                         f"train-v{version}.json and dev-v{version}.json from the SQuAD site) or "
+                         f"--config.train_file and --config.eval_file")
     data_dir = os.path.expanduser(config.data_dir)
     train_file = config.train_file or os.path.join(data_dir, f"train-v{version}.json")
     eval_file = config.eval_file or os.path.join(data_dir, f"dev-v{version}.json")
