@@ -44,5 +44,6 @@ def get_config(task: str = "") -> ml_collections.ConfigDict:
     config.eval_subset = 0  # first N dev examples only (0: all)
     config.predict_test = True  # write submission files for the test TSVs found
     config.log_every = 50
+    config.checkpoint_every = 500  # resumable train state; also saved after every epoch
     config.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1), rules=DEFAULT_RULES))
     return config

@@ -48,5 +48,6 @@ def get_config(version: str = "") -> ml_collections.ConfigDict:
     config.keep_checkpoints = 1
     config.train_subset = 0  # N training windows drawn at random with the seed (0: all)
     config.log_every = 50
+    config.checkpoint_every = 500  # resumable train state; also saved after every epoch
     config.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1), rules=DEFAULT_RULES))
     return config

@@ -6,10 +6,12 @@ A project checkpoint directory looks the same whoever wrote it (a trainer, the c
     DIR/vocab.txt | spm.model     the tokenizer, when known (optional)
     DIR/checkpoints/<step>/       an orbax CheckpointManager step; item `params` is always there,
                                   trainers add `opt_state`, `meta` (step, RNG, stage) and `data`
-                                  (the input iterator's position, per process)
+                                  (the input position as JSON, the same for any process count)
 
 Orbax writes each step to a temporary directory and renames it when complete, so a step that is
-visible is whole; an interrupted save leaves the previous step untouched.
+visible is whole; an interrupted save leaves the previous step untouched. `TrainCheckpointer`
+(the trainers' checkpoints) resumes from the newest step that restores, naming a damaged one;
+`BestCheckpointer` keeps the best params by an evaluation metric (fine-tuning).
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from mobilebert_jax.metrics.writers import log
 from mobilebert_jax.models.config import MobileBertConfig
 
 MODEL_CONFIG = "model_config.json"
@@ -100,3 +103,131 @@ def load_pretrained(directory: str) -> tuple[MobileBertConfig, Any]:
     """`(config, params)` from any project checkpoint directory (trainer workdir or converted)."""
     config = load_config(directory)
     return config, load_params(directory)
+
+
+# -- trainer checkpoints ---------------------------------------------------------------------------
+TRAIN_ITEMS = ("params", "opt_state", "meta", "data")
+
+
+class TrainCheckpointer:
+    """The train state of a run (params, optimizer state, `meta` = step, RNG and trainer extras,
+    `data` = the input position as JSON) in `directory/<subdir>/<step>/`, keeping the newest
+    `keep` steps. Orbax writes the JSON item from process 0 only and the arrays shard by shard,
+    so a checkpoint written by N processes restores on any number of processes."""
+
+    def __init__(self, directory: str, keep: int, async_save: bool = True,
+                 subdir: str = CHECKPOINTS):
+        if int(keep) < 1:
+            raise ValueError(f"keep_checkpoints={keep} must be >= 1 (orbax would delete every "
+                             "checkpoint)")
+        self.directory = os.path.join(os.path.abspath(directory), subdir)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=int(keep), enable_async_checkpointing=async_save, create=True,
+            cleanup_tmp_directories=True)
+        self._mngr = ocp.CheckpointManager(self.directory, options=options,
+                                           item_names=TRAIN_ITEMS)
+
+    def latest_step(self) -> int | None:
+        return self._mngr.latest_step()
+
+    def save(self, step: int, params, opt_state, meta, data_state: dict) -> bool:
+        """Starts saving `step` (async); False when that step is already saved."""
+        if step in self._mngr.all_steps():
+            return False
+        args = ocp.args.Composite(params=ocp.args.StandardSave(params),
+                                  opt_state=ocp.args.StandardSave(opt_state),
+                                  meta=ocp.args.StandardSave(meta),
+                                  data=ocp.args.JsonSave(data_state))
+        return self._mngr.save(step, args=args, force=True)
+
+    def restore(self, params, opt_state, meta):
+        """(step, params, opt_state, meta, data_state) of the newest intact step, restored onto
+        the given abstract trees (`jax.ShapeDtypeStruct` with shardings); None when there is
+        no checkpoint. A step whose stored shapes differ from the targets is a config error
+        (ValueError); a step that fails to read is damaged: it is named and the next older
+        step is tried, and ValueError when none restores."""
+        steps = sorted(self._mngr.all_steps(), reverse=True)
+        if not steps:
+            return None
+        damaged = []
+        for step in steps:
+            self._check_fits(step, {"params": params, "opt_state": opt_state, "meta": meta})
+            args = ocp.args.Composite(params=ocp.args.StandardRestore(params),
+                                      opt_state=ocp.args.StandardRestore(opt_state),
+                                      meta=ocp.args.StandardRestore(meta),
+                                      data=ocp.args.JsonRestore())
+            try:
+                r = self._mngr.restore(step, args=args)
+            except Exception as e:  # tensorstore, orbax and OS errors of a damaged step
+                reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+                damaged.append(step)
+                log(f"checkpoint step {step} in {self.directory} is damaged "
+                    f"({type(e).__name__}: {reason}); trying an older step")
+                continue
+            if damaged:
+                log(f"resuming from step {step}: newer step(s) {damaged} could not be read")
+            return step, r["params"], r["opt_state"], r["meta"], r["data"]
+        raise ValueError(f"no intact checkpoint in {self.directory}: steps {damaged} are all "
+                         "damaged; move them away to start again")
+
+    def _check_fits(self, step: int, targets: dict) -> None:
+        try:
+            stored = self._mngr.item_metadata(step)
+        except Exception:  # unreadable metadata: the restore below names the damage
+            return
+        for item, target in targets.items():
+            meta = stored.get(item) if stored is not None else None
+            if meta is None:
+                continue
+            have = {jax.tree_util.keystr(p): tuple(getattr(m, "shape", ()) or ())
+                    for p, m in jax.tree_util.tree_flatten_with_path(meta)[0]}
+            want = {jax.tree_util.keystr(p): tuple(t.shape)
+                    for p, t in jax.tree_util.tree_flatten_with_path(target)[0]}
+            missing = sorted(set(want) - set(have))
+            extra = sorted(set(have) - set(want))
+            wrong = sorted(k for k in set(want) & set(have) if want[k] != have[k])
+            if missing or extra or wrong:
+                what = (f"{wrong[0]} has shape {have[wrong[0]]}, the config needs "
+                        f"{want[wrong[0]]}" if wrong else
+                        f"it lacks {missing[0]}" if missing else f"it has an extra {extra[0]}")
+                raise ValueError(f"checkpoint step {step} in {self.directory} does not fit "
+                                 f"this model/optimizer config ({item}: {what})")
+
+    def wait(self) -> None:
+        self._mngr.wait_until_finished()
+
+    def close(self) -> None:
+        self._mngr.wait_until_finished()
+        self._mngr.close()
+
+
+class BestCheckpointer:
+    """The best `keep` params of a run by `metric` (higher is better) in
+    `directory/checkpoints/`, so the directory is a project checkpoint of the best model."""
+
+    def __init__(self, directory: str, metric: str, keep: int):
+        if int(keep) < 1:
+            raise ValueError(f"keep_checkpoints={keep} must be >= 1")
+        self.metric = metric
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=int(keep), best_fn=lambda m: float(m[metric]), best_mode="max",
+            enable_async_checkpointing=False, create=True, cleanup_tmp_directories=True)
+        self._mngr = ocp.CheckpointManager(os.path.join(os.path.abspath(directory), CHECKPOINTS),
+                                           options=options, item_names=("params",))
+
+    def save(self, step: int, params, metrics: dict) -> None:
+        if step in self._mngr.all_steps():  # a resumed run re-evaluates a saved epoch
+            return
+        self._mngr.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params)),
+                        metrics={k: float(v) for k, v in metrics.items()}, force=True)
+        self._mngr.wait_until_finished()
+
+    def restore_best(self, target):
+        """(step, params) of the best step, restored onto the abstract `target`."""
+        step = self._mngr.best_step()
+        restored = self._mngr.restore(step, args=ocp.args.Composite(
+            params=ocp.args.StandardRestore(target)))
+        return step, restored["params"]
+
+    def close(self) -> None:
+        self._mngr.close()

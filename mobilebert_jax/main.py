@@ -3,8 +3,9 @@
     python -m mobilebert_jax.main --config=configs/teacher.py[:VARIANT] --workdir=DIR [--config.a.b=v]
 
 The config's `trainer` field picks the job (pretrain, distill, finetune_glue, finetune_squad).
-Multi-process runs (`--num_processes>1`, a multi-worker Cloud TPU, or a SLURM job with several
-tasks) call `jax.distributed.initialize` first; a single process never does.
+Multi-process runs (`--num_processes>1`, or a cluster that JAX detects with several processes: a
+multi-host Cloud TPU VM slice, GKE, SLURM) call `jax.distributed.initialize` first; a single
+process never does.
 """
 import os
 import sys
@@ -28,25 +29,33 @@ TRAINERS = {
 }
 
 
-def multi_process_requested() -> bool:
-    if FLAGS.num_processes is not None:
-        return FLAGS.num_processes > 1
-    if "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""):
-        return True
-    return int(os.environ.get("SLURM_NTASKS", "1")) > 1
+def cluster_process_count() -> int:
+    """How many processes the cluster this process runs in has (1 outside any), by JAX's own
+    cluster detection, the one `jax.distributed.initialize()` uses: Cloud TPU VMs (GCE
+    metadata), GKE, SLURM, Open MPI."""
+    from jax._src import clusters  # JAX's detection; no public API exposes the count first
+
+    env = next((e for e in clusters.ClusterEnv._cluster_types
+                if not e.opt_in_only_method and e.is_env_present()), None)
+    return env.get_process_count() if env is not None else 1
 
 
 def initialize_distributed() -> None:
+    """`jax.distributed.initialize` for a multi-process run: the explicit flags, or the
+    cluster's own settings; a single process never initializes."""
     import jax
 
-    if not multi_process_requested():
+    if FLAGS.num_processes is not None:
+        if FLAGS.num_processes <= 1:
+            return
+        kwargs = dict(coordinator_address=FLAGS.coordinator_address,
+                      num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+    elif cluster_process_count() > 1:
+        kwargs = {}
+    else:
         return
     if "cpu" in os.environ.get("JAX_PLATFORMS", ""):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    kwargs = {}
-    if FLAGS.coordinator_address:
-        kwargs = dict(coordinator_address=FLAGS.coordinator_address,
-                      num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
     jax.distributed.initialize(**kwargs)
 
 
@@ -58,7 +67,7 @@ def main(argv):
 
     # Library INFO chatter (tfds, gensim, orbax) off; the trainers print their own progress.
     logging.set_verbosity(logging.WARNING)
-    from mobilebert_jax.train.state import NonFiniteLoss
+    from mobilebert_jax.train.loop import NonFiniteLoss
 
     config = FLAGS.config
     trainer = config.get("trainer")

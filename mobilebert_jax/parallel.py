@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
+import optax
 from flax import linen as nn
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
@@ -115,6 +116,23 @@ def global_batch(host_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax
             for k, v in host_batch.items()}
 
 
+def process_rows(global_host_batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """This process's contiguous block of a global batch that every process holds whole (the
+    layout `global_batch` expects: process i's rows are block i)."""
+    n, i = jax.process_count(), jax.process_index()
+    return {k: v[len(v) // n * i:len(v) // n * (i + 1)] for k, v in global_host_batch.items()}
+
+
+def to_host_global(tree) -> Any:
+    """Host copies of (possibly batch-sharded) global arrays, whole on every process."""
+    if jax.process_count() == 1:
+        return jax.tree_util.tree_map(lambda x: np.asarray(jax.device_get(x)), tree)
+    from jax.experimental import multihost_utils
+
+    return jax.tree_util.tree_map(np.asarray,
+                                  multihost_utils.process_allgather(tree, tiled=True))
+
+
 def check_batch_divisible(global_batch_size: int, mesh: Mesh) -> None:
     ways = mesh.shape["data"] * mesh.shape["fsdp"]
     if global_batch_size % ways:
@@ -123,6 +141,15 @@ def check_batch_divisible(global_batch_size: int, mesh: Mesh) -> None:
     if global_batch_size % jax.process_count():
         raise ValueError(f"global batch size {global_batch_size} is not divisible by the "
                          f"process count {jax.process_count()}")
+
+
+def opt_state_shardings(tx, params, param_sh, mesh: Mesh):
+    """Shardings of `tx.init(params)`: every slot like its param, counters replicated."""
+    repl = replicated(mesh)
+    abstract = jax.eval_shape(tx.init, params)
+    return optax.tree_utils.tree_map_params(
+        tx, lambda _, sh: sh, abstract, param_sh, transform_non_params=lambda _: repl,
+        is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
 
 
 def sharded_init(init_fn: Callable[[], Any], mesh: Mesh, rules) -> tuple[Any, Any]:

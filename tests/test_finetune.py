@@ -138,9 +138,13 @@ def test_glue_end_to_end_through_main(tiny_checkpoint, glue_dir, tmp_path, capsy
     assert lines[0] == "index\tprediction"
     assert [ln.split("\t")[0] for ln in lines[1:]] == [str(100 + i) for i in range(8)]
     assert {ln.split("\t")[1] for ln in lines[1:]} <= {"0", "1"}
-    # the same workdir is refused rather than silently overwritten
+    # the same workdir continues the run: a finished one trains no further step
+    trained = (workdir / "metrics.jsonl").read_text()
     rc, err = run_main(glue_args(tiny_checkpoint, glue_dir, workdir), capsys)
-    assert rc == 1 and "already holds a fine-tuning run" in err
+    assert rc == 0, err
+    assert (workdir / "metrics.jsonl").read_text() == trained
+    again = json.loads((workdir / "eval_results.json").read_text())
+    assert again["history"] == results["history"] and again["finished"]
 
 
 def test_squad_end_to_end_writes_official_predictions(tiny_checkpoint, tmp_path, capsys):

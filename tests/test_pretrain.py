@@ -15,7 +15,7 @@ import pytest
 
 from mobilebert_jax import checkpoint
 from mobilebert_jax.train import pretrain
-from mobilebert_jax.train.state import NonFiniteLoss
+from mobilebert_jax.train.loop import NonFiniteLoss
 
 from conftest import apply_overrides
 
@@ -100,7 +100,7 @@ def test_sigterm_saves_exits_cleanly_and_resumes_exactly(data_dir, tmp_path):
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out
-    assert "preemption signal: saving step" in out
+    assert "preemption: saving step" in out
     saved = checkpoint.latest_step(str(workdir))
     assert saved is not None and 1 <= saved < total
     assert max(losses(str(workdir))) == saved

@@ -11,18 +11,17 @@ logging, evaluation, checkpoints and preemption handling.
 from __future__ import annotations
 
 import os
-import time
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
 from mobilebert_jax import checkpoint, parallel
-from mobilebert_jax.metrics.writers import MetricsWriter, format_eta, format_scalars, log
+from mobilebert_jax.metrics.writers import MetricsWriter, log
 from mobilebert_jax.models.config import MobileBertConfig
 from mobilebert_jax.models.heads import MobileBertForPreTraining
 from mobilebert_jax.train import distill_steps as ds
-from mobilebert_jax.train import inputs, optim, pretrain
+from mobilebert_jax.train import inputs, loop, optim, pretrain
 from mobilebert_jax.train import state as state_lib
 
 SMOKE_TEACHER_HINT = ("train it first: python -m mobilebert_jax.main "
@@ -90,7 +89,7 @@ class Optimizers:
     def init(self, phase: str, params, param_sh, step: int):
         """Fresh optimizer state of `phase` in its shardings (layer multipliers at `step`)."""
         tx = self.tx(phase)
-        opt_sh = ds.opt_state_shardings(tx, params, param_sh, self.mesh)
+        opt_sh = parallel.opt_state_shardings(tx, params, param_sh, self.mesh)
 
         def fresh(p):
             return optim.reset_opt_state(tx, p, step if phase == ds.TRANSFER else None)
@@ -117,7 +116,6 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     os.makedirs(workdir, exist_ok=True)
     state_lib.check_workdir_model(workdir, student_cfg)
     state_lib.write_config(workdir, config)
-    writer = MetricsWriter(workdir)
 
     # -- mesh ------------------------------------------------------------------------------------
     mesh = parallel.make_mesh(config.mesh.shape)
@@ -138,8 +136,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         f"parameters from {config.teacher_checkpoint}")
 
     # -- student state ---------------------------------------------------------------------------
-    mngr = state_lib.state_manager(workdir, config)
-    start_stage = plan.stage_at(mngr.latest_step() or 0)
+    ckpt = checkpoint.TrainCheckpointer(workdir, config.keep_checkpoints,
+                                        config.async_checkpointing)
+    start_stage = plan.stage_at(ckpt.latest_step() or 0)
     optimizers = Optimizers(config, plan, mesh)
     model = MobileBertForPreTraining(student_cfg)
     ids = jnp.zeros((1, info.seq_len), jnp.int32)
@@ -150,13 +149,15 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     log(f"student: {sum(x.size for x in jax.tree_util.tree_leaves(state.params)):,} parameters")
 
     # -- checkpoints -----------------------------------------------------------------------------
-    if mngr.latest_step() is not None:
-        state = state_lib.restore_state(mngr, state, shardings, train_iter)
-        if int(state.extra["stage"]) != start_stage.index:
+    state, host_state = state_lib.restore_state(ckpt, state, shardings)
+    if host_state is not None:
+        train_iter.set_state(host_state["data"])
+        if int(state.extra["stage"]) != plan.stage_at(int(state.step)).index:
             raise ValueError(f"checkpoint step {int(state.step)} is in stage "
                              f"{int(state.extra['stage'])}, the config puts it in stage "
-                             f"{start_stage.index}: strategy or steps_per_layer changed")
-        log(f"resumed from step {int(state.step)} ({start_stage.name})")
+                             f"{plan.stage_at(int(state.step)).index}: strategy or "
+                             "steps_per_layer changed")
+        log(f"resumed from step {int(state.step)} ({plan.stage_at(int(state.step)).name})")
     else:
         same_norm = teacher_cfg.normalization_type == student_cfg.normalization_type
         with jax.set_mesh(mesh):
@@ -168,23 +169,22 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     # -- step functions: one per (stage kind, layers, depth), compiled when first needed -----------
     batch_sh = parallel.batch_sharding(mesh)
     repl = parallel.replicated(mesh)
-    example = {k: jax.ShapeDtypeStruct((config.batch_size,) + shape[1:],
-                                       jnp.float32 if k == "masked_lm_weights" else jnp.int32,
-                                       sharding=batch_sh)
-               for k, shape in train_iter.element_shapes.items()}
+    example = inputs.abstract_batch(train_iter, config.batch_size, batch_sh)
     compiled = {}
+    current = {"shardings": shardings}
 
-    def step_fn(stage: ds.Stage, shardings):
+    def step_fn_for(stage: ds.Stage, state):
         key = (stage.kind, stage.layers, stage.depth)
         if key not in compiled:
+            sh = current["shardings"]
             fn = ds.make_train_step(stage, teacher_cfg, student_cfg, settings,
                                     optimizers.tx(stage.phase),
                                     optimizers.learning_rates(stage.phase),
                                     config.grad_accum_steps)
-            jitted = jax.jit(fn, in_shardings=(shardings, teacher_sh, batch_sh),
-                             out_shardings=(shardings, repl), donate_argnums=0)
+            jitted = jax.jit(fn, in_shardings=(sh, teacher_sh, batch_sh),
+                             out_shardings=(sh, repl), donate_argnums=0)
             with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-                args = (state_lib.abstract_like(state, shardings),
+                args = (state_lib.abstract_like(state, sh),
                         state_lib.abstract_like(teacher_params, teacher_sh), example)
                 compiled[key] = pretrain.compile_step(jitted, args, f"{stage.name} step")
         return compiled[key]
@@ -192,67 +192,44 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     eval_step = jax.jit(pretrain.make_eval_step(model),
                         in_shardings=(shardings.params, batch_sh), out_shardings=repl)
 
-    def enter(state, shardings, old: ds.Stage, new: ds.Stage, step: int):
+    def enter(state, step: int):
         """At a stage boundary: the PD optimizer replaces the transfer one, or (optionally)
-        the transfer slots are reset; the state records the new stage."""
+        the transfer slots are reset; the state records the new stage, whose step function
+        is compiled now."""
+        old, new = plan.stage_at(step - 1), plan.stage_at(step)
         if new.phase != old.phase or (new.phase == ds.TRANSFER
                                       and config.transfer.reset_optimizer_each_stage):
-            opt_state, opt_sh = optimizers.init(new.phase, state.params, shardings.params, step)
-            state, shardings = (state.replace(opt_state=opt_state),
-                                shardings.replace(opt_state=opt_sh))
-        extra = {"stage": jax.device_put(jnp.asarray(new.index, jnp.int32), repl)}
+            opt_state, opt_sh = optimizers.init(new.phase, state.params,
+                                                current["shardings"].params, step)
+            state = state.replace(opt_state=opt_state)
+            current["shardings"] = current["shardings"].replace(opt_state=opt_sh)
         log(f"step {step}: stage {new.index} ({new.name})")
-        return state.replace(extra=extra), shardings
+        state = state.replace(extra={"stage": jax.device_put(jnp.asarray(new.index, jnp.int32),
+                                                             repl)})
+        if step < config.total_steps:
+            step_fn_for(new, state)
+        return state
 
     # -- loop ------------------------------------------------------------------------------------
-    guard = state_lib.PreemptionGuard()
-    step = int(state.step)
-    window, last = [], {}
-    t_window, steps_in_window = time.perf_counter(), 0
-    try:
-        while step < config.total_steps:
-            if guard.should_stop(mngr, step):
-                log(f"preemption signal: saving step {step} and exiting")
-                state_lib.save_state(mngr, state, train_iter, force=True)
-                break
-            stage = plan.stage_at(step)
-            if (stage.kind, stage.layers, stage.depth) not in compiled:
-                step_fn(stage, shardings)
-                t_window = time.perf_counter()  # compile time is not step time
-            train_step = step_fn(stage, shardings)
-            batch = parallel.global_batch(next(train_iter), mesh)
-            state, metrics = train_step(state, teacher_params, batch)
-            step += 1
-            steps_in_window += 1
-            window.append(metrics)
-            next_stage = plan.stage_at(step)
-            boundary = next_stage.index != stage.index
-            if boundary:
-                state, shardings = enter(state, shardings, stage, next_stage, step)
-            is_last = step == config.total_steps
-            if step % config.log_every == 0 or is_last or boundary:
-                last = state_lib.window_means(window)
-                state_lib.check_finite(last, step, mngr)
-                sps = steps_in_window / (time.perf_counter() - t_window)
-                last.update(stage=stage.index, steps_per_second=sps,
-                            tokens_per_second=sps * config.batch_size * info.seq_len)
-                writer.write(step, last)
-                log(f"step {step}/{config.total_steps} [{stage.name}] {format_scalars(last)} "
-                    f"eta {format_eta((config.total_steps - step) / sps)}")
-                window, t_window, steps_in_window = [], time.perf_counter(), 0
-            if step % config.eval_every == 0 or is_last:
-                loader = inputs.eval_loader(config, info)
-                if loader is not None:
-                    ev = pretrain.evaluate(eval_step, state.params, loader, mesh,
-                                           config.eval_steps)
-                    writer.write(step, dict(ev, stage=next_stage.index), prefix="eval_")
-                    log(f"eval step {step}: {format_scalars(ev)}")
-                    t_window = time.perf_counter()
-            if step % config.checkpoint_every == 0 or is_last:
-                state_lib.checked_save(mngr, state, train_iter, metrics, step)
-    finally:
-        mngr.wait_until_finished()
-        mngr.close()
-        guard.restore()
-        writer.close()
+    def step_fn(state, step):
+        batch = parallel.global_batch(next(train_iter), mesh)
+        return step_fn_for(plan.stage_at(step), state)(state, teacher_params, batch)
+
+    def evaluate_fn(state, step):
+        loader = inputs.eval_loader(config, info)
+        if loader is None:
+            return None
+        ev = pretrain.evaluate(eval_step, state.params, loader, mesh, config.eval_steps)
+        return dict(ev, stage=plan.stage_at(step).index)
+
+    if int(state.step) < config.total_steps:
+        step_fn_for(plan.stage_at(int(state.step)), state)
+    hooks = loop.Hooks(
+        train_step=step_fn, evaluate=evaluate_fn,
+        is_boundary=lambda step: plan.stage_at(step).index != plan.stage_at(step - 1).index,
+        enter=enter, log_fields=lambda step: {"stage": plan.stage_at(step).index},
+        label=lambda step: f"[{plan.stage_at(step).name}]",
+        host_state=lambda: {"data": train_iter.get_state()})
+    _, last = loop.run(state, hooks, loop.cadence(config), ckpt, MetricsWriter(workdir),
+                       tokens_per_step=config.batch_size * info.seq_len)
     return last

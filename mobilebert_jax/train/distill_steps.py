@@ -207,15 +207,6 @@ def pd_optimizer(opt_cfg, total_steps: int, pd_start: int):
     return optim.make_optimizer(opt)
 
 
-def opt_state_shardings(tx, params, param_sh, mesh):
-    """Shardings of `tx.init(params)`: slots like their params, counters replicated."""
-    repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    abstract = jax.eval_shape(tx.init, params)
-    return optax.tree_utils.tree_map_params(
-        tx, lambda _, sh: sh, abstract, param_sh, transform_non_params=lambda _: repl,
-        is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
-
-
 # --------------------------------------------------------------------------------------------
 # Losses and the step
 # --------------------------------------------------------------------------------------------

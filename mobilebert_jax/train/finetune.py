@@ -19,7 +19,7 @@ The workdir is itself a project checkpoint directory (`model_config.json`, vocab
 """
 from __future__ import annotations
 
-import math
+import json
 import os
 import shutil
 import time
@@ -35,14 +35,16 @@ from mobilebert_jax.data import glue as glue_data
 from mobilebert_jax.data import squad as squad_data
 from mobilebert_jax.metrics.glue import glue_metrics
 from mobilebert_jax.metrics.squad import squad_scores
-from mobilebert_jax.metrics.writers import MetricsWriter, format_scalars, log
+from mobilebert_jax.metrics.writers import MetricsWriter, log
 from mobilebert_jax.models.heads import (MobileBertForQuestionAnswering,
                                          MobileBertForSequenceClassification)
 from mobilebert_jax.train import finetune_data as fd
-from mobilebert_jax.train import optim
+from mobilebert_jax.train import loop, optim
 from mobilebert_jax.train import state as state_lib
 
 EVAL_RESULTS = "eval_results.json"
+TRAIN_STATE = "train_state"  # the resumable state (params, optimizer, step, RNG, history)
+TRAIN_STATES_KEPT = 2
 PREDICTED = ("logits", "start_logits", "end_logits")  # model outputs brought back to the host
 
 
@@ -88,11 +90,10 @@ def init_params(model, seed: int, seq_len: int):
 
 
 class Trainer:
-    """Model, sharded state, jitted steps and the best-checkpoint manager of one run."""
+    """Model, sharded state and jitted steps of one run; the batch of any global step."""
 
-    def __init__(self, config, workdir: str, model, model_config, train_keys, loss_fn,
-                 num_train: int, seq_len: int):
-        self.config, self.workdir, self.model = config, workdir, model
+    def __init__(self, config, model, train_features, train_keys, loss_fn):
+        self.config, self.model = config, model
         self.mesh = parallel.make_mesh(config.mesh.shape)
         self.rules = parallel.rules_from_config(config.mesh.rules)
         self.batch_size = int(config.batch_size)
@@ -103,18 +104,19 @@ class Trainer:
             parallel.check_batch_divisible(size, self.mesh)
         if int(config.num_epochs) <= 0:
             raise ValueError(f"num_epochs must be positive, got {config.num_epochs}")
-        self.train_keys = train_keys
-        self.steps_per_epoch = fd.num_batches(num_train, self.batch_size)
+        self.features, self.train_keys = train_features, train_keys
+        self.num_train = len(train_features["input_ids"])
+        self.steps_per_epoch = fd.num_batches(self.num_train, self.batch_size)
         self.total_steps = self.steps_per_epoch * int(config.num_epochs)
         tx, self.schedule = optim.make_optimizer(optimizer_config(config, self.total_steps))
-        seed = int(config.seed)
+        seed, seq_len = int(config.seed), train_features["input_ids"].shape[1]
         self.state, self.shardings = state_lib.create_sharded_state(
             lambda: init_params(model, seed, seq_len), tx, seed, self.mesh, self.rules)
-        self.step = 0
-        self._load_encoder(config.init_checkpoint)
+        self._orders: dict[int, np.ndarray] = {}
         self._build_steps(tx, loss_fn)
 
-    def _load_encoder(self, directory: str) -> None:
+    def load_encoder(self, directory: str) -> None:
+        """The `bert/` params of a project checkpoint replace the fresh encoder."""
         pretrained = checkpoint.load_params(directory)
         if "bert" not in pretrained:
             raise ValueError(f"checkpoint {directory} holds no 'bert' encoder params")
@@ -165,124 +167,113 @@ class Trainer:
                                   out_shardings=(self.shardings, repl), donate_argnums=0)
         self.predict_step = jax.jit(predict_step, in_shardings=(self.shardings.params, batch_sh))
 
-    def run_epoch(self, features, epoch: int, writer: MetricsWriter) -> float:
-        """One pass over the training features; returns the epoch's mean loss."""
-        order = fd.epoch_order(len(features["input_ids"]), epoch, int(self.config.seed))
-        losses, window = [], []
-        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
-            for batch in fd.batches(features, order, self.batch_size, self.train_keys):
-                self.state, metrics = self.train_step(
-                    self.state, parallel.global_batch(batch, self.mesh))
-                window.append(metrics)
-                self.step += 1  # a host counter: no device sync per step
-                step = self.step
-                if step % int(self.config.log_every) == 0 or step == self.total_steps:
-                    host = {k: float(np.mean([float(m[k]) for m in window]))
-                            for k in window[0]}
-                    if not math.isfinite(host["loss"]):
-                        raise state_lib.NonFiniteLoss(f"non-finite loss at step {step}")
-                    losses.extend([float(m["loss"]) for m in window])
-                    writer.write(step, host)
-                    log(f"epoch {epoch + 1} step {step}/{self.total_steps} "
-                        f"{format_scalars(host)}")
-                    window = []
-        losses.extend([float(m["loss"]) for m in window])
-        return float(np.mean(losses)) if losses else float("nan")
+    def batch_at(self, step: int) -> dict[str, jax.Array]:
+        """Global training batch `step` (epoch `step // steps_per_epoch` in its seeded order),
+        built from this process's rows only."""
+        epoch, index = divmod(int(step), self.steps_per_epoch)
+        if epoch not in self._orders:
+            self._orders = {epoch: fd.epoch_order(self.num_train, epoch, int(self.config.seed))}
+        batch = fd.batch_at(self.features, self._orders[epoch], index, self.batch_size,
+                            self.train_keys)
+        return parallel.global_batch(parallel.process_rows(batch), self.mesh)
 
     def predict(self, params, features, keys=fd.MODEL_INPUTS) -> dict[str, np.ndarray]:
-        """Outputs of the deterministic model on all features, in order, as host arrays."""
+        """Outputs of the deterministic model on all features, in order, as host arrays (the
+        whole set on every process)."""
         n = len(features["input_ids"])
         outs: dict[str, list] = {}
         with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
-            for batch in fd.batches(features, np.arange(n), self.eval_batch_size, keys):
+            for i in range(fd.num_batches(n, self.eval_batch_size)):
+                batch = fd.batch_at(features, np.arange(n), i, self.eval_batch_size, keys)
                 real = int(batch.pop("weights").sum())
-                out = self.predict_step(params, parallel.global_batch(batch, self.mesh))
-                for k, v in out.items():
-                    outs.setdefault(k, []).append(np.asarray(jax.device_get(v))[:real])
+                out = self.predict_step(params, parallel.global_batch(
+                    parallel.process_rows(batch), self.mesh))
+                for k, v in parallel.to_host_global(out).items():
+                    outs.setdefault(k, []).append(v[:real])
         return {k: np.concatenate(v) for k, v in outs.items()}
 
 
-def _best_manager(workdir: str, metric: str, keep: int):
-    import orbax.checkpoint as ocp
-
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=max(int(keep), 1), best_fn=lambda m: float(m[metric]), best_mode="max",
-        enable_async_checkpointing=False, create=True, cleanup_tmp_directories=True)
-    return ocp.CheckpointManager(os.path.join(workdir, checkpoint.CHECKPOINTS),
-                                 options=options, item_names=("params",))
-
-
-def _save(mngr, step: int, params, metrics: dict) -> None:
-    import orbax.checkpoint as ocp
-
-    mngr.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params)),
-              metrics={k: float(v) for k, v in metrics.items()})
-    mngr.wait_until_finished()
-
-
-def _restore_best(mngr, trainer: Trainer):
-    import orbax.checkpoint as ocp
-
-    step = mngr.best_step()
-    target = state_lib.abstract_like(trainer.state.params, trainer.shardings.params)
-    restored = mngr.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))
-    return step, restored["params"]
-
-
 def _prepare_workdir(config, workdir: str, model_config, tokenizer) -> None:
-    if checkpoint.latest_step(workdir) is not None:
-        raise FileExistsError(f"workdir {workdir} already holds a fine-tuning run; "
-                              "use a new --workdir")
     os.makedirs(workdir, exist_ok=True)
     state_lib.write_config(workdir, config)
-    model_config.to_json(os.path.join(workdir, checkpoint.MODEL_CONFIG))
-    name = "spm.model" if tokenizer.path.endswith(".model") else "vocab.txt"
-    if os.path.abspath(tokenizer.path) != os.path.abspath(os.path.join(workdir, name)):
-        shutil.copyfile(tokenizer.path, os.path.join(workdir, name))
+    state_lib.check_workdir_model(workdir, model_config)
+    if jax.process_index() == 0:
+        name = "spm.model" if tokenizer.path.endswith(".model") else "vocab.txt"
+        if os.path.abspath(tokenizer.path) != os.path.abspath(os.path.join(workdir, name)):
+            shutil.copyfile(tokenizer.path, os.path.join(workdir, name))
 
 
-def _run(config, workdir: str, model, model_config, train_features, train_keys, loss_fn,
-         evaluate, best_metric: str, task_name: str) -> tuple[Trainer, object, dict]:
-    """The epoch loop shared by GLUE and SQuAD; returns (trainer, manager, final results)."""
-    seq_len = train_features["input_ids"].shape[1]
-    trainer = Trainer(config, workdir, model, model_config, train_keys, loss_fn,
-                      len(train_features["input_ids"]), seq_len)
-    log(f"{task_name}: {len(train_features['input_ids'])} training features, "
-        f"{trainer.steps_per_epoch} steps/epoch x {config.num_epochs} epochs, "
-        f"batch {trainer.batch_size}, seq {seq_len}, lr {config.learning_rate}")
-    writer = MetricsWriter(workdir)
-    mngr = _best_manager(workdir, best_metric, config.keep_checkpoints)
-    history, best, results = [], None, {}
-    start = time.perf_counter()
-    try:
-        for epoch in range(int(config.num_epochs)):
-            t0 = time.perf_counter()
-            train_loss = trainer.run_epoch(train_features, epoch, writer)
-            t_train = time.perf_counter() - t0
-            metrics = evaluate(trainer, trainer.state.params)
-            if best_metric not in metrics:
-                raise ValueError(f"best_metric {best_metric!r} is not among the eval metrics "
-                                 f"({', '.join(metrics)})")
-            step = int(trainer.state.step)
-            record = {"epoch": epoch + 1, "step": step, "train_loss": train_loss,
-                      "train_seconds": t_train, "metrics": metrics}
-            history.append(record)
-            # ties go to the later epoch, as orbax keeps them
-            if best is None or metrics[best_metric] >= best["metrics"][best_metric]:
-                best = record
-            _save(mngr, step, trainer.state.params, metrics)
-            writer.write(step, metrics, prefix="eval_")
-            log(f"eval epoch {epoch + 1}: {format_scalars(metrics)}")
-            results = {"task": task_name, "epoch": epoch + 1, "step": step,
-                       "metrics": metrics, "best_metric": best_metric,
-                       "best": {k: best[k] for k in ("epoch", "step", "metrics")},
-                       "history": history, "finished": False,
-                       "elapsed_seconds": time.perf_counter() - start}
-            if jax.process_index() == 0:
-                state_lib.dump_json(os.path.join(workdir, EVAL_RESULTS), results)
-    finally:
-        writer.close()
-    return trainer, mngr, results
+def _run(config, workdir: str, model, train_features, train_keys, loss_fn, evaluate,
+         best_metric: str, task_name: str) -> tuple[Trainer, object, dict]:
+    """Trains (or resumes) with an evaluation and a best-checkpoint save after every epoch;
+    returns (trainer, best checkpointer, results)."""
+    trainer = Trainer(config, model, train_features, train_keys, loss_fn)
+    spe = trainer.steps_per_epoch
+    ckpt = checkpoint.TrainCheckpointer(workdir, TRAIN_STATES_KEPT, subdir=TRAIN_STATE)
+    best = checkpoint.BestCheckpointer(workdir, best_metric, config.keep_checkpoints)
+    trainer.state, host_state = state_lib.restore_state(ckpt, trainer.state, trainer.shardings)
+    if host_state is None:
+        trainer.load_encoder(config.init_checkpoint)
+        history = []
+    else:
+        history = host_state["history"]
+        log(f"resumed from step {int(trainer.state.step)} (epoch "
+            f"{int(trainer.state.step) // spe + 1})")
+    log(f"{task_name}: {trainer.num_train} training features, {spe} steps/epoch x "
+        f"{config.num_epochs} epochs, batch {trainer.batch_size}, seq "
+        f"{train_features['input_ids'].shape[1]}, lr {config.learning_rate}")
+    results = {}
+    epoch_losses, clock = [], {"start": time.perf_counter(), "epoch": time.perf_counter()}
+
+    def train_step(state, step):
+        with jax.set_mesh(trainer.mesh), nn.logical_axis_rules(trainer.rules):
+            state, metrics = trainer.train_step(state, trainer.batch_at(step))
+        epoch_losses.append(metrics["loss"])
+        return state, metrics
+
+    def evaluate_epoch(state, step):
+        t_train = time.perf_counter() - clock["epoch"]
+        metrics = evaluate(trainer, state.params)
+        if best_metric not in metrics:
+            raise ValueError(f"best_metric {best_metric!r} is not among the eval metrics "
+                             f"({', '.join(metrics)})")
+        train_loss = (float(np.mean(state_lib.to_host(jnp.stack(epoch_losses))))
+                      if epoch_losses else float("nan"))
+        epoch_losses.clear()
+        history.append({"epoch": step // spe, "step": step, "train_loss": train_loss,
+                        "train_seconds": t_train, "metrics": metrics})
+        best.save(step, state.params, metrics)
+        # the best epoch, ties to the later one (as the best checkpointer keeps them)
+        top = max(history, key=lambda h: (h["metrics"][best_metric], h["step"]))
+        results.update({"task": task_name, "epoch": step // spe, "step": step,
+                        "metrics": metrics, "best_metric": best_metric,
+                        "best": {k: top[k] for k in ("epoch", "step", "metrics")},
+                        "history": history, "finished": False,
+                        "elapsed_seconds": time.perf_counter() - clock["start"]})
+        if jax.process_index() == 0:
+            state_lib.dump_json(os.path.join(workdir, EVAL_RESULTS), results)
+        clock["epoch"] = time.perf_counter()
+        return metrics
+
+    hooks = loop.Hooks(train_step=train_step, evaluate=evaluate_epoch,
+                       host_state=lambda: {"history": history}, checkpoint_after_eval=True)
+    cadence = loop.Cadence(trainer.total_steps, int(config.log_every), spe,
+                           int(config.checkpoint_every))
+    trainer.state, _ = loop.run(
+        trainer.state, hooks, cadence, ckpt, MetricsWriter(workdir),
+        tokens_per_step=trainer.batch_size * train_features["input_ids"].shape[1])
+    if not results:  # the run had already finished: its results stand
+        with open(os.path.join(workdir, EVAL_RESULTS)) as f:
+            results = json.load(f)
+    return trainer, best, results
+
+
+def _restore_best(best, trainer: Trainer):
+    """(step, params) of the best evaluated epoch, in the trainer's shardings."""
+    target = state_lib.abstract_like(trainer.state.params, trainer.shardings.params)
+    step, params = best.restore_best(target)
+    best.close()
+    return step, params
 
 
 def _finish(workdir: str, results: dict) -> dict:
@@ -320,20 +311,21 @@ def train_glue(config, workdir: str) -> dict:
     regression = task.is_regression
     best_metric = config.best_metric or (
         "accuracy_matched" if task.name == "mnli" else task.metrics[0])
-    trainer, mngr, results = _run(
-        config, workdir, model, model_config, data.train.features,
-        fd.MODEL_INPUTS + ("labels",), lambda out, b: glue_loss(out.logits, b, regression),
+    trainer, best, results = _run(
+        config, workdir, model, data.train.features, fd.MODEL_INPUTS + ("labels",),
+        lambda out, b: glue_loss(out.logits, b, regression),
         lambda tr, p: evaluate_glue(tr, p, task, data.dev), best_metric, task.name)
-    with mngr:
-        step, params = _restore_best(mngr, trainer)
+    step, params = _restore_best(best, trainer)
     files = []
     for split in data.test:
-        logits = trainer.predict(params, split.features)["logits"]
-        path = glue_data.write_glue_submission(
-            task, glue_predictions(task, logits), os.path.join(workdir, "submission"),
-            split=split.name, indices=[ex.guid for ex in split.examples])
+        predictions = glue_predictions(task, trainer.predict(params, split.features)["logits"])
+        folder = os.path.join(workdir, "submission")
+        path = os.path.join(folder, task.submission_file(split.name))
+        if jax.process_index() == 0:
+            glue_data.write_glue_submission(task, predictions, folder, split=split.name,
+                                            indices=[ex.guid for ex in split.examples])
+            log(f"wrote {path} ({len(split.examples)} test predictions, best step {step})")
         files.append(str(path))
-        log(f"wrote {path} ({len(split.examples)} test predictions, best step {step})")
     results["submission_files"] = files
     return _finish(workdir, results)
 
@@ -362,22 +354,22 @@ def train_squad(config, workdir: str) -> dict:
     data = fd.load_squad_data(config, tokenizer)
     _prepare_workdir(config, workdir, model_config, tokenizer)
     model = MobileBertForQuestionAnswering(model_config)
-    trainer, mngr, results = _run(
-        config, workdir, model, model_config, data.train.features,
+    trainer, best, results = _run(
+        config, workdir, model, data.train.features,
         fd.MODEL_INPUTS + ("start_positions", "end_positions"),
         lambda out, b: squad_loss(out.start_logits, out.end_logits, b),
         lambda tr, p: evaluate_squad(tr, p, data.eval, config, version),
         config.best_metric or "f1", f"squad{version}")
-    with mngr:
-        step, params = _restore_best(mngr, trainer)
+    step, params = _restore_best(best, trainer)
     for split, folder in ((data.eval, "predictions"), (data.test, "test_predictions")):
         if split is None:
             continue
         predictions, null_odds, nbest = squad_answers(trainer, params, split, config, version)
-        paths = squad_data.write_predictions(os.path.join(workdir, folder), predictions,
-                                             null_odds or None, nbest)
-        log(f"wrote {paths['predictions']} ({len(predictions)} answers, best step {step})")
-        results[f"{folder}_file"] = str(paths["predictions"])
+        out = os.path.join(workdir, folder)
+        if jax.process_index() == 0:
+            paths = squad_data.write_predictions(out, predictions, null_odds or None, nbest)
+            log(f"wrote {paths['predictions']} ({len(predictions)} answers, best step {step})")
+        results[f"{folder}_file"] = os.path.join(out, "predictions.json")
     return _finish(workdir, results)
 
 

@@ -52,21 +52,27 @@ def epoch_order(num_examples: int, epoch: int, seed: int) -> np.ndarray:
     return np.random.default_rng([int(seed), int(epoch)]).permutation(num_examples)
 
 
+def batch_at(features: dict[str, np.ndarray], order: Sequence[int], index: int,
+             batch_size: int, keys: Sequence[str]) -> dict[str, np.ndarray]:
+    """Batch `index` of `keys` in `order`, plus `weights` (1 for real rows, 0 for the padding
+    rows that fill the last batch to `batch_size`)."""
+    order = np.asarray(order)
+    idx = order[index * batch_size:(index + 1) * batch_size]
+    real = len(idx)
+    if real < batch_size:
+        idx = np.concatenate([idx, np.full(batch_size - real, idx[0])])
+    batch = {k: features[k][idx] for k in keys}
+    weights = np.zeros(batch_size, np.float32)
+    weights[:real] = 1.0
+    batch["weights"] = weights
+    return batch
+
+
 def batches(features: dict[str, np.ndarray], order: Sequence[int], batch_size: int,
             keys: Sequence[str]) -> Iterator[dict[str, np.ndarray]]:
-    """Batches of `keys` in `order`, plus `weights` (1 for real rows, 0 for the padding rows
-    that fill the last batch to `batch_size`)."""
-    order = np.asarray(order)
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        real = len(idx)
-        if real < batch_size:
-            idx = np.concatenate([idx, np.full(batch_size - real, idx[0])])
-        batch = {k: features[k][idx] for k in keys}
-        weights = np.zeros(batch_size, np.float32)
-        weights[:real] = 1.0
-        batch["weights"] = weights
-        yield batch
+    """All batches of `order` (see `batch_at`)."""
+    for index in range(num_batches(len(order), batch_size)):
+        yield batch_at(features, order, index, batch_size, keys)
 
 
 def num_batches(num_examples: int, batch_size: int) -> int:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 from jax.experimental import multihost_utils
 
 from mobilebert_jax.data import loader as loader_lib
@@ -18,32 +20,65 @@ def dataset_dir(config, workdir: str) -> str:
 
 
 def prepare_if_needed(config, workdir: str, vocab_size: int) -> loader_lib.PretrainingDatasetInfo:
-    """Checks the tokenizer against the model, prepares the dataset (process 0, others wait)
-    unless `data.dataset_dir` already holds one, and checks its shapes against the config."""
+    """Checks the tokenizer against the model, prepares the dataset unless `data.dataset_dir`
+    already holds one, and checks its shapes against the config.
+
+    Process 0 alone looks for the dataset and prepares it; every process then reaches the same
+    collective with process 0's outcome, so hosts never wait on each other in different
+    branches, and all of them fail alike when process 0 failed or when one cannot read it."""
     d = config.data
     tokenizer = tokenizers.load_tokenizer(d.tokenizer)
     tokenizers.check_vocab(tokenizer, vocab_size)
     out = dataset_dir(config, workdir)
-    if prepare_lib.read_meta(out) is None:
+    error = ""
+    if jax.process_index() == 0 and prepare_lib.read_meta(out) is None:
         if config.data.dataset_dir and not d.corpus:
-            raise FileNotFoundError(f"data.dataset_dir={out} holds no prepared dataset")
-        if jax.process_index() == 0:
+            error = f"data.dataset_dir={out} holds no prepared dataset"
+        else:
             log(f"preparing pretraining data from {d.corpus} into {out}")
-            prepare_lib.prepare_dataset(
-                d.corpus, d.tokenizer, out, seq_len=d.seq_len,
-                max_predictions_per_seq=d.max_predictions_per_seq, dupe_factor=d.dupe_factor,
-                short_seq_prob=d.short_seq_prob, masked_lm_prob=d.masked_lm_prob,
-                seed=config.seed, eval_fraction=d.eval_fraction, static_masking=d.static_masking,
-                whole_word_masking=d.whole_word_masking)
-        if jax.process_count() > 1:
-            multihost_utils.sync_global_devices("pretraining data prepared")
-    info = loader_lib.load_dataset_info(out)
+            try:
+                prepare_lib.prepare_dataset(
+                    d.corpus, d.tokenizer, out, seq_len=d.seq_len,
+                    max_predictions_per_seq=d.max_predictions_per_seq,
+                    dupe_factor=d.dupe_factor, short_seq_prob=d.short_seq_prob,
+                    masked_lm_prob=d.masked_lm_prob, seed=config.seed,
+                    eval_fraction=d.eval_fraction, static_masking=d.static_masking,
+                    whole_word_masking=d.whole_word_masking)
+            except (ValueError, OSError) as e:
+                if jax.process_count() == 1:
+                    raise
+                error = f"preparing {out} failed on process 0: {e}"
+    if not all_processes_agree(not error):
+        raise FileNotFoundError(error or f"process 0 could not provide the dataset {out}")
+    try:
+        info = loader_lib.load_dataset_info(out)
+        error = ""
+    except (ValueError, OSError) as e:
+        info, error = None, str(e)
+    if not all_processes_agree(not error):
+        raise FileNotFoundError(error or f"another process cannot read the dataset {out}; "
+                                "every process needs the same (shared) dataset path")
     loader_lib.check_vocab_size(info, vocab_size)
     if (info.seq_len, info.max_predictions_per_seq) != (d.seq_len, d.max_predictions_per_seq):
         raise ValueError(f"dataset {out} has seq_len={info.seq_len}, max_predictions_per_seq="
                          f"{info.max_predictions_per_seq}; config asks for {d.seq_len}, "
                          f"{d.max_predictions_per_seq}")
     return info
+
+
+def all_processes_agree(ok: bool) -> bool:
+    """True when `ok` holds on every process (a collective every process must reach)."""
+    if jax.process_count() == 1:
+        return ok
+    return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
+
+
+def abstract_batch(loader, global_batch_size: int, sharding) -> dict:
+    """`jax.ShapeDtypeStruct`s of one global batch of `loader` (to compile the steps ahead)."""
+    return {k: jax.ShapeDtypeStruct((global_batch_size,) + shape[1:],
+                                    jnp.float32 if k == "masked_lm_weights" else jnp.int32,
+                                    sharding=sharding)
+            for k, shape in loader.element_shapes.items()}
 
 
 def train_loader(config, info) -> loader_lib.PretrainingLoader:

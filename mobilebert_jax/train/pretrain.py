@@ -17,10 +17,10 @@ from flax import linen as nn
 
 from mobilebert_jax import checkpoint, parallel
 from mobilebert_jax.metrics import throughput
-from mobilebert_jax.metrics.writers import MetricsWriter, format_eta, format_scalars, log
+from mobilebert_jax.metrics.writers import MetricsWriter, log
 from mobilebert_jax.models.config import MobileBertConfig
 from mobilebert_jax.models.heads import MobileBertForPreTraining
-from mobilebert_jax.train import inputs, losses, optim
+from mobilebert_jax.train import inputs, loop, losses, optim
 from mobilebert_jax.train import state as state_lib
 
 
@@ -157,7 +157,6 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     os.makedirs(workdir, exist_ok=True)
     state_lib.check_workdir_model(workdir, model_config)
     state_lib.write_config(workdir, config)
-    writer = MetricsWriter(workdir)
 
     # -- mesh ------------------------------------------------------------------------------------
     mesh = parallel.make_mesh(config.mesh.shape)
@@ -181,18 +180,19 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     init_params = functools.partial(
         lambda: model.init(jax.random.PRNGKey(config.seed), ids)["params"])
     state, shardings = state_lib.create_sharded_state(init_params, tx, config.seed, mesh, rules)
-    n_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
-    log(f"model: {n_params:,} parameters")
+    log(f"model: {sum(x.size for x in jax.tree_util.tree_leaves(state.params)):,} parameters")
 
     # -- checkpoints -----------------------------------------------------------------------------
-    mngr = state_lib.state_manager(workdir, config)
-    if mngr.latest_step() is not None:
-        state = state_lib.restore_state(mngr, state, shardings, train_iter)
+    ckpt = checkpoint.TrainCheckpointer(workdir, config.keep_checkpoints,
+                                        config.async_checkpointing)
+    state, host_state = state_lib.restore_state(ckpt, state, shardings)
+    if host_state is not None:
+        train_iter.set_state(host_state["data"])
         log(f"resumed from step {int(state.step)}")
     elif config.init_checkpoint:
         target = state_lib.abstract_like(state.params, shardings.params)
-        params = checkpoint.load_params(config.init_checkpoint, target=target)
-        state = state.replace(params=params)
+        state = state.replace(params=checkpoint.load_params(config.init_checkpoint,
+                                                            target=target))
         log(f"initialised params from {config.init_checkpoint}")
 
     # -- step functions --------------------------------------------------------------------------
@@ -204,14 +204,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     eval_step = jax.jit(make_eval_step(model), in_shardings=(shardings.params, batch_sh),
                         out_shardings=repl)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        example = {k: jax.ShapeDtypeStruct((config.batch_size,) + shape[1:],
-                                           jnp.float32 if k == "masked_lm_weights" else jnp.int32,
-                                           sharding=batch_sh)
-                   for k, shape in train_iter.element_shapes.items()}
+        example = inputs.abstract_batch(train_iter, config.batch_size, batch_sh)
         abstract_state = state_lib.abstract_like(state, shardings)
         compiled_train = compile_step(train_step, (abstract_state, example), "train step")
         compiled_eval = compile_step(eval_step, (abstract_state.params, example), "eval step")
-
     flops = throughput.pretraining_step_flops(model_config, config.batch_size, info.seq_len,
                                               info.max_predictions_per_seq)
     peak, peak_source = peak_flops_per_device()
@@ -219,48 +215,17 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         f"TFLOP/s per device ({peak_source})")
 
     # -- loop ------------------------------------------------------------------------------------
-    guard = state_lib.PreemptionGuard()
-    step = int(state.step)
-    window, last = [], {}
-    t_window, steps_in_window = time.perf_counter(), 0
-    try:
-        while step < config.total_steps:
-            if guard.should_stop(mngr, step):
-                log(f"preemption signal: saving step {step} and exiting")
-                state_lib.save_state(mngr, state, train_iter, force=True)
-                break
-            batch = parallel.global_batch(next(train_iter), mesh)
-            state, metrics = compiled_train(state, batch)
-            step += 1
-            steps_in_window += 1
-            window.append(metrics)
-            is_last = step == config.total_steps
-            if step % config.log_every == 0 or is_last:
-                last = state_lib.window_means(window)
-                state_lib.check_finite(last, step, mngr)
-                elapsed = time.perf_counter() - t_window
-                sps = steps_in_window / elapsed
-                last.update(steps_per_second=sps,
-                            tokens_per_second=sps * config.batch_size * info.seq_len)
-                util = throughput.mfu(flops, sps, peak)
-                if util is not None:
-                    last["mfu"] = util
-                writer.write(step, last)
-                log(f"step {step}/{config.total_steps} {format_scalars(last)} "
-                    f"eta {format_eta((config.total_steps - step) / sps)}")
-                window, t_window, steps_in_window = [], time.perf_counter(), 0
-            if step % config.eval_every == 0 or is_last:
-                loader = inputs.eval_loader(config, info)
-                if loader is not None:
-                    ev = evaluate(compiled_eval, state.params, loader, mesh, config.eval_steps)
-                    writer.write(step, ev, prefix="eval_")
-                    log(f"eval step {step}: {format_scalars(ev)}")
-                    t_window = time.perf_counter()
-            if step % config.checkpoint_every == 0 or is_last:
-                state_lib.checked_save(mngr, state, train_iter, metrics, step)
-    finally:
-        mngr.wait_until_finished()
-        mngr.close()
-        guard.restore()
-        writer.close()
+    def step_fn(state, step):
+        return compiled_train(state, parallel.global_batch(next(train_iter), mesh))
+
+    def evaluate_fn(state, step):
+        loader = inputs.eval_loader(config, info)
+        return None if loader is None else evaluate(compiled_eval, state.params, loader, mesh,
+                                                    config.eval_steps)
+
+    hooks = loop.Hooks(train_step=step_fn, evaluate=evaluate_fn,
+                       host_state=lambda: {"data": train_iter.get_state()})
+    _, last = loop.run(state, hooks, loop.cadence(config), ckpt, MetricsWriter(workdir),
+                       tokens_per_step=config.batch_size * info.seq_len, flops_per_step=flops,
+                       peak_flops=peak)
     return last

@@ -5,7 +5,7 @@
         [--config.init_checkpoint=CKPT_DIR --config.x=y ...]
 
 Each run trains in `DIR/lr<LR>_ep<E>_seed<S>/` through `finetune.train_and_evaluate`; a run
-whose `eval_results.json` says finished is not repeated, so an interrupted sweep resumes. The
+whose `eval_results.json` says finished is not repeated and an interrupted one resumes. The
 runs' best-epoch dev metrics are aggregated per (learning rate, epochs) as mean ± std over the
 seeds (GLUE metrics in points, SQuAD as scored), printed and written to `DIR/sweep_results.md`
 and `DIR/sweep_results.json`; the best setting by the task metric is named.
@@ -15,7 +15,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import shutil
 import sys
 
 import numpy as np
@@ -102,8 +101,7 @@ def run_sweep(config, workdir: str, learning_rates, num_epochs, seeds) -> list[d
             with open(results_path) as f:
                 results = json.load(f)
             if not results.get("finished"):
-                shutil.rmtree(run_dir)  # an interrupted run starts over
-                results = None
+                results = None  # an interrupted run resumes where it stopped
         if results is None:
             cfg = config.copy_and_resolve_references()
             cfg.learning_rate, cfg.num_epochs, cfg.seed = lr, epochs, seed
@@ -128,7 +126,7 @@ def main(argv):
     del argv
     from absl import logging
 
-    from mobilebert_jax.train.state import NonFiniteLoss
+    from mobilebert_jax.train.loop import NonFiniteLoss
 
     logging.set_verbosity(logging.WARNING)
     config = FLAGS.config
