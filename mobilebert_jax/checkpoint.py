@@ -58,6 +58,8 @@ def save_pretrained(directory: str, config: MobileBertConfig, params: Any, step:
     checkpoint directory. Refuses to write into a directory that already holds one."""
     if os.path.exists(os.path.join(directory, CHECKPOINTS)):
         raise FileExistsError(f"{directory} already holds a checkpoint; choose a new --out")
+    if tokenizer_path and not os.path.isfile(tokenizer_path):  # checked before writing anything
+        raise FileNotFoundError(f"tokenizer file not found: {tokenizer_path}")
     os.makedirs(directory, exist_ok=True)
     params = jax.tree_util.tree_map(np.asarray, params)
     with manager(directory, async_save=False) as mngr:
@@ -94,19 +96,57 @@ def load_params(directory: str, step: int | None = None, target: Any = None) -> 
     if step is None:
         raise FileNotFoundError(f"no checkpoint found under {directory}/{CHECKPOINTS}")
     with manager(directory, read_only=True) as mngr:
-        restored = mngr.restore(step, args=ocp.args.Composite(
-            params=ocp.args.StandardRestore(target)))
+        try:
+            restored = mngr.restore(step, args=ocp.args.Composite(
+                params=ocp.args.StandardRestore(target)))
+        except (ValueError, KeyError, TypeError) as e:
+            if target is None:
+                raise
+            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            raise ValueError(f"checkpoint {directory} (step {step}) does not fit the model "
+                             f"config it is loaded with: {first}") from None
     return restored["params"]
 
 
+def check_params_fit(config: MobileBertConfig, params: Any, where: str) -> None:
+    """ValueError naming the first encoder parameter that `config` needs and `params` lacks
+    or holds in another shape (a `model_config.json` that does not describe its params)."""
+    from flax.core import meta
+
+    from mobilebert_jax.models.encoder import MobileBertModel
+
+    ids = jax.ShapeDtypeStruct((1, 8), np.int32)
+    want = jax.eval_shape(lambda i: meta.unbox(MobileBertModel(config).init(
+        jax.random.PRNGKey(0), i)["params"]), ids)
+    have = dict(jax.tree_util.tree_flatten_with_path(params.get("bert", {}))[0])
+    for path, leaf in jax.tree_util.tree_flatten_with_path(want)[0]:
+        name = "bert/" + _path_name(path)
+        if path not in have:
+            raise ValueError(f"{where}: its params lack {name}, which its {MODEL_CONFIG} "
+                             "needs (the config does not describe these params)")
+        if tuple(np.shape(have[path])) != tuple(leaf.shape):
+            raise ValueError(f"{where}: {name} has shape {tuple(np.shape(have[path]))}, its "
+                             f"{MODEL_CONFIG} needs {tuple(leaf.shape)}")
+
+
 def load_pretrained(directory: str) -> tuple[MobileBertConfig, Any]:
-    """`(config, params)` from any project checkpoint directory (trainer workdir or converted)."""
+    """`(config, params)` from any project checkpoint directory (trainer workdir or converted),
+    the params checked against the config."""
     config = load_config(directory)
-    return config, load_params(directory)
+    params = load_params(directory)
+    check_params_fit(config, params, f"checkpoint {directory}")
+    return config, params
 
 
 # -- trainer checkpoints ---------------------------------------------------------------------------
-TRAIN_ITEMS = ("params", "opt_state", "meta", "data")
+TRAIN_ITEMS = ("params", "opt_state", "meta", "data")  # arrays x3, then the JSON
+
+
+def _path_name(path) -> str:
+    """A key path as '/'-joined names, the same whether a level is stored as a dict, a
+    tuple or a NamedTuple (orbax's metadata keeps NamedTuples as dicts)."""
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
+                    for k in path)
 
 
 class TrainCheckpointer:
@@ -124,8 +164,10 @@ class TrainCheckpointer:
         options = ocp.CheckpointManagerOptions(
             max_to_keep=int(keep), enable_async_checkpointing=async_save, create=True,
             cleanup_tmp_directories=True)
+        handlers = {name: ocp.StandardCheckpointHandler() for name in TRAIN_ITEMS[:3]}
+        handlers["data"] = ocp.JsonCheckpointHandler()
         self._mngr = ocp.CheckpointManager(self.directory, options=options,
-                                           item_names=TRAIN_ITEMS)
+                                           item_handlers=handlers)
 
     def latest_step(self) -> int | None:
         return self._mngr.latest_step()
@@ -179,9 +221,9 @@ class TrainCheckpointer:
             meta = stored.get(item) if stored is not None else None
             if meta is None:
                 continue
-            have = {jax.tree_util.keystr(p): tuple(getattr(m, "shape", ()) or ())
+            have = {_path_name(p): tuple(getattr(m, "shape", ()) or ())
                     for p, m in jax.tree_util.tree_flatten_with_path(meta)[0]}
-            want = {jax.tree_util.keystr(p): tuple(t.shape)
+            want = {_path_name(p): tuple(t.shape)
                     for p, t in jax.tree_util.tree_flatten_with_path(target)[0]}
             missing = sorted(set(want) - set(have))
             extra = sorted(set(have) - set(want))

@@ -25,6 +25,7 @@ import numpy as np
 from flax import linen as nn
 from flax import traverse_util
 
+from mobilebert_jax import files
 from mobilebert_jax import checkpoint
 from mobilebert_jax.models import config as config_lib
 from mobilebert_jax.models.config import MobileBertConfig
@@ -218,10 +219,7 @@ def import_tf1(ckpt_prefix: str, config_json: str, scope: str = "") -> tuple[Mob
 
 
 def checkpoint_json(path: str) -> dict[str, Any]:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"file not found: {path}")
-    with open(path) as f:
-        return json.load(f)
+    return files.read_json(path)
 
 
 # -- CLI ---------------------------------------------------------------------------------------------

@@ -73,3 +73,58 @@ def apply_overrides(config, overrides: dict):
             target = target[p]
         target[leaf] = value
     return config
+
+
+# -- running the real entry point in several processes ------------------------------------------
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def flatten_overrides(overrides: dict, prefix: str = "") -> list[str]:
+    """`--config.a.b=v` flags for a nested dict of config overrides."""
+    flags = []
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            flags += flatten_overrides(value, f"{prefix}{key}.")
+        else:
+            flags.append(f"--config.{prefix}{key}={value}")
+    return flags
+
+
+def start_main(config: str, workdir, overrides: dict, num_processes: int = 1,
+               devices: int = 8) -> list:
+    """Starts `python -m mobilebert_jax.main` as `num_processes` processes of `devices` CPU
+    devices each (gloo collectives); returns the Popen objects (stdout+stderr piped)."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    cmd = [sys.executable, "-m", "mobilebert_jax.main", f"--config={REPO / 'configs' / config}",
+           f"--workdir={workdir}", *flatten_overrides(overrides)]
+    if num_processes == 1:
+        return [subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True)]
+    port = free_port()
+    return [subprocess.Popen(cmd + [f"--coordinator_address=127.0.0.1:{port}",
+                                    f"--num_processes={num_processes}", f"--process_id={i}"],
+                             env=env, cwd=REPO, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+            for i in range(num_processes)]
+
+
+def run_main_processes(config: str, workdir, overrides: dict, num_processes: int = 1,
+                       timeout: float = 600) -> list[str]:
+    """Runs the entry point to the end in `num_processes` processes (8 devices in all);
+    asserts every process exits 0; returns their outputs."""
+    procs = start_main(config, workdir, overrides, num_processes, 8 // num_processes)
+    outs = [p.communicate(timeout=timeout)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n----\n".join(outs)[-6000:]
+    return outs

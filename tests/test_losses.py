@@ -204,6 +204,11 @@ def test_classification_and_regression_by_hand():
     assert float(losses.regression_loss(preds, targets)) == pytest.approx((0.25 + 0 + 9) / 3)
     with pytest.raises(ValueError, match="regression_loss"):
         losses.regression_loss(np.zeros(3), np.zeros(4))
+    # the fine-tuning trainer pads its last batch with rows of weight 0: they do not count
+    w = np.array([1.0, 1.0, 0.0])
+    assert float(losses.regression_loss(preds, targets, w)) == pytest.approx(0.25 / 2)
+    assert float(losses.classification_loss(np.concatenate([logits, logits[:1]]),
+                                            np.array([0, 2, 1]), w)) == pytest.approx(want, rel=1e-6)
 
 
 def test_span_loss_reference_over_all_positions():
@@ -215,3 +220,6 @@ def test_span_loss_reference_over_all_positions():
     # Hand case: uniform over 4 positions -> log 4.
     z = np.zeros((2, 4))
     assert float(losses.span_loss(z, z, [1, 3], [2, 0])) == pytest.approx(math.log(4.0))
+    only_first = -(_log_softmax(start)[0, sp[0]] + _log_softmax(end)[0, ep[0]]) / 2
+    assert float(losses.span_loss(start, end, sp, ep, np.array([1.0, 0.0, 0.0]))) == \
+        pytest.approx(only_first, rel=1e-5)

@@ -11,6 +11,7 @@ import pytest
 from flax import linen as nn
 from flax.core import FrozenDict
 
+from mobilebert_jax.train import distill_steps as ds
 from mobilebert_jax.train import optim
 
 # The official exclusion regexes for weight decay and layer adaptation.
@@ -134,7 +135,7 @@ def test_decay_mask_on_frozen_dict_and_boxed_leaves():
                                          "k": {"kernel": jnp.ones(2)}}))
     assert fmask["LayerNorm"]["gamma"] is False and fmask["k"]["kernel"] is True
     # A full LAMB step runs on the boxed tree and skips decay / trust ratio on the bias.
-    tx = optim.lamb(0.1, weight_decay=0.5)
+    tx = optax.chain(optim.lamb_direction(weight_decay=0.5), optax.scale_by_learning_rate(0.1))
     updates, _ = tx.update(jax.tree.map(jnp.zeros_like, boxed), tx.init(boxed), boxed)
     # u = 0.5 w, trust ratio ||w|| / ||0.5 w|| = 2 -> update -0.1 * 2 * 0.5 = -0.1.
     np.testing.assert_allclose(updates["bert"]["dense"]["kernel"].value, -0.1)
@@ -178,7 +179,8 @@ def test_lamb_matches_official_update_with_schedule_and_clipping():
 def test_adamw_matches_official_update(bias_correction):
     flat = _toy_flat(1)
     grads_seq = _grads_seq(flat, 3, scale=0.5)
-    tx = optim.adamw(0.01, weight_decay=0.2, bias_correction=bias_correction)
+    tx = optax.chain(optim.adamw_direction(weight_decay=0.2, bias_correction=bias_correction),
+                     optax.scale_by_learning_rate(0.01))
     got = _run(tx, flat, grads_seq)
     want = _official_steps(flat, grads_seq, lambda s: 0.01, wd=0.2, clip=None,
                            layer_adaptation=False, bias_correction=bias_correction)
@@ -204,7 +206,7 @@ def test_unknown_optimizer_and_bad_config_raise():
     with pytest.raises(ValueError, match="warmup_steps"):
         optim.make_optimizer(ml_collections.ConfigDict(dict(warmup_steps=20, total_steps=10)))
     with pytest.raises(ValueError, match="unknown optimizer"):
-        optim.pkt_optimizer(None, 10, 2, optimizer="adagrad")
+        ds.transfer_optimizer(_transfer_cfg(optimizer="adagrad"), lambda step: jnp.ones(2))
 
 
 # ------------------------------------------------------------------------------------------
@@ -271,31 +273,35 @@ def _pkt_params():
     layer = lambda: {"attention": {"self": {"query": {"kernel": leaf(3, 3), "bias": leaf(3)}}},  # noqa
                      "output": {"FakeLayerNorm": {"gamma": leaf(3), "beta": leaf(3)}}}
     return {"bert": {"embeddings": {"word_embeddings": leaf(4, 3)},
-                     "encoder": {f"layer_{i}": layer() for i in range(3)}},
-            "teacher": {"bert": {"encoder": {"layer_0": {"kernel": leaf(3, 3)}}}}}
+                     "encoder": {f"layer_{i}": layer() for i in range(3)}}}
+
+
+def _transfer_cfg(**overrides):
+    return ml_collections.ConfigDict(dict(
+        dict(learning_rate=1e-2, multiplier=3.0, lower_multiplier=0.1, hard_freeze=False,
+             optimizer="lamb", weight_decay=0.01, clip_norm=1.0), **overrides))
 
 
 @pytest.mark.parametrize("hard_freeze", [False, True])
-def test_pkt_optimizer_moves_only_the_right_layers(hard_freeze):
+def test_transfer_optimizer_moves_only_the_right_layers(hard_freeze):
+    # The PKT optimizer the distillation trainer builds (distill_steps.transfer_optimizer).
     params = _pkt_params()
     grads = jax.tree.map(lambda x: jnp.ones_like(x) * 0.7 + x, params)
     p, step, base_lr = 10, 15, 1e-2  # stage 1, t = 5
-    tx = optim.pkt_optimizer(params, p, 3, base_lr=base_lr, hard_freeze=hard_freeze,
-                             frozen_patterns=("^teacher/",), initial_step=step)
-    state = tx.init(params)
+    cfg = _transfer_cfg(learning_rate=base_lr, hard_freeze=hard_freeze)
+    tx = ds.transfer_optimizer(cfg, ds.transfer_multipliers(cfg, "pkt", 3, p))
+    state = optim.set_layer_multiplier_step(tx.init(params), step)
     upd, state = jax.jit(tx.update)(grads, state, params)
     new = optax.apply_updates(params, upd)
     enc, old_enc = new["bert"]["encoder"], params["bert"]["encoder"]
     same = lambda a, b: jax.tree.all(jax.tree.map(jnp.array_equal, a, b))  # noqa: E731
     assert same(enc["layer_2"], old_enc["layer_2"])
     assert same(new["bert"]["embeddings"], params["bert"]["embeddings"])
-    assert same(new["teacher"], params["teacher"])
     assert same(enc["layer_0"], old_enc["layer_0"]) == hard_freeze
-    # Reference: plain LAMB at lr * 3 * bg over the same (non-teacher) gradients.
-    student = {"bert": params["bert"]}
-    ref_tx = optax.chain(optax.clip_by_global_norm(1.0),
-                         optim.lamb(base_lr * 3 * (0.1 * math.sqrt(0.5) + 0.9)))
-    ref, _ = ref_tx.update({"bert": grads["bert"]}, ref_tx.init(student), student)
+    # Reference: plain LAMB at lr * 3 * bg over the same gradients.
+    ref_tx = optax.chain(optax.clip_by_global_norm(1.0), optim.lamb_direction(),
+                         optax.scale_by_learning_rate(base_lr * 3 * (0.1 * math.sqrt(0.5) + 0.9)))
+    ref, _ = ref_tx.update(grads, ref_tx.init(params), params)
     ref = ref["bert"]["encoder"]
     for a, b in zip(jax.tree.leaves(upd["bert"]["encoder"]["layer_1"]),
                     jax.tree.leaves(ref["layer_1"])):
@@ -307,9 +313,10 @@ def test_pkt_optimizer_moves_only_the_right_layers(hard_freeze):
     assert int(optim.layer_multiplier_step(state)) == step + 1
 
 
-def test_pkt_step_restore_and_reset():
+def test_transfer_step_restore_and_reset():
     params = _pkt_params()
-    tx = optim.pkt_optimizer(params, 10, 3, frozen_patterns=("^teacher/",))
+    cfg = _transfer_cfg()
+    tx = ds.transfer_optimizer(cfg, ds.transfer_multipliers(cfg, "pkt", 3, 10))
     state = tx.init(params)
     assert int(optim.layer_multiplier_step(state)) == 0
     grads = jax.tree.map(jnp.ones_like, params)
@@ -328,21 +335,6 @@ def test_pkt_step_restore_and_reset():
     assert len(adam) == 1 and all(float(jnp.abs(m).max()) == 0 for m in jax.tree.leaves(adam))
 
 
-def test_pkt_optimizer_checks_layers():
-    with pytest.raises(ValueError, match="num_layers=2"):
-        optim.pkt_optimizer(_pkt_params(), 10, 2)
+def test_pkt_multipliers_check_their_arguments():
     with pytest.raises(ValueError, match="steps_per_stage"):
-        optim.pkt_optimizer(None, 0, 2)
-
-
-def test_freeze_leaves_matching_params_exactly_unchanged():
-    params = _nest(_toy_flat())
-    mask = _flatten(optim.frozen(params, ["embeddings", "^cls/"]))
-    assert mask["bert/embeddings/word_embeddings"] and mask["cls/predictions/output_bias"]
-    assert not mask["bert/encoder/layer_0/attention/self/query/kernel"]
-    tx = optim.freeze(optim.adamw(0.1), ["embeddings", "^cls/"])
-    grads = jax.tree.map(jnp.ones_like, params)
-    upd, _ = tx.update(grads, tx.init(params), params)
-    flat_upd = _flatten(upd)
-    for name, frozen_leaf in mask.items():
-        assert (np.abs(flat_upd[name]).max() == 0) == bool(frozen_leaf), name
+        optim.pkt_layer_multipliers(0, 0, 2)

@@ -111,6 +111,28 @@ def test_truncate_seq_pair_hand_worked():
     assert a in ([1, 2], [2, 3], [3, 4], [4, 5])
 
 
+def _truncate_one_at_a_time(a, b, max_num_tokens, rng):
+    while len(a) + len(b) > max_num_tokens:
+        trunc = a if len(a) > len(b) else b
+        if rng.random() < 0.5:
+            del trunc[0]
+        else:
+            trunc.pop()
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_truncate_seq_pair_equals_removing_one_token_at_a_time(seed):
+    rng = random.Random(seed)
+    for _ in range(50):
+        a = list(range(rng.randint(0, 40)))
+        b = list(range(100, 100 + rng.randint(0, 40)))
+        limit = rng.randint(0, 50)
+        want_a, want_b = list(a), list(b)
+        _truncate_one_at_a_time(want_a, want_b, limit, random.Random(seed))
+        pt.truncate_seq_pair(a, b, limit, random.Random(seed))
+        assert (a, b) == (want_a, want_b)
+
+
 def test_create_pairs_rejects_bad_input():
     with pytest.raises(ValueError, match="no non-empty document"):
         pt.create_pairs([[], [[]]], 128, CLS, SEP)

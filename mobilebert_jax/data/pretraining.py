@@ -44,13 +44,24 @@ class PairExample:
 
 def truncate_seq_pair(tokens_a: list[int], tokens_b: list[int], max_num_tokens: int,
                       rng: random.Random) -> None:
-    """BERT's truncation, in place: trims the longer list, from the front or back at random."""
-    while len(tokens_a) + len(tokens_b) > max_num_tokens:
-        trunc = tokens_a if len(tokens_a) > len(tokens_b) else tokens_b
+    """BERT's truncation, in place: trims the longer list, from the front or back at random.
+
+    The same draws as removing one token at a time, but counted first and cut once, so a
+    sentence of a million tokens costs linear time."""
+    lengths = [len(tokens_a), len(tokens_b)]
+    front, back = [0, 0], [0, 0]
+    while lengths[0] + lengths[1] > max_num_tokens:
+        i = 0 if lengths[0] > lengths[1] else 1
         if rng.random() < 0.5:
-            del trunc[0]
+            front[i] += 1
         else:
-            trunc.pop()
+            back[i] += 1
+        lengths[i] -= 1
+    for i, tokens in enumerate((tokens_a, tokens_b)):
+        if back[i]:
+            del tokens[len(tokens) - back[i]:]
+        if front[i]:
+            del tokens[:front[i]]
 
 
 def _pair_example(tokens_a: list[int], tokens_b: list[int], is_random_next: bool,

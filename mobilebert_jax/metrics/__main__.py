@@ -27,16 +27,11 @@ import json
 import pathlib
 import sys
 
+from mobilebert_jax import files
+
 
 def _load_json(path: str, what: str):
-    file = pathlib.Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"{what} file not found: {file}")
-    try:
-        with open(file, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{file} is not valid JSON ({e})") from None
+    return files.read_json(str(path), f"{what} file")
 
 
 def _score_squad(args: argparse.Namespace) -> dict:

@@ -10,6 +10,8 @@ import json
 import os
 from typing import Any
 
+from mobilebert_jax import files
+
 ACTIVATIONS = ("gelu", "gelu_exact", "relu", "relu6", "tanh")
 NORMALIZATION_TYPES = ("layer_norm", "no_norm")
 ATTENTION_MASK_MODES = ("add", "fill")
@@ -187,13 +189,7 @@ def get_config(name: str, **overrides) -> MobileBertConfig:
 
 # -- outside config files -------------------------------------------------------------------------
 def _read_json(path: str) -> dict[str, Any]:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"config file not found: {path}")
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"config file {path} is not valid JSON: {e}") from None
+    return files.read_json(path, "config file")
 
 
 # Defaults of the official TF1 `BertConfig` for keys a JSON file leaves out.

@@ -170,9 +170,6 @@ def copy_teacher_parts(student_params: Any, teacher_params: Any, same_norm: bool
 # Optimizers
 # --------------------------------------------------------------------------------------------
 
-_DIRECTIONS = {"lamb": optim.lamb_direction, "adamw": optim.adamw_direction}
-
-
 def transfer_multipliers(transfer_cfg, strategy: str, num_layers: int,
                          steps_per_layer: int) -> Callable[[jax.Array], jax.Array]:
     """Per-layer learning-rate multipliers [num_layers] as a function of the step: PKT's
@@ -186,14 +183,10 @@ def transfer_multipliers(transfer_cfg, strategy: str, num_layers: int,
 
 def transfer_optimizer(transfer_cfg, multipliers) -> optax.GradientTransformation:
     """clip → LAMB/AdamW direction → layer multipliers (embeddings and heads: 0) → −lr."""
-    name = transfer_cfg.optimizer
-    if name not in _DIRECTIONS:
-        raise ValueError(f"unknown transfer optimizer {name!r}; expected one of "
-                         f"{sorted(_DIRECTIONS)}")
     clip = transfer_cfg.clip_norm
     return optax.chain(*[t for t in (
         optax.clip_by_global_norm(clip) if clip else None,
-        _DIRECTIONS[name](weight_decay=transfer_cfg.weight_decay),
+        optim.direction(transfer_cfg.optimizer, weight_decay=transfer_cfg.weight_decay),
         optim.scale_by_layer_multipliers(None, multipliers, other_multiplier=0.0),
         optax.scale_by_learning_rate(transfer_cfg.learning_rate)) if t is not None])
 

@@ -39,7 +39,7 @@ from mobilebert_jax.metrics.writers import MetricsWriter, log
 from mobilebert_jax.models.heads import (MobileBertForQuestionAnswering,
                                          MobileBertForSequenceClassification)
 from mobilebert_jax.train import finetune_data as fd
-from mobilebert_jax.train import loop, optim
+from mobilebert_jax.train import loop, losses, optim
 from mobilebert_jax.train import state as state_lib
 
 EVAL_RESULTS = "eval_results.json"
@@ -49,24 +49,17 @@ PREDICTED = ("logits", "start_logits", "end_logits")  # model outputs brought ba
 
 
 # -- losses --------------------------------------------------------------------------------------
-def _weighted_mean(values, weights):
-    return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
-
-
 def glue_loss(logits, batch, regression: bool):
-    """Weighted cross-entropy (classification) or squared error (STS-B) over the batch rows."""
+    """Cross-entropy (classification) or squared error (STS-B) over the real batch rows."""
     if regression:
-        per_example = jnp.square(logits[:, 0] - batch["labels"])
-    else:
-        per_example = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"])
-    return _weighted_mean(per_example, batch["weights"])
+        return losses.regression_loss(logits, batch["labels"], batch["weights"])
+    return losses.classification_loss(logits, batch["labels"], batch["weights"])
 
 
 def squad_loss(start_logits, end_logits, batch):
-    """(CE(start) + CE(end)) / 2 over all positions, weighted over the batch rows."""
-    start = optax.softmax_cross_entropy_with_integer_labels(start_logits, batch["start_positions"])
-    end = optax.softmax_cross_entropy_with_integer_labels(end_logits, batch["end_positions"])
-    return _weighted_mean(0.5 * (start + end), batch["weights"])
+    """(CE(start) + CE(end)) / 2 over all positions, over the real batch rows."""
+    return losses.span_loss(start_logits, end_logits, batch["start_positions"],
+                            batch["end_positions"], batch["weights"])
 
 
 # -- optimizer -----------------------------------------------------------------------------------

@@ -252,26 +252,35 @@ def layer_transfer_loss(h_t: Array, h_s: Array, scores_t: Optional[Array],
 # --------------------------------------------------------------------------------------------
 
 
-def classification_loss(logits: Array, labels: Array) -> Array:
-    """Mean cross-entropy; logits [B, C], integer labels [B]."""
-    return jnp.mean(_per_example_ce(logits, _flat_labels(logits, labels,
-                                                          "classification_loss")))
+def _row_mean(values: Array, weights: Optional[Array]) -> Array:
+    """Mean over the batch rows, or over the rows of weight 1 (padding rows weigh 0)."""
+    if weights is None:
+        return jnp.mean(values)
+    weights = _f32(weights)
+    return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
 
 
-def regression_loss(preds: Array, targets: Array) -> Array:
-    """Mean squared error; preds [B] or [B, 1] (e.g. STS-B), targets [B]."""
+def classification_loss(logits: Array, labels: Array, weights: Optional[Array] = None) -> Array:
+    """Cross-entropy; logits [B, C], integer labels [B]; optional row weights [B]."""
+    return _row_mean(_per_example_ce(logits, _flat_labels(logits, labels,
+                                                          "classification_loss")), weights)
+
+
+def regression_loss(preds: Array, targets: Array, weights: Optional[Array] = None) -> Array:
+    """Squared error; preds [B] or [B, 1] (e.g. STS-B), targets [B]; optional row weights."""
     preds, targets = _f32(preds), _f32(targets)
     if preds.ndim == 2 and preds.shape[-1] == 1:
         preds = preds[:, 0]
     if preds.shape != targets.shape:
         raise ValueError(f"regression_loss: preds {preds.shape} and targets {targets.shape} "
                          f"shapes differ")
-    return jnp.mean(jnp.square(preds - targets))
+    return _row_mean(jnp.square(preds - targets), weights)
 
 
 def span_loss(start_logits: Array, end_logits: Array, start_positions: Array,
-              end_positions: Array) -> Array:
-    """SQuAD span loss: (CE(start) + CE(end)) / 2, softmax over all S positions, mean over B.
+              end_positions: Array, weights: Optional[Array] = None) -> Array:
+    """SQuAD span loss: (CE(start) + CE(end)) / 2, softmax over all S positions, mean over B
+    (or over the rows of weight 1).
 
     Logits [B, S]; positions [B] (or [B, 1]); position 0 ([CLS]) is the no-answer target.
     """
@@ -280,5 +289,5 @@ def span_loss(start_logits: Array, end_logits: Array, start_positions: Array,
                          f"{jnp.shape(end_logits)} logits shapes differ")
     start = _flat_labels(start_logits, start_positions, "span_loss")
     end = _flat_labels(end_logits, end_positions, "span_loss")
-    return 0.5 * (jnp.mean(_per_example_ce(start_logits, start))
-                  + jnp.mean(_per_example_ce(end_logits, end)))
+    return _row_mean(0.5 * (_per_example_ce(start_logits, start)
+                            + _per_example_ce(end_logits, end)), weights)

@@ -2,17 +2,17 @@
 
 What lives here:
 
-* ``scale_by_adam_no_bias_correction``, ``lamb`` and ``adamw``: the optimizers of the official
-  TF1 MobileBERT code (Adam moments *without* bias correction, weight decay added to the
-  Adam direction, LAMB trust ratio ||w|| / ||u||), built from optax transformations.
+* ``scale_by_adam_no_bias_correction``, ``lamb_direction`` and ``adamw_direction`` (by name:
+  ``direction``): the update directions of the official TF1 MobileBERT optimizers (Adam
+  moments *without* bias correction, weight decay added to the Adam direction, LAMB trust
+  ratio ||w|| / ||u||), built from optax transformations; the learning rate scales them.
 * ``decay_mask``: which parameters get weight decay (and LAMB layer adaptation).
 * ``warmup_linear_decay_schedule``, ``make_optimizer`` and ``default_optimizer_config``: the
   optax chain (global-norm clipping, optimizer, gradient accumulation) built from a config.
 * Progressive knowledge transfer (PKT): the boundary gate ``pkt_boundary_gate``, the layer
   multipliers ``pkt_layer_multipliers``, the transformation ``scale_by_layer_multipliers``
-  that applies them, ``pkt_optimizer`` and the helpers that read, set and reset its step.
-* Freezing: ``frozen`` (a boolean tree from regexes over '/'-joined parameter paths) and
-  ``freeze`` (``optax.multi_transform`` with ``optax.set_to_zero`` for the frozen group).
+  that applies them, and the helpers that read, set and reset its step (the transfer
+  optimizer itself is built in ``distill_steps.transfer_optimizer``).
 
 Masks and layer indices are computed from parameter paths, so they work on plain nested
 dicts, ``FrozenDict`` and trees whose leaves are boxed in ``nn.Partitioned``.
@@ -110,31 +110,6 @@ def layer_index_of_path(path: Sequence[Any]) -> Optional[int]:
     return None
 
 
-def frozen(params: Any, patterns: Sequence[str]) -> Any:
-    """Boolean tree: True where a regex in ``patterns`` is found (``re.search``) in the
-    '/'-joined parameter path (e.g. ``'^teacher/'``, ``'embeddings'``)."""
-    if isinstance(patterns, str):
-        patterns = (patterns,)
-    compiled = [re.compile(p) for p in patterns]
-    return _map_params_by_path(
-        lambda names: any(c.search("/".join(names)) for c in compiled), params)
-
-
-def freeze(tx: optax.GradientTransformation,
-           patterns: Sequence[str]) -> optax.GradientTransformation:
-    """Wraps ``tx`` so that parameters matching ``patterns`` get zero updates and no state."""
-    if isinstance(patterns, str):
-        patterns = (patterns,)
-    if not patterns:
-        return tx
-
-    def labels(tree):
-        mask = frozen(tree, patterns)
-        return jax.tree.map(lambda f: "frozen" if f else "trainable", mask)
-
-    return optax.multi_transform({"trainable": tx, "frozen": optax.set_to_zero()}, labels)
-
-
 # --------------------------------------------------------------------------------------------
 # Optimizers
 # --------------------------------------------------------------------------------------------
@@ -229,36 +204,10 @@ def adamw_direction(weight_decay: float = 0.01, b1: float = 0.9, b2: float = 0.9
                   _decoupled_weight_decay(weight_decay, weight_decay_mask))
 
 
-def lamb(learning_rate: ScalarOrSchedule, weight_decay: float = 0.01, b1: float = 0.9,
-         b2: float = 0.999, eps: float = 1e-6, bias_correction: bool = False,
-         weight_decay_mask: MaskOrFn = None,
-         trust_ratio_mask: MaskOrFn = None) -> optax.GradientTransformation:
-    """The official LAMB: w -= lr * ratio * (m/(sqrt(v)+eps) + wd*w), ratio = ||w||/||u||
-    (1 when either norm is 0). ``learning_rate`` may be a schedule of the update count."""
-    return optax.chain(
-        lamb_direction(weight_decay, b1, b2, eps, bias_correction, weight_decay_mask,
-                       trust_ratio_mask),
-        optax.scale_by_learning_rate(learning_rate),
-    )
-
-
-def adamw(learning_rate: ScalarOrSchedule, weight_decay: float = 0.01, b1: float = 0.9,
-          b2: float = 0.999, eps: float = 1e-6, bias_correction: bool = False,
-          weight_decay_mask: MaskOrFn = None) -> optax.GradientTransformation:
-    """The official AdamW (``AdamWeightDecayOptimizer``): w -= lr * (m/(sqrt(v)+eps) + wd*w).
-
-    ``bias_correction=True`` uses optax's standard bias-corrected Adam moments instead.
-    """
-    return optax.chain(
-        adamw_direction(weight_decay, b1, b2, eps, bias_correction, weight_decay_mask),
-        optax.scale_by_learning_rate(learning_rate),
-    )
-
-
 _DIRECTIONS = {"lamb": lamb_direction, "adamw": adamw_direction}
 
 
-def _direction(name: str, **kwargs) -> optax.GradientTransformation:
+def direction(name: str, **kwargs) -> optax.GradientTransformation:
     if name not in _DIRECTIONS:
         raise ValueError(f"unknown optimizer {name!r}; expected one of {sorted(_DIRECTIONS)}")
     return _DIRECTIONS[name](**kwargs)
@@ -361,7 +310,7 @@ def make_optimizer(
     schedule = make_schedule(cfg)
     tx = _chain(
         optax.clip_by_global_norm(clip_norm) if clip_norm else None,
-        _direction(name, weight_decay=get("weight_decay"), b1=get("b1"), b2=get("b2"),
+        direction(name, weight_decay=get("weight_decay"), b1=get("b1"), b2=get("b2"),
                    eps=get("eps"), bias_correction=bool(get("bias_correction"))),
         optax.scale_by_learning_rate(schedule),
     )
@@ -484,50 +433,3 @@ def reset_opt_state(tx: optax.GradientTransformation, params: Any,
     multipliers keep following the global ``step`` when one is given."""
     state = tx.init(params)
     return state if step is None else set_layer_multiplier_step(state, step)
-
-
-def _check_layer_indices(params: Any, num_layers: int,
-                         layer_of_param: Callable[[tuple[str, ...]], Optional[int]]) -> None:
-    names = [path_names(p) for p, _ in
-             jax.tree_util.tree_flatten_with_path(params, is_leaf=_is_box)[0]]
-    indices = {layer_of_param(n) for n in names} - {None}
-    if not indices:
-        raise ValueError("no parameter path contains a 'layer_{i}' component")
-    if max(indices) >= num_layers:
-        raise ValueError(f"parameters reach layer_{max(indices)} but num_layers={num_layers}")
-
-
-def pkt_optimizer(params: Any, steps_per_stage: int, num_layers: int,
-                  base_lr: float = 1.5e-3, optimizer: str = "lamb",
-                  hard_freeze: bool = False, weight_decay: float = 0.01, b1: float = 0.9,
-                  b2: float = 0.999, eps: float = 1e-6, bias_correction: bool = False,
-                  clip_norm: Optional[float] = 1.0, base: float = 3.0, lower: float = 0.1,
-                  other_multiplier: float = 0.0, frozen_patterns: Sequence[str] = (),
-                  initial_step: int = 0,
-                  layer_of_param: Callable[[tuple[str, ...]], Optional[int]] = (
-                      layer_index_of_path)) -> optax.GradientTransformation:
-    """Optimizer of the PKT stage: constant ``base_lr`` times the PKT layer multipliers.
-
-    Chain: clip -> LAMB/AdamW direction (trust ratio included) -> layer multipliers ->
-    -base_lr, so a layer whose multiplier is 0 does not move. Parameters outside the layers
-    get ``other_multiplier`` (0: embeddings and heads copied from the teacher stay fixed);
-    ``frozen_patterns`` (e.g. ``('^teacher/',)``) get no update and no optimizer state.
-    ``params`` (or its shapes) is used to check the layer indices against ``num_layers``.
-    """
-    _check_stage_args(steps_per_stage, num_layers)
-    if params is not None:
-        _check_layer_indices(params, num_layers, layer_of_param)
-
-    def multipliers(step):
-        return pkt_layer_multipliers(step, steps_per_stage, num_layers, base=base,
-                                     lower=lower, hard_freeze=hard_freeze)
-
-    tx = _chain(
-        optax.clip_by_global_norm(clip_norm) if clip_norm else None,
-        _direction(optimizer, weight_decay=weight_decay, b1=b1, b2=b2, eps=eps,
-                   bias_correction=bias_correction),
-        scale_by_layer_multipliers(layer_of_param, multipliers, other_multiplier,
-                                   initial_step),
-        optax.scale_by_learning_rate(base_lr),
-    )
-    return freeze(tx, frozen_patterns)

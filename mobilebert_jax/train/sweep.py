@@ -21,6 +21,8 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from mobilebert_jax import files
+
 FLAGS = flags.FLAGS
 
 
@@ -98,8 +100,7 @@ def run_sweep(config, workdir: str, learning_rates, num_epochs, seeds) -> list[d
         results_path = os.path.join(run_dir, finetune.EVAL_RESULTS)
         results = None
         if os.path.isfile(results_path):
-            with open(results_path) as f:
-                results = json.load(f)
+            results = files.read_json(results_path, "sweep run results")
             if not results.get("finished"):
                 results = None  # an interrupted run resumes where it stopped
         if results is None:
