@@ -19,10 +19,15 @@ import teacher  # noqa: E402
 SMOKE = "--config=configs/teacher.py:smoke"
 
 
-def run_cli(*args, cwd=REPO):
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    return subprocess.run([sys.executable, "-m", "mobilebert_jax.main", *args], cwd=cwd,
-                          env=env, capture_output=True, text=True, timeout=300)
+def run_module(module, *args):
+    """`python -m MODULE ARGS` from the repository root, on the CPU."""
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=REPO,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True,
+                          text=True, timeout=300)
+
+
+def run_cli(*args):
+    return run_module("mobilebert_jax.main", *args)
 
 
 @pytest.mark.parametrize("args, expected", [
@@ -154,10 +159,7 @@ def test_a_config_that_does_not_describe_its_params_is_refused_on_load(mismatche
 def test_conversion_and_export_refuse_a_mismatched_checkpoint(mismatched_checkpoint, tmp_path,
                                                                module, args):
     out = tmp_path / "out"
-    r = subprocess.run([sys.executable, "-m", module,
-                        *[a.format(ckpt=mismatched_checkpoint, out=out) for a in args]],
-                       cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"),
-                       capture_output=True, text=True, timeout=300)
+    r = run_module(module, *[a.format(ckpt=mismatched_checkpoint, out=out) for a in args])
     assert r.returncode == 1, r.stdout + r.stderr
     assert "Traceback" not in r.stdout + r.stderr
     assert "params lack bert/encoder/layer_2/" in r.stderr.strip().splitlines()[-1]
@@ -166,11 +168,8 @@ def test_conversion_and_export_refuse_a_mismatched_checkpoint(mismatched_checkpo
 
 def test_a_missing_tokenizer_is_found_before_anything_is_written(tmp_path, minilm_dir):
     out = tmp_path / "out"
-    r = subprocess.run([sys.executable, "-m", "mobilebert_jax.convert", "--from=hf",
-                        f"--src={minilm_dir}", f"--out={out}",
-                        f"--tokenizer={tmp_path / 'missing.txt'}"],
-                       cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"),
-                       capture_output=True, text=True, timeout=300)
+    r = run_module("mobilebert_jax.convert", "--from=hf", f"--src={minilm_dir}", f"--out={out}",
+                   f"--tokenizer={tmp_path / 'missing.txt'}")
     assert r.returncode == 1 and "Traceback" not in r.stdout + r.stderr
     assert r.stderr.strip().splitlines()[-1] == \
         f"error: tokenizer file not found: {tmp_path / 'missing.txt'}"
@@ -186,9 +185,7 @@ def test_unreadable_files_are_named_by_the_metrics_cli(tmp_path, content, expect
     data.write_bytes(content)
     preds = tmp_path / "predictions.json"
     preds.write_text("{}")
-    r = subprocess.run([sys.executable, "-m", "mobilebert_jax.metrics", "squad",
-                        f"--data={data}", f"--predictions={preds}"], cwd=REPO,
-                       capture_output=True, text=True, timeout=300)
+    r = run_module("mobilebert_jax.metrics", "squad", f"--data={data}", f"--predictions={preds}")
     assert r.returncode == 1 and "Traceback" not in r.stdout + r.stderr
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: {data}: ") and expected in last, last

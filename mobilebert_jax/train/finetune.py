@@ -19,7 +19,6 @@ The workdir is itself a project checkpoint directory (`model_config.json`, vocab
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -30,7 +29,7 @@ import numpy as np
 import optax
 from flax import linen as nn
 
-from mobilebert_jax import checkpoint, parallel
+from mobilebert_jax import checkpoint, files, parallel
 from mobilebert_jax.data import glue as glue_data
 from mobilebert_jax.data import squad as squad_data
 from mobilebert_jax.metrics.glue import glue_metrics
@@ -109,20 +108,11 @@ class Trainer:
         self._build_steps(tx, loss_fn)
 
     def load_encoder(self, directory: str) -> None:
-        """The `bert/` params of a project checkpoint replace the fresh encoder."""
-        pretrained = checkpoint.load_params(directory)
-        if "bert" not in pretrained:
-            raise ValueError(f"checkpoint {directory} holds no 'bert' encoder params")
+        """The `bert/` params of a project checkpoint (checked against its model config, which
+        the fine-tuning model is built from) replace the fresh encoder."""
+        _, pretrained = checkpoint.load_pretrained(directory)
         want = jax.tree_util.tree_flatten_with_path(self.state.params["bert"])[0]
         have = dict(jax.tree_util.tree_flatten_with_path(pretrained["bert"])[0])
-        for path, leaf in want:
-            name = "bert" + jax.tree_util.keystr(path)
-            if path not in have:
-                raise ValueError(f"checkpoint {directory} lacks {name} (its model config does "
-                                 "not match its params)")
-            if tuple(np.shape(have[path])) != tuple(leaf.shape):
-                raise ValueError(f"checkpoint {directory}: {name} has shape "
-                                 f"{tuple(np.shape(have[path]))}, the model needs {leaf.shape}")
         bert = jax.tree_util.tree_unflatten(
             jax.tree_util.tree_structure(self.state.params["bert"]),
             [np.asarray(have[p], dtype=leaf.dtype) for p, leaf in want])
@@ -256,8 +246,7 @@ def _run(config, workdir: str, model, train_features, train_keys, loss_fn, evalu
         trainer.state, hooks, cadence, ckpt, MetricsWriter(workdir),
         tokens_per_step=trainer.batch_size * train_features["input_ids"].shape[1])
     if not results:  # the run had already finished: its results stand
-        with open(os.path.join(workdir, EVAL_RESULTS)) as f:
-            results = json.load(f)
+        results = files.read_json(os.path.join(workdir, EVAL_RESULTS), "evaluation results")
     return trainer, best, results
 
 
