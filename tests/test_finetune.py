@@ -16,7 +16,7 @@ from mobilebert_jax import checkpoint
 from mobilebert_jax.data import glue as glue_data
 from mobilebert_jax.models.config import MobileBertConfig
 from mobilebert_jax.models.heads import MobileBertForPreTraining
-from mobilebert_jax.train import finetune, finetune_data, optim, sweep
+from mobilebert_jax.train import finetune, finetune_data, finetune_steps, optim, sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GLUE_CONFIG = os.path.join(REPO, "configs", "finetune_glue.py")
@@ -207,7 +207,7 @@ def test_no_bias_correction_option_is_wired():
     first = {}
     for bias_correction in (False, True):
         config.bias_correction = bias_correction
-        opt = finetune.optimizer_config(config, total_steps=10)
+        opt = finetune_steps.optimizer_config(config, total_steps=10)
         assert opt["bias_correction"] is bias_correction and opt["name"] == "adamw"
         assert opt["clip_norm"] == 1.0 and opt["warmup_steps"] == 0
         tx, _ = optim.make_optimizer(opt)
@@ -220,7 +220,7 @@ def test_no_bias_correction_option_is_wired():
 
 
 def test_warmup_is_ten_percent_and_decays_to_zero():
-    opt = finetune.optimizer_config(finetune_glue.get_config("rte"), total_steps=100)
+    opt = finetune_steps.optimizer_config(finetune_glue.get_config("rte"), total_steps=100)
     assert opt["warmup_steps"] == 10
     schedule = optim.make_schedule(opt)
     assert float(schedule(0)) == 0.0 and float(schedule(100)) == 0.0

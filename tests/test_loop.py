@@ -108,3 +108,22 @@ def test_a_checkpoint_of_another_shape_is_a_config_error_not_damage(tmp_path):
 def test_keeping_no_checkpoint_is_refused(tmp_path):
     with pytest.raises(ValueError, match="keep_checkpoints=0 must be >= 1"):
         checkpoint.TrainCheckpointer(str(tmp_path), keep=0)
+
+
+def test_a_second_signal_during_the_preemption_save_changes_nothing(tmp_path):
+    signals = []
+
+    def host_state():  # runs inside the save: the scheduler signals again
+        os.kill(os.getpid(), signal.SIGTERM)
+        signals.append("during save")
+        return {"position": 4}
+
+    hooks = make_hooks(sigterm_after=4)
+    hooks.host_state = host_state
+    state, _ = run(tmp_path, hooks, total=50)
+    assert int(state.step) == 4 and signals == ["during save"]
+    ckpt = checkpoint.TrainCheckpointer(str(tmp_path), keep=3)
+    restored, host = state_lib.restore_state(ckpt, toy_state(), shardings_of(toy_state()))
+    assert int(restored.step) == 4 and host == {"position": 4}
+    assert ckpt.latest_step() == 4
+    ckpt.close()

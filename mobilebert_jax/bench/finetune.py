@@ -126,11 +126,11 @@ def jax_classifier_init(checkpoint_dir: str, num_labels: int, seed: int, seq_len
 
     from mobilebert_jax import checkpoint
     from mobilebert_jax.models import MobileBertForSequenceClassification
-    from mobilebert_jax.train import finetune
+    from mobilebert_jax.train import finetune_steps
 
     model = MobileBertForSequenceClassification(checkpoint.load_config(checkpoint_dir),
                                                 num_labels)
-    params = jax.jit(lambda: nn.meta.unbox(finetune.init_params(model, seed, seq_len)))()
+    params = jax.jit(lambda: nn.meta.unbox(finetune_steps.init_params(model, seed, seq_len)))()
     head = jax.tree_util.tree_map(np.asarray, params["classifier"])
     return head["kernel"], head["bias"]
 
@@ -142,7 +142,7 @@ def run_hf(args) -> dict:
     from mobilebert_jax.data import glue as glue_data
     from mobilebert_jax.data import tokenizers
     from mobilebert_jax.metrics.glue import glue_metrics
-    from mobilebert_jax.train import finetune, finetune_data, optim
+    from mobilebert_jax.train import finetune_data, finetune_steps, optim
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(os.cpu_count() or 1)
@@ -161,7 +161,7 @@ def run_hf(args) -> dict:
     features = data.train.features
     n = len(features["input_ids"])
     steps = finetune_data.num_batches(n, args.batch_size) * args.num_epochs
-    opt_cfg = finetune.optimizer_config(config, steps)
+    opt_cfg = finetune_steps.optimizer_config(config, steps)
     schedule = optim.make_schedule(opt_cfg)
     no_decay = [p for name, p in model.named_parameters() if "bias" in name or "LayerNorm" in name]
     decay = [p for name, p in model.named_parameters()

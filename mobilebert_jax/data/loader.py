@@ -7,8 +7,8 @@ of global batch k, and the processes' rows together form the global batch. Each 
 read from the TFDS ArrayRecord source and masked (dynamic masking) as a pure function of
 (seed, epoch, example index), so the stream does not depend on threads, prefetch or restarts.
 
-`PretrainingLoader` is a grain `DatasetIterator` (so grain's orbax checkpoint handler accepts
-it); its state counts global batches, so it can be restored with a different process count as
+`PretrainingLoader` is a grain `DatasetIterator` whose state (`get_state`, JSON) counts global
+batches, so the trainers store it in their checkpoint and restore it with any process count as
 long as the global batch size is the same. Batches are dicts of numpy arrays:
 
     input_ids, input_mask, segment_ids   int32 [b, seq_len]
