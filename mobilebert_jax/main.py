@@ -86,7 +86,7 @@ def parse_flags(argv):
     ml_collections loads lazily: forced here) with a one-line error instead of a traceback."""
     try:
         args = FLAGS(argv)
-        if FLAGS["config"].present or FLAGS.config is not None:
+        if FLAGS.config is not None:
             FLAGS.config.get("trainer")
         return args
     except Exception as e:  # the config file is user code: anything may come out of it

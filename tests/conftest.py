@@ -87,15 +87,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def flatten_overrides(overrides: dict, prefix: str = "") -> list[str]:
-    """`--config.a.b=v` flags for a nested dict of config overrides."""
-    flags = []
+def dotted_overrides(overrides: dict, prefix: str = "") -> dict:
+    """A nested dict of config overrides as {"a.b": v} (what `apply_overrides` takes)."""
+    flat = {}
     for key, value in overrides.items():
         if isinstance(value, dict):
-            flags += flatten_overrides(value, f"{prefix}{key}.")
+            flat.update(dotted_overrides(value, f"{prefix}{key}."))
         else:
-            flags.append(f"--config.{prefix}{key}={value}")
-    return flags
+            flat[prefix + key] = value
+    return flat
+
+
+def flatten_overrides(overrides: dict) -> list[str]:
+    """`--config.a.b=v` flags for a nested dict of config overrides."""
+    return [f"--config.{key}={value}" for key, value in dotted_overrides(overrides).items()]
 
 
 def start_main(config: str, workdir, overrides: dict, num_processes: int = 1,

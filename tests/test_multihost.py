@@ -14,7 +14,8 @@ import pytest
 from mobilebert_jax import checkpoint
 from mobilebert_jax.train import pretrain
 
-from conftest import REPO, apply_overrides, run_main_processes, start_main
+from conftest import (REPO, apply_overrides, dotted_overrides, run_main_processes,
+                      start_main)
 from test_finetune import glue_dir, tiny_checkpoint  # noqa: F401  (shared fixtures)
 
 sys.path.insert(0, os.path.join(str(REPO), "configs"))
@@ -35,17 +36,8 @@ def teacher_overrides(data_dir, **extra):
 
 def in_process_config(data_dir, **extra):
     """The same settings as `teacher_overrides`, as a config for an in-process run."""
-    c = teacher.get_config("smoke")
-    flat = {}
-
-    def walk(d, prefix=""):
-        for k, v in d.items():
-            if isinstance(v, dict):
-                walk(v, f"{prefix}{k}.")
-            else:
-                flat[prefix + k] = v
-    walk(teacher_overrides(data_dir, **extra))
-    return apply_overrides(c, flat)
+    return apply_overrides(teacher.get_config("smoke"),
+                           dotted_overrides(teacher_overrides(data_dir, **extra)))
 
 
 def losses(workdir):
