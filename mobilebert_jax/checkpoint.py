@@ -40,7 +40,9 @@ def manager(directory: str, item_names=("params",), max_to_keep: int | None = 3,
         save_interval_steps=save_interval_steps, create=not read_only, read_only=read_only,
         cleanup_tmp_directories=not read_only)
     return ocp.CheckpointManager(os.path.abspath(os.path.join(directory, CHECKPOINTS)),
-                                 options=options, item_names=tuple(item_names))
+                                 options=options,
+                                 item_handlers={name: ocp.StandardCheckpointHandler()
+                                                for name in item_names})
 
 
 def tokenizer_file(directory: str) -> str | None:
@@ -96,6 +98,11 @@ def load_params(directory: str, step: int | None = None, target: Any = None) -> 
     if step is None:
         raise FileNotFoundError(f"no checkpoint found under {directory}/{CHECKPOINTS}")
     with manager(directory, read_only=True) as mngr:
+        if target is not None:
+            problem = _stored_fit_problem(mngr, step, "params", target)
+            if problem:
+                raise ValueError(f"checkpoint {directory} (step {step}) does not fit the model "
+                                 f"config it is loaded with ({problem})")
         try:
             restored = mngr.restore(step, args=ocp.args.Composite(
                 params=ocp.args.StandardRestore(target)))
@@ -136,6 +143,33 @@ def load_pretrained(directory: str) -> tuple[MobileBertConfig, Any]:
     params = load_params(directory)
     check_params_fit(config, params, f"checkpoint {directory}")
     return config, params
+
+
+def _stored_fit_problem(mngr, step: int, item: str, target: Any) -> str | None:
+    """What keeps the stored `item` of `step` (by its metadata: names and shapes) from being
+    restored into the abstract tree `target`, or None when it fits (or its metadata cannot be
+    read: the restore then names the damage)."""
+    try:
+        stored = mngr.item_metadata(step)
+    except Exception:
+        return None
+    meta = stored.get(item) if stored is not None else None
+    if meta is None:
+        return None
+    have = {_path_name(p): tuple(getattr(m, "shape", ()) or ())
+            for p, m in jax.tree_util.tree_flatten_with_path(meta)[0]}
+    want = {_path_name(p): tuple(t.shape)
+            for p, t in jax.tree_util.tree_flatten_with_path(target)[0]}
+    missing = sorted(set(want) - set(have))
+    extra = sorted(set(have) - set(want))
+    wrong = sorted(k for k in set(want) & set(have) if want[k] != have[k])
+    if wrong:
+        return f"{wrong[0]} has shape {have[wrong[0]]}, the config needs {want[wrong[0]]}"
+    if missing:
+        return f"it lacks {missing[0]}"
+    if extra:
+        return f"it has an extra {extra[0]}"
+    return None
 
 
 # -- trainer checkpoints ---------------------------------------------------------------------------
@@ -213,27 +247,11 @@ class TrainCheckpointer:
                          "damaged; move them away to start again")
 
     def _check_fits(self, step: int, targets: dict) -> None:
-        try:
-            stored = self._mngr.item_metadata(step)
-        except Exception:  # unreadable metadata: the restore below names the damage
-            return
         for item, target in targets.items():
-            meta = stored.get(item) if stored is not None else None
-            if meta is None:
-                continue
-            have = {_path_name(p): tuple(getattr(m, "shape", ()) or ())
-                    for p, m in jax.tree_util.tree_flatten_with_path(meta)[0]}
-            want = {_path_name(p): tuple(t.shape)
-                    for p, t in jax.tree_util.tree_flatten_with_path(target)[0]}
-            missing = sorted(set(want) - set(have))
-            extra = sorted(set(have) - set(want))
-            wrong = sorted(k for k in set(want) & set(have) if want[k] != have[k])
-            if missing or extra or wrong:
-                what = (f"{wrong[0]} has shape {have[wrong[0]]}, the config needs "
-                        f"{want[wrong[0]]}" if wrong else
-                        f"it lacks {missing[0]}" if missing else f"it has an extra {extra[0]}")
+            problem = _stored_fit_problem(self._mngr, step, item, target)
+            if problem:
                 raise ValueError(f"checkpoint step {step} in {self.directory} does not fit "
-                                 f"this model/optimizer config ({item}: {what})")
+                                 f"this model/optimizer config ({item}: {problem})")
 
     def wait(self) -> None:
         self._mngr.wait_until_finished()

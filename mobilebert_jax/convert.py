@@ -25,7 +25,7 @@ import numpy as np
 from flax import linen as nn
 from flax import traverse_util
 
-from mobilebert_jax import files
+from mobilebert_jax import cli, files
 from mobilebert_jax import checkpoint
 from mobilebert_jax.models import config as config_lib
 from mobilebert_jax.models.config import MobileBertConfig
@@ -113,11 +113,25 @@ def read_hf_state_dict(hf_dir: str) -> dict[str, np.ndarray]:
     st = os.path.join(hf_dir, "model.safetensors")
     pt = os.path.join(hf_dir, "pytorch_model.bin")
     if os.path.isfile(st):
+        from safetensors import SafetensorError
         from safetensors.numpy import load_file
-        return dict(load_file(st))
+        try:
+            return dict(load_file(st))
+        except SafetensorError as e:
+            raise ValueError(f"{st}: not a readable safetensors file ({e})") from None
     if os.path.isfile(pt):
+        import pickle
+
         import torch
-        state = torch.load(pt, map_location="cpu", weights_only=True)
+        try:  # weights only: a pickle that would run code is refused
+            state = torch.load(pt, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+            found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+            why = (f"it pickles {found[1]}, not only tensors" if found
+                   else "not a PyTorch state dict of tensors")
+            raise ValueError(f"{pt}: refused by torch.load(weights_only=True): {why}") from None
+        if not isinstance(state, dict) or not all(hasattr(v, "numpy") for v in state.values()):
+            raise ValueError(f"{pt}: not a state dict of tensors")
         return {k: v.float().numpy() for k, v in state.items()}
     raise FileNotFoundError(f"no model.safetensors or pytorch_model.bin in {hf_dir}")
 
@@ -131,7 +145,7 @@ def import_hf(hf_dir: str) -> tuple[MobileBertConfig, dict]:
     if not os.path.isdir(hf_dir):
         raise FileNotFoundError(f"HF directory not found: {hf_dir}")
     raw = checkpoint_json(os.path.join(hf_dir, "config.json"))
-    config = config_lib.from_hf_config(raw)
+    config = config_lib.from_hf_config(raw, os.path.join(hf_dir, "config.json"))
     state = read_hf_state_dict(hf_dir)
     model_type = raw["model_type"]
     prefix = _hf_prefix(state, model_type)
@@ -238,14 +252,14 @@ def main(argv=None) -> int:
     try:
         FLAGS(argv or sys.argv)
     except flags.Error as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return cli.fail(e)
     try:
         src, out = FLAGS.src, FLAGS.out
         if not src or not out:
             raise ValueError("--src and --out are required")
         if (FLAGS["from"].value is None) == (FLAGS.to is None):
             raise ValueError("give exactly one of --from or --to")
+        files.check_can_create(out)
         if FLAGS.to == "hf":
             config, params = checkpoint.load_pretrained(src)
             export_hf(config, params, out, FLAGS.tokenizer or checkpoint.tokenizer_file(src))
@@ -259,9 +273,8 @@ def main(argv=None) -> int:
                 config, params = import_tf1(src, FLAGS.config, FLAGS.scope)
                 tok = FLAGS.tokenizer
             checkpoint.save_pretrained(out, config, params, tokenizer_path=tok)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except cli.EXPECTED as e:
+        return cli.fail(e)
     print(f"wrote {out}")
     return 0
 

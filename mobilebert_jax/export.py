@@ -51,6 +51,7 @@ import jax
 import numpy as np
 from flax.core import meta
 
+from mobilebert_jax import cli, files
 from mobilebert_jax.models import (MobileBertConfig, MobileBertForQuestionAnswering,
                                    MobileBertForSequenceClassification, MobileBertModel)
 
@@ -539,15 +540,15 @@ def main(argv=None) -> int:
     try:
         if not args.checkpoint or not args.out:
             raise ValueError("--checkpoint and --out are required")
+        files.check_can_create(args.out)
         summary = export_checkpoint(args.checkpoint, args.out, args.quantize, args.seq_len,
                                     args.calibration_data, args.num_calibration,
                                     args.tokenizer,
                                     None if args.float_ops is None
                                     else [o for o in args.float_ops.split(",") if o],
                                     args.mask_mode)
-    except (ValueError, FileNotFoundError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except cli.EXPECTED as e:
+        return cli.fail(e)
     print(f"wrote {summary['out']} ({summary['bytes'] / 1e6:.1f} MB, {summary['task']}, "
           f"outputs {', '.join(summary['outputs'])}, quantize={summary['quantize']}, "
           f"seq_len={summary['seq_len']}, mask={summary['mask_mode']}"

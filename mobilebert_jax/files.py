@@ -1,11 +1,23 @@
 """Reading the project's small text files (configs, results, predictions) with errors that name
 the file: a missing file, invalid JSON (with its line and column) or bytes that are not UTF-8
-each become one FileNotFoundError / ValueError that says which file."""
+each become one FileNotFoundError / ValueError that says which file; and the check that an
+output path can be created before a command starts its work."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 from typing import Any
+
+
+def check_can_create(path: str) -> None:
+    """Raises NotADirectoryError naming `path` when a file stands where one of its parent
+    directories would be (so that a command fails before its work, not when it writes)."""
+    parent = os.path.abspath(path)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if parent != os.path.abspath(path) and not os.path.isdir(parent):
+        raise NotADirectoryError(errno.ENOTDIR, "Not a directory", path)
 
 
 def read_text(path: str, what: str = "file") -> str:

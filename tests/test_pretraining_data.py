@@ -134,8 +134,11 @@ def test_truncate_seq_pair_equals_removing_one_token_at_a_time(seed):
 
 
 def test_create_pairs_rejects_bad_input():
-    with pytest.raises(ValueError, match="no non-empty document"):
+    with pytest.raises(ValueError, match="0 non-empty document"):
         pt.create_pairs([[], [[]]], 128, CLS, SEP)
+    # One document only: its random next segments could only come from itself.
+    with pytest.raises(ValueError, match="1 non-empty document.*need at least 2"):
+        pt.create_pairs([[[5, 6], [7, 8]], [[]]], 128, CLS, SEP)
     with pytest.raises(ValueError, match="too short"):
         pt.create_pairs([[[5, 6]]], 4, CLS, SEP)
 

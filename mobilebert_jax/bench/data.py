@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import os
 import resource
-import sys
 import tempfile
 import time
 from typing import Sequence
+
+from mobilebert_jax import cli
 
 PREPARE_TARGET_MB_PER_MIN_PER_CORE = 5.0
 LOADER_TARGET_RATIO = 20.0
@@ -112,6 +113,7 @@ def print_table(rows: list[tuple[str, str, str]]) -> None:
         print(f"{name:<{w0}}  {value:<{w1}}  {target}")
 
 
+@cli.guarded
 def main(argv: Sequence[str]) -> None:
     del argv
     from absl import flags
@@ -119,12 +121,8 @@ def main(argv: Sequence[str]) -> None:
 
     logging.set_verbosity(logging.WARNING)
     f = flags.FLAGS
-    try:
-        rows = run(f.corpus, f.tokenizer, f.seq_len, f.batch_size, f.loader_seconds,
-                   f.num_threads, f.out)
-    except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    rows = run(f.corpus, f.tokenizer, f.seq_len, f.batch_size, f.loader_seconds,
+               f.num_threads, f.out)
     print_table(rows)
     from mobilebert_jax.bench.common import load_average, write_json
 

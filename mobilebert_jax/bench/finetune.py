@@ -29,6 +29,8 @@ import time
 
 import numpy as np
 
+from mobilebert_jax import cli
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
@@ -256,9 +258,8 @@ def main(argv=None) -> int:
             results[name] = run_jax(args) if name == "jax" else run_hf(args)
             with open(os.path.join(args.workdir, "bench_results.json"), "w") as f:
                 json.dump(results, f, indent=2)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except cli.EXPECTED as e:
+        return cli.fail(e)
     print(f"\n{args.task}: lr {args.learning_rate}, {args.num_epochs} epochs, batch "
           f"{args.batch_size}, seq {args.max_seq_length}, seed {args.seed}"
           f"{f', first {args.train_subset} train examples' if args.train_subset else ''}")

@@ -30,7 +30,7 @@ import numpy as np
 import optax
 from flax.core import meta
 
-from mobilebert_jax import checkpoint, export
+from mobilebert_jax import checkpoint, cli, export
 from mobilebert_jax.bench.common import write_json
 from mobilebert_jax.data import glue
 from mobilebert_jax.data.tokenizers import load_tokenizer
@@ -212,9 +212,8 @@ def main(argv=None) -> int:
             write_json(FLAGS.json, {"max_abs_activation": ranges})
         else:
             raise ValueError("give a command: finetune, drop or ranges")
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except cli.EXPECTED as e:
+        return cli.fail(e)
     return 0
 
 

@@ -26,6 +26,7 @@ import glob
 import hashlib
 import os
 import re
+import sys
 from typing import Iterator
 
 Document = list[str]
@@ -33,6 +34,7 @@ Document = list[str]
 GENSIM_WIKI_SAMPLE = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 MIN_ARTICLE_WORDS = 50
 MIN_WIKI_LINE_WORDS = 3
+MAX_BAD_LINE_FRACTION = 0.1  # lines not UTF-8 text, above which a file is refused
 
 _ABBREVIATIONS = frozenset(
     "mr mrs ms dr prof sr jr st mt vs etc e.g i.e cf al fig figs no nos vol vols ed eds "
@@ -126,18 +128,44 @@ def parse_corpus_spec(spec: str) -> CorpusSpec:
     return CorpusSpec(kind, paths=tuple(paths))
 
 
+def read_text_lines(path: str) -> Iterator[str]:
+    """The lines of a UTF-8 text file. A line that is not UTF-8 (or holds a NUL byte) is
+    skipped, and the count is reported on stderr at the end of the file; a file where more than
+    `MAX_BAD_LINE_FRACTION` of the lines are such is refused as not text (a binary file)."""
+    bad, total, first_bad = 0, 0, None
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            total += 1
+            try:
+                if b"\0" in raw:
+                    raise UnicodeDecodeError("utf-8", raw, raw.index(b"\0"), 1, "NUL byte")
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                bad += 1
+                first_bad = first_bad or number
+                if bad > 100 and bad > MAX_BAD_LINE_FRACTION * total:
+                    break  # refused below: no need to read the rest
+                continue
+            yield line
+    if bad > MAX_BAD_LINE_FRACTION * total:
+        raise ValueError(f"{path}: not a UTF-8 text file ({bad} of the first {total} lines "
+                         f"are not UTF-8 text, from line {first_bad})")
+    if bad:
+        print(f"warning: {path}: skipped {bad} of {total} lines that are not UTF-8 text "
+              f"(first: line {first_bad})", file=sys.stderr)
+
+
 def iter_text_documents(paths: tuple[str, ...] | list[str]) -> Iterator[Document]:
     """Documents of plain text files in BERT's layout (a blank line ends a document)."""
     for path in paths:
         doc: Document = []
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if not line.strip():
-                    if doc:
-                        yield doc
-                    doc = []
-                else:
-                    doc.extend(split_sentences(line))
+        for line in read_text_lines(path):
+            if not line.strip():
+                if doc:
+                    yield doc
+                doc = []
+            else:
+                doc.extend(split_sentences(line))
         if doc:
             yield doc
 
@@ -146,14 +174,13 @@ def iter_wiki_article_documents(paths: tuple[str, ...] | list[str]) -> Iterator[
     """Documents of `= Title =` article files (one paragraph per line; title not included)."""
     for path in paths:
         doc: Document = []
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if _WIKI_TITLE.match(line):
-                    if doc:
-                        yield doc
-                    doc = []
-                elif line.strip():
-                    doc.extend(split_sentences(line))
+        for line in read_text_lines(path):
+            if _WIKI_TITLE.match(line):
+                if doc:
+                    yield doc
+                doc = []
+            elif line.strip():
+                doc.extend(split_sentences(line))
         if doc:
             yield doc
 
@@ -218,13 +245,21 @@ def iter_tfds_documents(name: str, split: str = "train", text_key: str = "text",
         ds = builder.as_dataset(split=split)
     except Exception as e:
         raise ValueError(f"TFDS dataset {name!r} has no split {split!r} ({e})") from None
+    bad = 0
     for example in tfds.as_numpy(ds):
         text = example[text_key]
         if isinstance(text, bytes):
-            text = text.decode("utf-8", errors="replace")
+            try:
+                text = text.decode("utf-8")
+            except UnicodeDecodeError:
+                bad += 1
+                continue
         doc = _paragraphs_to_document([line for line in str(text).splitlines() if line.strip()])
         if doc:
             yield doc
+    if bad:
+        print(f"warning: TFDS dataset {name!r} ({split}): skipped {bad} examples whose "
+              f"{text_key!r} is not UTF-8 text", file=sys.stderr)
 
 
 def iter_documents(spec: str | CorpusSpec) -> Iterator[Document]:

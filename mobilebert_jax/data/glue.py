@@ -178,9 +178,15 @@ def _column_index(columns: Sequence[str], name: str, path: os.PathLike | str,
 
 
 def _tsv_rows(path: pathlib.Path):
-    """Yields (line number, fields) for each non-empty line, split on tabs only."""
-    with open(path, encoding="utf-8-sig", newline="\n") as f:  # a lone "\r" is text
-        for line_number, line in enumerate(f, start=1):
+    """Yields (line number, fields) for each non-empty line, split on tabs only (a lone
+    "\\r" is text); a line that is not UTF-8 is an error naming the file and the line."""
+    with open(path, "rb") as f:
+        for line_number, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if line_number == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}:{line_number}: not UTF-8 text (byte {e.start}: "
+                                 f"{raw[e.start:e.start + 1]!r})") from None
             line = line.rstrip("\r\n")
             if line:
                 yield line_number, line.split("\t")

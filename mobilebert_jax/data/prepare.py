@@ -29,6 +29,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from mobilebert_jax import cli, files
 from mobilebert_jax.data import corpus as corpus_lib
 from mobilebert_jax.data import pretraining
 from mobilebert_jax.data import tokenizers
@@ -203,6 +204,7 @@ def prepare_dataset(corpus_spec: str, tokenizer_path: str, out_dir: str, seq_len
         "eval_fraction": eval_fraction, "static_masking": static_masking,
         "whole_word_masking": whole_word_masking, "lower_case": lower_case}
     out_dir = os.path.abspath(os.path.expanduser(out_dir))
+    files.check_can_create(out_dir)
     if os.path.isdir(out_dir) and os.listdir(out_dir):
         existing = read_meta(out_dir)
         if reuse and existing is not None and existing.get("settings") == settings:
@@ -224,6 +226,13 @@ def prepare_dataset(corpus_spec: str, tokenizer_path: str, out_dir: str, seq_len
     if num_tokens == 0:
         raise ValueError(f"corpus {corpus_spec!r} tokenizes to no tokens")
     train_idx, eval_idx = split_documents(len(token_docs), eval_fraction, seed)
+    for name, idx in ((TRAIN_SPLIT, train_idx), (EVAL_SPLIT, eval_idx)):
+        if len(idx) == 1:
+            raise ValueError(
+                f"corpus {corpus_spec!r} has {len(token_docs)} document(s), so its {name} split "
+                "has 1: next-sentence pairs draw a random next segment from another document of "
+                "the split (give more documents, separated by blank lines"
+                f"{', or eval_fraction=0' if name == EVAL_SPLIT else ''})")
     splits = {}
     for offset, (name, idx) in enumerate(((TRAIN_SPLIT, train_idx), (EVAL_SPLIT, eval_idx))):
         if not idx:
@@ -287,6 +296,7 @@ def _define_flags():
     return flags.FLAGS
 
 
+@cli.guarded
 def main(argv: Sequence[str]) -> None:
     del argv
     from absl import flags
@@ -294,19 +304,15 @@ def main(argv: Sequence[str]) -> None:
 
     logging.set_verbosity(logging.WARNING)
     f = flags.FLAGS
-    try:
-        if not f.out:
-            raise ValueError("--out is required")
-        out = prepare_dataset(
-            f.corpus, f.tokenizer, f.out, seq_len=f.seq_len,
-            max_predictions_per_seq=f.max_predictions_per_seq, dupe_factor=f.dupe_factor,
-            short_seq_prob=f.short_seq_prob, masked_lm_prob=f.masked_lm_prob, seed=f.seed,
-            eval_fraction=f.eval_fraction, static_masking=f.static_masking,
-            whole_word_masking=f.whole_word_masking, lower_case=f.lower_case,
-            overwrite=f.overwrite, reuse=False)
-    except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    if not f.out:
+        raise ValueError("--out is required")
+    out = prepare_dataset(
+        f.corpus, f.tokenizer, f.out, seq_len=f.seq_len,
+        max_predictions_per_seq=f.max_predictions_per_seq, dupe_factor=f.dupe_factor,
+        short_seq_prob=f.short_seq_prob, masked_lm_prob=f.masked_lm_prob, seed=f.seed,
+        eval_fraction=f.eval_fraction, static_masking=f.static_masking,
+        whole_word_masking=f.whole_word_masking, lower_case=f.lower_case,
+        overwrite=f.overwrite, reuse=False)
     meta = read_meta(out)
     print(f"wrote {out}: {meta['num_examples']} examples from {meta['text_bytes'] / 1e6:.2f} MB "
           f"of text in {meta['prepare_seconds']:.1f} s")

@@ -137,8 +137,9 @@ def create_pairs(documents: Sequence[Sequence[Sequence[int]]], seq_len: int, cls
         raise ValueError(f"dupe_factor={dupe_factor} must be at least 1")
     documents = [[list(s) for s in doc if len(s)] for doc in documents]
     documents = [doc for doc in documents if doc]
-    if not documents:
-        raise ValueError("no non-empty document to create pretraining pairs from")
+    if len(documents) < 2:
+        raise ValueError(f"{len(documents)} non-empty document(s): next-sentence pairs need at "
+                         "least 2, as a random next segment comes from another document")
     rng = random.Random(seed)
     rng.shuffle(documents)
     examples: list[PairExample] = []

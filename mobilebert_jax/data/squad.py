@@ -24,6 +24,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from mobilebert_jax import files
+
 # Null odds recorded for a question whose features offer no valid answer span at all.
 NO_SPAN_NULL_ODDS = 1e6
 
@@ -125,15 +127,7 @@ def read_squad(path: os.PathLike | str, version: str | None = None, split: str =
     """
     if str(path) == "tfds":
         return _read_squad_tfds(_normalize_version(version) or "1.1", split, tfds_data_dir)
-    file = pathlib.Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"SQuAD file not found: {file}")
-    try:
-        with open(file, encoding="utf-8") as f:
-            squad_json = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{file} is not valid JSON ({e})") from None
-    return parse_squad_json(squad_json, version)
+    return parse_squad_json(files.read_json(str(path), "SQuAD file"), version)
 
 
 def to_squad_json(examples: Sequence[SquadExample], version: str = "1.1") -> dict:

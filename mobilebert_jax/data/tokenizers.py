@@ -21,6 +21,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from mobilebert_jax import files
+
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 # Spellings other SentencePiece models (ALBERT, T5, ...) use for the same roles.
 _SP_ALIASES = {
@@ -112,12 +114,20 @@ class WordPieceTokenizer(Tokenizer):
 
         self.path = str(vocab_path)
         self.lower_case = lower_case
-        with open(self.path, encoding="utf-8") as f:
-            vocab = [line.rstrip("\n").rstrip("\r") for line in f]
+        vocab = [line.rstrip("\r") for line in files.read_text(self.path, "vocabulary file")
+                 .split("\n")]
+        if vocab and vocab[-1] == "":
+            vocab.pop()  # the final newline ends the last line
         if not vocab or not any(vocab):
             raise ValueError(f"vocabulary file {self.path} is empty")
         self._vocab = vocab
-        self._token_to_id = {tok: i for i, tok in enumerate(vocab)}
+        self._token_to_id = {}
+        for i, tok in enumerate(vocab):
+            if tok in self._token_to_id:
+                raise ValueError(f"{self.path}: token {tok!r} on lines "
+                                 f"{self._token_to_id[tok] + 1} and {i + 1} (a duplicate "
+                                 "leaves an id that no text can reach)")
+            self._token_to_id[tok] = i
         missing = [t for t in SPECIAL_TOKENS if t not in self._token_to_id]
         if missing:
             raise ValueError(f"vocabulary file {self.path} lacks the BERT special tokens {missing}")

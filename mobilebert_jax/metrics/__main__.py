@@ -27,7 +27,7 @@ import json
 import pathlib
 import sys
 
-from mobilebert_jax import files
+from mobilebert_jax import cli, files
 
 
 def _load_json(path: str, what: str):
@@ -43,7 +43,7 @@ def _score_squad(args: argparse.Namespace) -> dict:
     if null_odds is not None and not isinstance(null_odds, dict):
         raise ValueError(f"{args.null_odds} must hold a JSON object of question id → odds")
     return squad_scores(data, predictions, null_odds, version=args.version,
-                        na_prob_thresh=args.na_prob_thresh)
+                        na_prob_thresh=args.na_prob_thresh, source=str(args.data))
 
 
 def _score_glue(args: argparse.Namespace) -> dict:
@@ -89,9 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result = _score_squad(args) if args.command == "squad" else _score_glue(args)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except cli.EXPECTED as e:
+        return cli.fail(e)
     print(json.dumps(result, indent=2))
     return 0
 

@@ -228,22 +228,49 @@ def dataset_version(squad_json: Mapping[str, Any]) -> str:
     return "1.1"
 
 
+def _question_ids(dataset: Any, source: str) -> set[str]:
+    """The question ids of the JSON's `data` list; ValueError naming the first place where
+    the official layout (articles → paragraphs → qas with an id) is not followed."""
+    ids = set()
+    for a, article in enumerate(dataset if isinstance(dataset, list) else [None]):
+        paragraphs = article.get("paragraphs") if isinstance(article, dict) else None
+        if not isinstance(paragraphs, list):
+            raise ValueError(f"{source}: data[{a}] has no 'paragraphs' list")
+        for p, paragraph in enumerate(paragraphs):
+            qas = paragraph.get("qas") if isinstance(paragraph, dict) else None
+            if not isinstance(qas, list):
+                raise ValueError(f"{source}: data[{a}].paragraphs[{p}] has no 'qas' list")
+            for q, qa in enumerate(qas):
+                if not isinstance(qa, dict) or "id" not in qa:
+                    raise ValueError(f"{source}: data[{a}].paragraphs[{p}].qas[{q}] has no "
+                                     "'id'")
+                ids.add(qa["id"])
+    return ids
+
+
 def squad_scores(squad_json: Mapping[str, Any], predictions: Mapping[str, str],
                  null_odds: Mapping[str, float] | None = None,
                  version: str | None = None, na_prob_thresh: float = 1.0,
-                 warn_missing: bool = True) -> dict[str, float]:
+                 warn_missing: bool = True, source: str = "SQuAD JSON") -> dict[str, float]:
     """Scores predictions against a loaded SQuAD JSON with the script of its version.
 
     A v1.1 data set is scored as v1.1 unless null odds are given or `version="2.0"`;
-    `na_prob_thresh` applies to v2.0 scoring.
+    `na_prob_thresh` applies to v2.0 scoring. `source` names the data in error messages.
     """
     if not isinstance(squad_json, Mapping) or "data" not in squad_json:
-        raise ValueError("SQuAD JSON has no 'data' key")
+        raise ValueError(f"{source}: no 'data' key")
     if not isinstance(predictions, Mapping):
         raise ValueError("SQuAD predictions must be a JSON object of question id → answer text")
     bad = next((q for q, text in predictions.items() if not isinstance(text, str)), None)
     if bad is not None:
         raise ValueError(f"SQuAD prediction for question {bad} is not a string")
+    known = _question_ids(squad_json["data"], source)
+    if warn_missing:
+        for what, ids in (("predictions", predictions), ("null odds", null_odds or {})):
+            unknown = sorted(set(ids) - known)
+            if unknown:  # the official scripts ignore them silently
+                print(f"warning: ignored {len(unknown)} of {len(ids)} {what} whose question "
+                      f"id is not in the data (first: {unknown[0]})", file=sys.stderr)
     if version is None:
         version = "2.0" if null_odds is not None else dataset_version(squad_json)
     version = version.lstrip("v")

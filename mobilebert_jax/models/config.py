@@ -226,13 +226,27 @@ _HF_ACT = {"gelu": "gelu_exact", "gelu_new": "gelu", "gelu_pytorch_tanh": "gelu"
            "relu": "relu", "relu6": "relu6", "tanh": "tanh"}
 
 
-def from_hf_config(path_or_dict) -> MobileBertConfig:
-    """Builds a config from a HuggingFace `config.json` (model_type `mobilebert` or `bert`)."""
-    d = _read_json(path_or_dict) if isinstance(path_or_dict, str) else dict(path_or_dict)
+_HF_REQUIRED = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                "intermediate_size")
+
+
+def from_hf_config(path_or_dict, source: str = "HF config") -> MobileBertConfig:
+    """Builds a config from a HuggingFace `config.json` (model_type `mobilebert` or `bert`);
+    `source` names it in errors."""
+    if isinstance(path_or_dict, str):
+        d, source = _read_json(path_or_dict), path_or_dict
+    else:
+        d = dict(path_or_dict)
     model_type = d.get("model_type")
+    if model_type not in ("bert", "mobilebert"):
+        raise ValueError(f"{source}: unsupported model_type {model_type!r} (expected "
+                         "'mobilebert' or 'bert')")
+    missing = [k for k in _HF_REQUIRED if k not in d]
+    if missing:
+        raise ValueError(f"{source}: lacks required key(s) {', '.join(missing)}")
     act = d.get("hidden_act", "gelu")
     if act not in _HF_ACT:
-        raise ValueError(f"HF config: unsupported hidden_act {act!r}")
+        raise ValueError(f"{source}: unsupported hidden_act {act!r}")
     common = dict(
         vocab_size=d["vocab_size"], hidden_size=d["hidden_size"],
         num_hidden_layers=d["num_hidden_layers"], num_attention_heads=d["num_attention_heads"],
@@ -262,7 +276,6 @@ def from_hf_config(path_or_dict) -> MobileBertConfig:
         if norm == "layer_norm":
             out["embedding_and_output_norm_eps"] = 1e-5  # HF's default-eps LayerNorms
         return MobileBertConfig.from_dict(out)
-    raise ValueError(f"HF config: unsupported model_type {model_type!r} (expected 'mobilebert' or 'bert')")
 
 
 def to_hf_config(c: MobileBertConfig) -> dict[str, Any]:

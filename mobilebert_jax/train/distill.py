@@ -115,7 +115,6 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     # -- workdir, logging ------------------------------------------------------------------------
     os.makedirs(workdir, exist_ok=True)
     state_lib.check_workdir_model(workdir, student_cfg)
-    state_lib.write_config(workdir, config)
 
     # -- mesh ------------------------------------------------------------------------------------
     mesh = parallel.make_mesh(config.mesh.shape)
@@ -165,6 +164,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
                              out_shardings=shardings.params)(state.params, teacher_params)
         state = state.replace(params=params)
         log("student embeddings and MLM/NSP heads copied from the teacher")
+    state_lib.record_run(workdir, config, student_cfg)
 
     # -- step functions: one per (stage kind, layers, depth), compiled when first needed -----------
     batch_sh = parallel.batch_sharding(mesh)

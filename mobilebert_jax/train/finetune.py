@@ -48,7 +48,6 @@ TRAIN_STATES_KEPT = 2
 
 def _prepare_workdir(config, workdir: str, model_config, tokenizer) -> None:
     os.makedirs(workdir, exist_ok=True)
-    state_lib.write_config(workdir, config)
     state_lib.check_workdir_model(workdir, model_config)
     if jax.process_index() == 0:
         name = "spm.model" if tokenizer.path.endswith(".model") else "vocab.txt"
@@ -72,6 +71,7 @@ def _run(config, workdir: str, model, train_features, train_keys, loss_fn, evalu
         history = host_state["history"]
         log(f"resumed from step {int(trainer.state.step)} (epoch "
             f"{int(trainer.state.step) // spe + 1})")
+    state_lib.record_run(workdir, config, model.config)
     log(f"{task_name}: {trainer.num_train} training features, {spe} steps/epoch x "
         f"{config.num_epochs} epochs, batch {trainer.batch_size}, seq "
         f"{train_features['input_ids'].shape[1]}, lr {config.learning_rate}")

@@ -11,13 +11,12 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from mobilebert_jax import checkpoint
+from mobilebert_jax import checkpoint, files
 from mobilebert_jax.data import glue as glue_data
 from mobilebert_jax.data import squad as squad_data
 from mobilebert_jax.data import tokenizers
@@ -160,13 +159,7 @@ def squad_version(version: Any) -> str:
 
 def read_squad_json(path: str) -> dict:
     """The loaded official JSON, with one-line errors for a missing or malformed file."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"SQuAD file not found: {path}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e})") from None
+    data = files.read_json(path, "SQuAD file")
     if not isinstance(data, dict) or not isinstance(data.get("data"), list):
         raise ValueError(f"{path}: SQuAD JSON needs a top-level 'data' list of articles")
     return data

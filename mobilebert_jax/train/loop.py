@@ -33,12 +33,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
+from mobilebert_jax.cli import CommandError
 from mobilebert_jax.metrics import throughput
 from mobilebert_jax.metrics.writers import MetricsWriter, format_eta, format_scalars, log
 from mobilebert_jax.train import state as state_lib
 
 
-class NonFiniteLoss(RuntimeError):
+class NonFiniteLoss(CommandError):
     pass
 
 

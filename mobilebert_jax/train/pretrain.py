@@ -156,7 +156,6 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     model_config = MobileBertConfig.from_dict(config.model.to_dict())
     os.makedirs(workdir, exist_ok=True)
     state_lib.check_workdir_model(workdir, model_config)
-    state_lib.write_config(workdir, config)
 
     # -- mesh ------------------------------------------------------------------------------------
     mesh = parallel.make_mesh(config.mesh.shape)
@@ -194,6 +193,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         state = state.replace(params=checkpoint.load_params(config.init_checkpoint,
                                                             target=target))
         log(f"initialised params from {config.init_checkpoint}")
+    state_lib.record_run(workdir, config, model_config)
 
     # -- step functions --------------------------------------------------------------------------
     batch_sh = parallel.batch_sharding(mesh)

@@ -72,7 +72,8 @@ def restore_state(ckpt, state: TrainState, shardings: TrainState):
 
 def check_workdir_model(workdir: str, model_config: MobileBertConfig) -> None:
     """A workdir that already holds checkpoints of another model shape is an error, not a
-    silent re-initialisation. Writes `model_config.json` for a new workdir."""
+    silent re-initialisation. Writes nothing: `record_run` does, once the state is restored
+    (the restore checks the params themselves against the config, `model_config.json` or not)."""
     path = os.path.join(workdir, checkpoint.MODEL_CONFIG)
     has_ckpt = checkpoint.latest_step(workdir) is not None
     if os.path.isfile(path) and has_ckpt:
@@ -86,16 +87,18 @@ def check_workdir_model(workdir: str, model_config: MobileBertConfig) -> None:
             raise ValueError(f"workdir {workdir} holds checkpoints of another model "
                              f"({f}={getattr(old, f)!r}, config has {getattr(model_config, f)!r}); "
                              f"use a new --workdir")
-    if jax.process_index() == 0:
-        model_config.to_json(path)
 
 
-def write_config(workdir: str, config) -> None:
+def record_run(workdir: str, config, model_config: MobileBertConfig) -> None:
+    """Writes the run's `config.json` and `model_config.json` (atomically, on process 0): called
+    once the workdir's state is restored or known to be new, so that a start that fails any
+    check leaves the workdir as it was."""
     if jax.process_index() == 0:
         tmp = os.path.join(workdir, "config.json.tmp")
         with open(tmp, "w") as f:
             f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
         os.replace(tmp, os.path.join(workdir, "config.json"))
+        model_config.to_json(os.path.join(workdir, checkpoint.MODEL_CONFIG))
 
 
 def to_host(tree) -> Any:

@@ -21,7 +21,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from mobilebert_jax import files
+from mobilebert_jax import cli, files
 
 FLAGS = flags.FLAGS
 
@@ -123,26 +123,22 @@ def run_sweep(config, workdir: str, learning_rates, num_epochs, seeds) -> list[d
     return rows
 
 
+@cli.guarded
 def main(argv):
     del argv
     from absl import logging
 
-    from mobilebert_jax.train.loop import NonFiniteLoss
+    from mobilebert_jax import config_checks
 
     logging.set_verbosity(logging.WARNING)
     config = FLAGS.config
-    try:
-        lrs = _numbers(FLAGS.learning_rates, float, "learning_rates", config.learning_rate)
-        epochs = _numbers(FLAGS.num_epochs, int, "num_epochs", config.num_epochs)
-        seeds = _numbers(FLAGS.seeds, int, "seeds", config.seed, positive=False)
-        run_sweep(config, os.path.abspath(os.path.expanduser(FLAGS.workdir)), lrs, epochs,
-                  seeds)
-    except (ValueError, FileNotFoundError, FileExistsError, NonFiniteLoss) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    lrs = _numbers(FLAGS.learning_rates, float, "learning_rates", config.learning_rate)
+    epochs = _numbers(FLAGS.num_epochs, int, "num_epochs", config.num_epochs)
+    seeds = _numbers(FLAGS.seeds, int, "seeds", config.seed, positive=False)
+    config_checks.check_config(config)
+    run_sweep(config, os.path.abspath(os.path.expanduser(FLAGS.workdir)), lrs, epochs, seeds)
 
 
 if __name__ == "__main__":
     define_flags()
-    sys.exit(app.run(main))
+    sys.exit(app.run(main, flags_parser=cli.parse_flags))
