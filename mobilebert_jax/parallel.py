@@ -3,11 +3,16 @@ arrays are laid out on devices.
 
 The mesh has three axes, `data`, `fsdp` and `tensor` (any may be 1; -1 takes the devices left).
 Model code names axes logically (`embed`, `mlp`, `qkv`, `vocab`, `batch`, ...); `rules` in the
-config map them to mesh axes. A dimension that a mesh axis does not divide evenly is replicated
-instead (e.g. a 30,522-row vocabulary on a 4-way tensor axis).
+config map them to mesh axes. A logical name may appear in several rules: flax takes the rules in
+order and gives a dimension the first mesh axis its other dimensions have not taken, so every
+weight matrix gets one dimension on `fsdp` and the other on `tensor`. A mesh axis that does not
+divide its dimension evenly moves to another dimension of the array that it divides (a 30,522-row
+vocabulary's tensor axis goes to the 128-wide embedding dimension); when none does, the array is
+replicated along it, and `sharding_report` lists the arrays that end up fully replicated.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Callable, Sequence
 
@@ -24,17 +29,19 @@ BATCH_AXES = ("data", "fsdp")
 DEFAULT_RULES = (
     ("batch", BATCH_AXES),
     ("length", None),
+    ("act_embed", None),
     ("vocab", "tensor"),
-    ("embedding", None),
-    ("embed", "fsdp"),
-    ("embed_out", None),
-    ("inner", None),
     ("qkv", "tensor"),
     ("mlp", "tensor"),
-    ("position", None),
+    ("embed", "fsdp"),
+    ("inner", "fsdp"),
+    ("inner", "tensor"),
+    ("embedding", "fsdp"),
+    ("embedding", "tensor"),
+    ("embed_out", "tensor"),
+    ("position", "tensor"),
     ("token_type", None),
     ("classes", None),
-    ("act_embed", None),
 )
 
 
@@ -76,14 +83,28 @@ def rules_from_config(rules) -> tuple:
     return tuple(out)
 
 
+def _axis_names(axes) -> tuple[str, ...]:
+    return () if axes is None else (axes if isinstance(axes, tuple) else (axes,))
+
+
 def _fit_spec(spec: P, shape: tuple[int, ...], mesh: Mesh) -> P:
-    """Drops mesh axes from dimensions they do not divide evenly."""
-    dims = []
-    for axes, size in zip(tuple(spec) + (None,) * (len(shape) - len(spec)), shape):
-        names = () if axes is None else (axes if isinstance(axes, tuple) else (axes,))
-        ways = math.prod(mesh.shape[n] for n in names)
-        dims.append(axes if ways == 1 or size % ways == 0 else None)
-    return P(*dims)
+    """Drops mesh axes from dimensions they do not divide evenly and moves each to the dimension
+    with the most elements per shard that it still divides; an axis none divides is dropped."""
+    padded = tuple(spec) + (None,) * (len(shape) - len(spec))
+    names = [_axis_names(axes) for axes in padded]
+    ways = [math.prod(mesh.shape[n] for n in dim) for dim in names]
+    dropped = []
+    for i, size in enumerate(shape):
+        if size % ways[i]:
+            dropped += [n for n in names[i] if mesh.shape[n] > 1]
+            names[i], ways[i] = (), 1
+    for n in dropped:
+        fits = [i for i, size in enumerate(shape) if size % (ways[i] * mesh.shape[n]) == 0]
+        if fits:
+            i = max(fits, key=lambda j: shape[j] // ways[j])
+            names[i], ways[i] = names[i] + (n,), ways[i] * mesh.shape[n]
+    return P(*(axes if _axis_names(axes) == dim else (dim[0] if len(dim) == 1 else dim or None)
+               for axes, dim in zip(padded, names)))
 
 
 def logical_shardings(abstract_tree: Any, mesh: Mesh, rules) -> Any:
@@ -98,6 +119,49 @@ def logical_shardings(abstract_tree: Any, mesh: Mesh, rules) -> Any:
 
     return jax.tree_util.tree_map(to_sharding, specs, shapes,
                                   is_leaf=lambda x: isinstance(x, P))
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardingReport:
+    """Where the bytes of a tree of arrays lie: in all, on each device, and the arrays that no
+    mesh axis splits, as (name, shape, bytes)."""
+
+    total_bytes: int
+    per_device_bytes: int
+    replicated: tuple[tuple[str, tuple[int, ...], int], ...]
+
+    @property
+    def replicated_bytes(self) -> int:
+        return sum(nbytes for _, _, nbytes in self.replicated)
+
+    @property
+    def sharded_fraction(self) -> float:
+        return 1.0 - self.replicated_bytes / self.total_bytes if self.total_bytes else 1.0
+
+    def summary(self, what: str = "parameter") -> str:
+        mib = 2 ** 20
+        return (f"{self.sharded_fraction:.1%} of {what} bytes sharded "
+                f"({self.per_device_bytes / mib:.1f} of {self.total_bytes / mib:.1f} MiB per "
+                f"device); replicated: {len(self.replicated)} tensors, "
+                f"{self.replicated_bytes / mib:.2f} MiB")
+
+
+def sharding_report(tree: Any, shardings: Any) -> ShardingReport:
+    """The layout of `tree` (arrays or `jax.ShapeDtypeStruct`s, unboxed) under `shardings`
+    (NamedShardings, on a concrete or abstract mesh)."""
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    total = per_device = 0
+    replicated = []
+    for (path, leaf), sharding in zip(leaves, treedef.flatten_up_to(shardings)):
+        nbytes = math.prod(leaf.shape) * np.dtype(leaf.dtype).itemsize
+        ways = math.prod(sharding.mesh.shape[n] for axes in sharding.spec
+                         for n in _axis_names(axes))
+        total += nbytes
+        per_device += nbytes // ways
+        if ways == 1:
+            name = jax.tree_util.keystr(path, simple=True, separator="/")
+            replicated.append((name, tuple(leaf.shape), nbytes))
+    return ShardingReport(total, per_device, tuple(replicated))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -133,6 +133,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
                                               info.seq_len, mesh, rules)
     log(f"teacher: {sum(x.size for x in jax.tree_util.tree_leaves(teacher_params)):,} "
         f"parameters from {config.teacher_checkpoint}")
+    log(f"teacher sharding: {parallel.sharding_report(teacher_params, teacher_sh).summary()}")
 
     # -- student state ---------------------------------------------------------------------------
     ckpt = checkpoint.TrainCheckpointer(workdir, config.keep_checkpoints,
@@ -146,6 +147,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         optimizers.tx(start_stage.phase), config.seed, mesh, rules,
         extra={"stage": jnp.asarray(start_stage.index, jnp.int32)})
     log(f"student: {sum(x.size for x in jax.tree_util.tree_leaves(state.params)):,} parameters")
+    log(f"student sharding: {parallel.sharding_report(state.params, shardings.params).summary()}")
 
     # -- checkpoints -----------------------------------------------------------------------------
     state, host_state = state_lib.restore_state(ckpt, state, shardings)

@@ -124,8 +124,9 @@ def compile_step(step_fn, args, name: str):
     if mem is not None:
         gib = 1 / 2 ** 30
         log(f"{name}: compiled in {seconds:.1f}s; per-device memory: arguments "
-            f"{mem.argument_size_in_bytes * gib:.3f} GiB, outputs {mem.output_size_in_bytes * gib:.3f} "
-            f"GiB, temporaries {mem.temp_size_in_bytes * gib:.3f} GiB, generated code "
+            f"{mem.argument_size_in_bytes * gib:.3f} GiB, outputs "
+            f"{mem.output_size_in_bytes * gib:.3f} GiB, temporaries "
+            f"{mem.temp_size_in_bytes * gib:.3f} GiB, generated code "
             f"{mem.generated_code_size_in_bytes * gib:.3f} GiB")
     else:
         log(f"{name}: compiled in {seconds:.1f}s")
@@ -180,6 +181,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         lambda: model.init(jax.random.PRNGKey(config.seed), ids)["params"])
     state, shardings = state_lib.create_sharded_state(init_params, tx, config.seed, mesh, rules)
     log(f"model: {sum(x.size for x in jax.tree_util.tree_leaves(state.params)):,} parameters")
+    log(f"sharding: {parallel.sharding_report(state.params, shardings.params).summary()}")
 
     # -- checkpoints -----------------------------------------------------------------------------
     ckpt = checkpoint.TrainCheckpointer(workdir, config.keep_checkpoints,
