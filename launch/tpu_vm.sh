@@ -1,32 +1,43 @@
 #!/usr/bin/env bash
-# Cloud TPU VM lifecycle for teacher pretraining: create, install, run on all workers, logs, delete.
+# Cloud TPU VM lifecycle for teacher pretraining, everything in one bucket:
 #
-#   launch/tpu_vm.sh create             # a TPU VM (multi-host for pods)
-#   launch/tpu_vm.sh install            # this repo + its dependencies on every worker
-#   launch/tpu_vm.sh prepare            # the pretraining dataset on every worker's disk
-#   launch/tpu_vm.sh run                # configs/teacher.py on all workers, workdir on GCS
-#   launch/tpu_vm.sh logs               # stream worker 0's log
-#   launch/tpu_vm.sh stop | delete      # stop the run / delete the VM
+#   launch/tpu_vm.sh create    # request the TPU VM through a queued resource (spot/reserved/...)
+#   launch/tpu_vm.sh wait      # until the queued resource is ACTIVE
+#   launch/tpu_vm.sh install   # this repo + its dependencies on every worker
+#   launch/tpu_vm.sh prepare   # the pretraining dataset, once, into $BUCKET (worker 0 only)
+#   launch/tpu_vm.sh run       # configs/teacher.py on all workers: one workdir, one dataset
+#   launch/tpu_vm.sh logs      # stream worker 0's log
+#   launch/tpu_vm.sh stop      # SIGTERM: every worker saves the same step and exits
+#   launch/tpu_vm.sh delete    # delete the queued resource and its TPU VM
 #
-# Settings (environment): TPU_NAME, ZONE, ACCELERATOR (e.g. v4-32, v5p-256, v3-256),
-# RUNTIME (TPU software version), PROJECT, BUCKET (gs://...), CONFIG, EXTRA_ARGS,
-# REPO_URL (where the workers clone this repository from) and REPO_REF.
+# Settings (environment): BUCKET (gs://..., required: holds the dataset, the workdir with its
+# checkpoints, metrics.jsonl and TensorBoard events), TPU_NAME, ZONE, ACCELERATOR (v4-32, v4-64,
+# v5p-256, v3-256, ...), RUNTIME (TPU software version), PROJECT, PROVISIONING (spot | reserved |
+# on-demand), CONFIG, CORPUS, DATASET_DIR, RUN_NAME, EXTRA_ARGS, REPO_URL and REPO_REF.
+# A spot VM that is preempted is recreated with `create` + `wait` + `install` + `run`: the run
+# resumes from the newest checkpoint in $BUCKET (on any host count).
 set -euo pipefail
 
 TPU_NAME=${TPU_NAME:-mobilebert-teacher}
+QUEUED_RESOURCE=${QUEUED_RESOURCE:-$TPU_NAME-qr}
 ZONE=${ZONE:-us-central2-b}
 ACCELERATOR=${ACCELERATOR:-v4-32}
 RUNTIME=${RUNTIME:-tpu-ubuntu2204-base}
 PROJECT=${PROJECT:-$(gcloud config get-value project 2>/dev/null)}
+PROVISIONING=${PROVISIONING:-spot}
 BUCKET=${BUCKET:?set BUCKET=gs://your-bucket}
+BUCKET=${BUCKET%/}
 CONFIG=${CONFIG:-configs/teacher.py}
+CORPUS=${CORPUS:-tfds:wikipedia/20230601.en}
 REPO_URL=${REPO_URL:?set REPO_URL to a git URL of this repository}
 REPO_REF=${REPO_REF:-main}
 RUN_NAME=${RUN_NAME:-teacher}
 WORKDIR=${WORKDIR:-$BUCKET/runs/$RUN_NAME}
-# Preparation is deterministic (same seed, same bytes), so each worker prepares its own copy.
-DATASET_DIR=${DATASET_DIR:-/home/\$USER/data/wikipedia_seq128}
+# One dataset for the whole pod, prepared once; every host reads it from the bucket.
+DATASET_DIR=${DATASET_DIR:-$BUCKET/data/wikipedia_seq128}
 EXTRA_ARGS=${EXTRA_ARGS:-}
+
+case "$BUCKET" in gs://*) ;; *) echo "error: BUCKET=$BUCKET: must be a gs:// URI" >&2; exit 1;; esac
 
 ssh_all() {
   gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" --project="$PROJECT" \
@@ -36,40 +47,63 @@ ssh_0() {
   gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" --project="$PROJECT" \
     --worker=0 --command="$1"
 }
+qr() {
+  gcloud compute tpus queued-resources "$@" --zone="$ZONE" --project="$PROJECT"
+}
 
 case "${1:-}" in
   create)
-    gcloud compute tpus tpu-vm create "$TPU_NAME" --zone="$ZONE" --project="$PROJECT" \
-      --accelerator-type="$ACCELERATOR" --version="$RUNTIME"
+    case "$PROVISIONING" in
+      spot) mode=(--spot);;
+      reserved) mode=(--reserved);;
+      on-demand) mode=();;
+      *) echo "error: PROVISIONING=$PROVISIONING: expected spot, reserved or on-demand" >&2
+         exit 1;;
+    esac
+    qr create "$QUEUED_RESOURCE" --node-id="$TPU_NAME" --accelerator-type="$ACCELERATOR" \
+      --runtime-version="$RUNTIME" "${mode[@]}"
+    ;;
+  wait)
+    while true; do
+      state=$(qr describe "$QUEUED_RESOURCE" --format='value(state.state)')
+      echo "$(date -u +%H:%M:%S) $QUEUED_RESOURCE: $state"
+      case "$state" in
+        ACTIVE) break;;
+        FAILED|SUSPENDED) echo "error: queued resource $QUEUED_RESOURCE is $state" >&2; exit 1;;
+      esac
+      sleep 60
+    done
     ;;
   install)
     ssh_all "set -e; sudo apt-get -qq update && sudo apt-get -qq install -y python3.11 python3.11-venv git;
       python3.11 -m venv ~/venv && source ~/venv/bin/activate;
       rm -rf ~/mobilebert_jax && git clone -q $REPO_URL ~/mobilebert_jax && cd ~/mobilebert_jax && git checkout -q $REPO_REF;
-      pip install -q -U pip && pip install -q -e . && pip install -q -U 'jax[tpu]>=0.10'"
+      pip install -q -U pip && pip install -q -c .ci/constraints.txt -e . && pip install -q -U 'jax[tpu]>=0.10'"
     ;;
   prepare)
-    ssh_all "source ~/venv/bin/activate && cd ~/mobilebert_jax &&
-      python -m mobilebert_jax.data.prepare --corpus=tfds:wikipedia/20230601.en \
-        --tokenizer=bert-base-uncased --seq_len=128 --out=$DATASET_DIR"
+    # Once, on worker 0, into the bucket (written locally, uploaded with its metadata last:
+    # the trainer never takes a half-uploaded dataset for a complete one).
+    ssh_0 "source ~/venv/bin/activate && cd ~/mobilebert_jax &&
+      python -m mobilebert_jax.data.prepare --corpus=$CORPUS --tokenizer=bert-base-uncased \
+        --seq_len=128 --max_predictions_per_seq=20 --dupe_factor=5 --seed=0 --out=$DATASET_DIR"
     ;;
   run)
-    # Every worker runs the same command; jax.distributed.initialize() discovers the pod.
+    # Every worker runs the same command on the same workdir and dataset;
+    # jax.distributed.initialize() discovers the pod.
     ssh_all "source ~/venv/bin/activate && cd ~/mobilebert_jax &&
       nohup python -m mobilebert_jax.main --config=$CONFIG --workdir=$WORKDIR \
-        --config.data.dataset_dir=$DATASET_DIR $EXTRA_ARGS > ~/run.log 2>&1 &"
+        --config.data.dataset_dir=$DATASET_DIR --config.data.corpus= $EXTRA_ARGS > ~/run.log 2>&1 &"
     ;;
   logs)
     ssh_0 "tail -f ~/run.log"
     ;;
   stop)
-    # SIGTERM: every worker saves a checkpoint at the current step and exits.
     ssh_all "pkill -TERM -f mobilebert_jax.main || true"
     ;;
   delete)
-    gcloud compute tpus tpu-vm delete "$TPU_NAME" --zone="$ZONE" --project="$PROJECT" --quiet
+    qr delete "$QUEUED_RESOURCE" --force --quiet
     ;;
   *)
-    sed -n '2,14p' "$0"; exit 1
+    sed -n '2,18p' "$0"; exit 1
     ;;
 esac

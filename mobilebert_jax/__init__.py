@@ -6,6 +6,9 @@ import os as _os
 # start-up chatter off the terminal unless the user asks for it.
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 _os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+# Cloud-storage paths (gs://...) go through etils.epath's fsspec backend (gcsfs), for orbax, TFDS
+# and this package alike (see files.py), not through TensorFlow's own GCS client.
+_os.environ.setdefault("EPATH_USE_TF", "false")
 
 __version__ = "0.1.0"
 

@@ -15,14 +15,13 @@ visible is whole; an interrupted save leaves the previous step untouched. `Train
 """
 from __future__ import annotations
 
-import os
-import shutil
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from mobilebert_jax import files
 from mobilebert_jax.metrics.writers import log
 from mobilebert_jax.models.config import MobileBertConfig
 
@@ -39,7 +38,7 @@ def manager(directory: str, item_names=("params",), max_to_keep: int | None = 3,
         max_to_keep=max_to_keep, enable_async_checkpointing=async_save,
         save_interval_steps=save_interval_steps, create=not read_only, read_only=read_only,
         cleanup_tmp_directories=not read_only)
-    return ocp.CheckpointManager(os.path.abspath(os.path.join(directory, CHECKPOINTS)),
+    return ocp.CheckpointManager(files.join(files.resolve(directory), CHECKPOINTS),
                                  options=options,
                                  item_handlers={name: ocp.StandardCheckpointHandler()
                                                 for name in item_names})
@@ -48,8 +47,8 @@ def manager(directory: str, item_names=("params",), max_to_keep: int | None = 3,
 def tokenizer_file(directory: str) -> str | None:
     """The tokenizer file stored beside the params, if any."""
     for name in TOKENIZER_FILES:
-        path = os.path.join(directory, name)
-        if os.path.isfile(path):
+        path = files.join(directory, name)
+        if files.isfile(path):
             return path
     return None
 
@@ -58,34 +57,34 @@ def save_pretrained(directory: str, config: MobileBertConfig, params: Any, step:
                     tokenizer_path: str | None = None) -> str:
     """Writes `params` (and the config, and optionally the tokenizer file) as a project
     checkpoint directory. Refuses to write into a directory that already holds one."""
-    if os.path.exists(os.path.join(directory, CHECKPOINTS)):
+    if files.exists(files.join(directory, CHECKPOINTS)):
         raise FileExistsError(f"{directory} already holds a checkpoint; choose a new --out")
-    if tokenizer_path and not os.path.isfile(tokenizer_path):  # checked before writing anything
+    if tokenizer_path and not files.isfile(tokenizer_path):  # checked before writing anything
         raise FileNotFoundError(f"tokenizer file not found: {tokenizer_path}")
-    os.makedirs(directory, exist_ok=True)
+    files.makedirs(directory)
     params = jax.tree_util.tree_map(np.asarray, params)
     with manager(directory, async_save=False) as mngr:
         mngr.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params)))
         mngr.wait_until_finished()
     if tokenizer_path:
         name = "spm.model" if tokenizer_path.endswith(".model") else "vocab.txt"
-        shutil.copyfile(tokenizer_path, os.path.join(directory, name))
-    config.to_json(os.path.join(directory, MODEL_CONFIG))
+        files.copy_file(tokenizer_path, files.join(directory, name))
+    config.to_json(files.join(directory, MODEL_CONFIG))
     return directory
 
 
 def load_config(directory: str) -> MobileBertConfig:
-    if not os.path.isdir(directory):
+    if not files.isdir(directory):
         raise FileNotFoundError(f"checkpoint directory not found: {directory}")
-    path = os.path.join(directory, MODEL_CONFIG)
-    if not os.path.isfile(path):
+    path = files.join(directory, MODEL_CONFIG)
+    if not files.isfile(path):
         raise FileNotFoundError(f"{directory} is not a project checkpoint directory "
                                 f"(no {MODEL_CONFIG})")
     return MobileBertConfig.from_json_file(path)
 
 
 def latest_step(directory: str) -> int | None:
-    if not os.path.isdir(os.path.join(directory, CHECKPOINTS)):
+    if not files.isdir(files.join(directory, CHECKPOINTS)):
         return None
     with manager(directory, read_only=True) as mngr:
         return mngr.latest_step()
@@ -194,7 +193,7 @@ class TrainCheckpointer:
         if int(keep) < 1:
             raise ValueError(f"keep_checkpoints={keep} must be >= 1 (orbax would delete every "
                              "checkpoint)")
-        self.directory = os.path.join(os.path.abspath(directory), subdir)
+        self.directory = files.join(files.resolve(directory), subdir)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=int(keep), enable_async_checkpointing=async_save, create=True,
             cleanup_tmp_directories=True)
@@ -272,7 +271,7 @@ class BestCheckpointer:
         options = ocp.CheckpointManagerOptions(
             max_to_keep=int(keep), best_fn=lambda m: float(m[metric]), best_mode="max",
             enable_async_checkpointing=False, create=True, cleanup_tmp_directories=True)
-        self._mngr = ocp.CheckpointManager(os.path.join(os.path.abspath(directory), CHECKPOINTS),
+        self._mngr = ocp.CheckpointManager(files.join(files.resolve(directory), CHECKPOINTS),
                                            options=options, item_names=("params",))
 
     def save(self, step: int, params, metrics: dict) -> None:

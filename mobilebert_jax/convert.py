@@ -16,6 +16,7 @@ import json
 import os
 import re
 import sys
+import shutil
 import tempfile
 from typing import Any
 
@@ -110,21 +111,21 @@ def _assemble(config: MobileBertConfig, lookup, source: str) -> dict:
 
 # -- HF ---------------------------------------------------------------------------------------------
 def read_hf_state_dict(hf_dir: str) -> dict[str, np.ndarray]:
-    st = os.path.join(hf_dir, "model.safetensors")
-    pt = os.path.join(hf_dir, "pytorch_model.bin")
-    if os.path.isfile(st):
+    st = files.join(hf_dir, "model.safetensors")
+    pt = files.join(hf_dir, "pytorch_model.bin")
+    if files.isfile(st):
         from safetensors import SafetensorError
         from safetensors.numpy import load_file
         try:
-            return dict(load_file(st))
+            return dict(load_file(files.local_copy(st)))
         except SafetensorError as e:
             raise ValueError(f"{st}: not a readable safetensors file ({e})") from None
-    if os.path.isfile(pt):
+    if files.isfile(pt):
         import pickle
 
         import torch
         try:  # weights only: a pickle that would run code is refused
-            state = torch.load(pt, map_location="cpu", weights_only=True)
+            state = torch.load(files.local_copy(pt), map_location="cpu", weights_only=True)
         except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
             found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
             why = (f"it pickles {found[1]}, not only tensors" if found
@@ -142,10 +143,11 @@ def _hf_prefix(state: dict[str, np.ndarray], model_type: str) -> str:
 
 def import_hf(hf_dir: str) -> tuple[MobileBertConfig, dict]:
     """(config, params) from a HuggingFace MobileBERT or BERT directory."""
-    if not os.path.isdir(hf_dir):
+    hf_dir = files.resolve(hf_dir)
+    if not files.isdir(hf_dir):
         raise FileNotFoundError(f"HF directory not found: {hf_dir}")
-    raw = checkpoint_json(os.path.join(hf_dir, "config.json"))
-    config = config_lib.from_hf_config(raw, os.path.join(hf_dir, "config.json"))
+    raw = checkpoint_json(files.join(hf_dir, "config.json"))
+    config = config_lib.from_hf_config(raw, files.join(hf_dir, "config.json"))
     state = read_hf_state_dict(hf_dir)
     model_type = raw["model_type"]
     prefix = _hf_prefix(state, model_type)
@@ -173,7 +175,8 @@ def export_hf(config: MobileBertConfig, params: dict, out_dir: str,
     (MobileBertForPreTraining, or BertModel for plain BERT configs)."""
     from safetensors.numpy import save_file
 
-    if os.path.exists(out_dir) and os.listdir(out_dir):
+    out_dir = files.resolve(out_dir)
+    if files.listdir(out_dir):
         raise FileExistsError(f"{out_dir} exists and is not empty; choose a new --out")
     hf_config = config_lib.to_hf_config(config)
     plain_bert = hf_config["model_type"] == "bert"
@@ -187,18 +190,26 @@ def export_hf(config: MobileBertConfig, params: dict, out_dir: str,
         state[key] = np.ascontiguousarray(value.T if transpose else value, dtype=np.float32)
     if "cls.predictions.bias" in state:
         state["cls.predictions.decoder.bias"] = state["cls.predictions.bias"]
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
+    # Written in a local directory, then renamed into place (or uploaded, config.json last).
+    remote = files.is_remote(out_dir)
+    parent = None if remote else os.path.dirname(out_dir)
+    if parent:
+        os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".hf_export_", dir=parent)
-    save_file(state, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
-    with open(os.path.join(tmp, "config.json"), "w") as f:
-        json.dump(hf_config, f, indent=2, sort_keys=True)
-    if tokenizer_path and tokenizer_path.endswith("vocab.txt"):
-        import shutil
-        shutil.copyfile(tokenizer_path, os.path.join(tmp, "vocab.txt"))
-    if os.path.isdir(out_dir):
-        os.rmdir(out_dir)
-    os.replace(tmp, out_dir)
+    try:
+        save_file(state, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+        with open(os.path.join(tmp, "config.json"), "w") as f:
+            json.dump(hf_config, f, indent=2, sort_keys=True)
+        if tokenizer_path and tokenizer_path.endswith("vocab.txt"):
+            files.copy_file(tokenizer_path, os.path.join(tmp, "vocab.txt"))
+        if remote:
+            files.copy_tree(tmp, out_dir, last=["config.json"])
+        else:
+            if os.path.isdir(out_dir):
+                os.rmdir(out_dir)
+            os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 
@@ -266,7 +277,7 @@ def main(argv=None) -> int:
         else:
             if FLAGS["from"].value == "hf":
                 config, params = import_hf(src)
-                tok = FLAGS.tokenizer or _existing(os.path.join(src, "vocab.txt"))
+                tok = FLAGS.tokenizer or _existing(files.join(src, "vocab.txt"))
             else:
                 if not FLAGS.config:
                     raise ValueError("--from=tf1 needs --config=JSON (the official config)")
@@ -280,7 +291,7 @@ def main(argv=None) -> int:
 
 
 def _existing(path: str) -> str | None:
-    return path if os.path.isfile(path) else None
+    return path if files.isfile(path) else None
 
 
 if __name__ == "__main__":

@@ -442,22 +442,6 @@ def op_names(model: bytes | str) -> set[str]:
     return {op["op_name"] for op in interp._get_ops_details()}
 
 
-def write_atomic(data: bytes, path: str) -> str:
-    """Writes `data` to `path` through a temporary file renamed into place."""
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"output directory does not exist: {directory}")
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
-
-
 # -- checkpoint → file ---------------------------------------------------------------------------
 def default_options(config: MobileBertConfig, quantize: str,
                     float_ops: Iterable[str] | None = None,
@@ -485,9 +469,11 @@ def export_checkpoint(checkpoint_dir: str, out: str, quantize: str = "none", seq
         raise ValueError(f"unknown quantize mode {quantize!r}; expected one of {QUANTIZE_MODES}")
     if not 1 <= seq_len <= 512:
         raise ValueError(f"seq_len must be in [1, 512], got {seq_len}")
-    if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
-        raise FileNotFoundError(f"output directory does not exist: "
-                                f"{os.path.dirname(os.path.abspath(out))}")
+    out = files.resolve(out)
+    if files.is_remote(out):
+        files.check_can_create(out)
+    elif not os.path.isdir(os.path.dirname(out)):
+        raise FileNotFoundError(f"output directory does not exist: {os.path.dirname(out)}")
     config, params = checkpoint.load_pretrained(checkpoint_dir)
     representative = None
     if quantize == "int8":
@@ -502,7 +488,7 @@ def export_checkpoint(checkpoint_dir: str, out: str, quantize: str = "none", seq
     float_ops, export_mask_mode = default_options(config, quantize, float_ops, export_mask_mode)
     data = to_tflite(config, params, seq_len, quantize, representative, float_ops=float_ops,
                      export_mask_mode=export_mask_mode)
-    write_atomic(data, out)
+    files.write_bytes(out, data)
     return {"out": out, "bytes": len(data), "task": task_of(params),
             "outputs": output_names(params), "quantize": quantize, "seq_len": seq_len,
             "mask_mode": export_mask_mode or config.attention_mask_mode,

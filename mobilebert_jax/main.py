@@ -13,7 +13,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from mobilebert_jax import cli
+from mobilebert_jax import cli, files
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
@@ -79,8 +79,8 @@ def main(argv):
                          f"{', '.join(TRAINERS)}")
     config_checks.check_config(config)
     initialize_distributed()
-    workdir = os.path.abspath(os.path.expanduser(FLAGS.workdir))
-    os.makedirs(workdir, exist_ok=True)
+    workdir = files.resolve(FLAGS.workdir)
+    files.makedirs(workdir)
     module = importlib.import_module(TRAINERS[trainer])
     module.train_and_evaluate(config, workdir)
 

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pathlib
-import tempfile
 from typing import Any, Iterable, Sequence
 
 import numpy as np
+
+from mobilebert_jax import files
 
 _BINARY = ("0", "1")
 _NLI3 = ("contradiction", "entailment", "neutral")
@@ -177,19 +177,18 @@ def _column_index(columns: Sequence[str], name: str, path: os.PathLike | str,
     return list(columns).index(name)
 
 
-def _tsv_rows(path: pathlib.Path):
+def _tsv_rows(path: str):
     """Yields (line number, fields) for each non-empty line, split on tabs only (a lone
     "\\r" is text); a line that is not UTF-8 is an error naming the file and the line."""
-    with open(path, "rb") as f:
-        for line_number, raw in enumerate(f, start=1):
-            try:
-                line = raw.decode("utf-8-sig" if line_number == 1 else "utf-8")
-            except UnicodeDecodeError as e:
-                raise ValueError(f"{path}:{line_number}: not UTF-8 text (byte {e.start}: "
-                                 f"{raw[e.start:e.start + 1]!r})") from None
-            line = line.rstrip("\r\n")
-            if line:
-                yield line_number, line.split("\t")
+    for line_number, raw in enumerate(files.read_bytes(path).split(b"\n"), start=1):
+        try:
+            line = raw.decode("utf-8-sig" if line_number == 1 else "utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}:{line_number}: not UTF-8 text (byte {e.start}: "
+                             f"{raw[e.start:e.start + 1]!r})") from None
+        line = line.rstrip("\r")
+        if line:
+            yield line_number, line.split("\t")
 
 
 def read_glue_tsv(path: os.PathLike | str, task: str | GlueTask,
@@ -202,11 +201,11 @@ def read_glue_tsv(path: os.PathLike | str, task: str | GlueTask,
     the wrong number of fields, a missing column or a label outside the task's label set.
     """
     task = get_task(task)
-    path = pathlib.Path(path)
+    path = files.resolve(path)
     if split not in task.splits:
         raise ValueError(f"task {task.name} has no split {split!r} "
                          f"(expected one of {', '.join(task.splits)})")
-    if not path.is_file():
+    if not files.isfile(path):
         raise FileNotFoundError(f"GLUE file not found: {path}")
     rows = list(_tsv_rows(path))
     if not rows:
@@ -295,12 +294,13 @@ def load_glue(task: str | GlueTask, data_dir: os.PathLike | str,
     task = get_task(task)
     if str(data_dir) == "tfds":
         return load_glue_tfds(task, split)
-    root = pathlib.Path(data_dir)
-    for candidate in (root / f"{split}.tsv", root / task.dir_name / f"{split}.tsv"):
-        if candidate.is_file():
+    root = files.resolve(data_dir)
+    for candidate in (files.join(root, f"{split}.tsv"),
+                      files.join(root, task.dir_name, f"{split}.tsv")):
+        if files.isfile(candidate):
             return read_glue_tsv(candidate, task, split)
     raise FileNotFoundError(f"no {split}.tsv for task {task.name} in {root} "
-                            f"or {root / task.dir_name}")
+                            f"or {files.join(root, task.dir_name)}")
 
 
 def truncate_pair_lengths(len_a: int, len_b: int, max_tokens: int) -> tuple[int, int]:
@@ -375,22 +375,9 @@ def prediction_names(task: str | GlueTask, predictions: Iterable[Any]) -> list[s
     return [task.labels[task.label_id(v)] for v in values.tolist()]
 
 
-def _atomic_write_text(path: pathlib.Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def write_glue_submission(task: str | GlueTask, predictions: Sequence[Any],
                           out_dir: os.PathLike | str, split: str | None = None,
-                          indices: Sequence[str] | None = None) -> pathlib.Path:
+                          indices: Sequence[str] | None = None):
     """Writes the test-set predictions file the GLUE server expects (e.g. `MRPC.tsv`).
 
     Rows are `index<TAB>prediction` under an `index\\tprediction` header; predictions are label
@@ -398,15 +385,16 @@ def write_glue_submission(task: str | GlueTask, predictions: Sequence[Any],
     `split` picks MNLI's test_matched / test_mismatched file. Returns the written path.
     """
     task = get_task(task)
-    path = pathlib.Path(out_dir) / task.submission_file(split)
+    files.makedirs(out_dir)
+    path = files.join(files.resolve(out_dir), task.submission_file(split))
     names = prediction_names(task, predictions)
     if indices is None:
         indices = [str(i) for i in range(len(names))]
     if len(indices) != len(names):
         raise ValueError(f"{len(names)} predictions but {len(indices)} indices")
     lines = ["index\tprediction"] + [f"{i}\t{p}" for i, p in zip(indices, names)]
-    _atomic_write_text(path, "\n".join(lines) + "\n")
-    return path
+    files.write_text(path, "\n".join(lines) + "\n")
+    return files.epath_of(path)
 
 
 def read_glue_predictions(path: os.PathLike | str, task: str | GlueTask,
@@ -419,8 +407,8 @@ def read_glue_predictions(path: os.PathLike | str, task: str | GlueTask,
     or label ids (or numbers for STS-B).
     """
     task = get_task(task)
-    path = pathlib.Path(path)
-    if not path.is_file():
+    path = files.resolve(path)
+    if not files.isfile(path):
         raise FileNotFoundError(f"predictions file not found: {path}")
     rows = list(_tsv_rows(path))
     if not rows:

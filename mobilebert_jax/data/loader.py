@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
+import io
 from typing import Any
 
 import grain
 import numpy as np
 
+from mobilebert_jax import files
 from mobilebert_jax.data import prepare
 from mobilebert_jax.data import pretraining
 
@@ -50,16 +51,15 @@ class PretrainingDatasetInfo:
 
 def load_dataset_info(data_dir: str) -> PretrainingDatasetInfo:
     """Reads a prepared dataset's metadata; clear errors for a missing or corrupt directory."""
-    data_dir = os.path.abspath(os.path.expanduser(str(data_dir)))
-    if not os.path.isdir(data_dir):
+    data_dir = files.resolve(data_dir)
+    if not files.isdir(data_dir):
         raise FileNotFoundError(f"pretraining data directory {data_dir} does not exist")
-    meta_path = os.path.join(data_dir, prepare.META_FILE)
-    if not os.path.isfile(meta_path):
+    meta_path = files.join(data_dir, prepare.META_FILE)
+    if not files.isfile(meta_path):
         raise ValueError(f"{data_dir} is not a prepared pretraining dataset (no "
                          f"{prepare.META_FILE}; run python -m mobilebert_jax.data.prepare)")
     try:
-        with open(meta_path, encoding="utf-8") as f:
-            meta = json.load(f)
+        meta = json.loads(files.read_bytes(meta_path))
         settings = meta["settings"]
         info = PretrainingDatasetInfo(
             data_dir=data_dir, seq_len=int(settings["seq_len"]),
@@ -74,7 +74,7 @@ def load_dataset_info(data_dir: str) -> PretrainingDatasetInfo:
     if settings.get("format_version") != prepare.FORMAT_VERSION:
         raise ValueError(f"{data_dir} was prepared in format {settings.get('format_version')}, "
                          f"this code reads format {prepare.FORMAT_VERSION}; prepare it again")
-    if not os.path.isfile(os.path.join(prepare.tfds_dir(data_dir), "dataset_info.json")):
+    if not files.isfile(files.join(prepare.tfds_dir(data_dir), "dataset_info.json")):
         raise ValueError(f"corrupt pretraining dataset {data_dir}: TFDS files missing under "
                          f"{prepare.tfds_dir(data_dir)}")
     return info
@@ -91,9 +91,9 @@ def check_vocab_size(info: PretrainingDatasetInfo, vocab_size: int) -> None:
 def masking_config(info: PretrainingDatasetInfo,
                    whole_word_masking: bool | None = None) -> pretraining.MaskingConfig:
     """The masking config of a prepared dataset (its vocabulary arrays and shapes)."""
-    path = os.path.join(info.data_dir, prepare.VOCAB_ARRAYS_FILE)
+    path = files.join(info.data_dir, prepare.VOCAB_ARRAYS_FILE)
     try:
-        with np.load(path) as arrays:
+        with np.load(io.BytesIO(files.read_bytes(path))) as arrays:
             replacement_ids = arrays["replacement_ids"].astype(np.int32)
             continuation_mask = arrays["continuation_mask"].astype(bool)
     except (OSError, KeyError, ValueError) as e:

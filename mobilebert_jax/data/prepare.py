@@ -46,7 +46,7 @@ _ENCODE_CHUNK = 8192
 
 def tfds_dir(data_dir: str) -> str:
     """The TFDS builder directory inside a prepared dataset directory."""
-    return os.path.join(data_dir, DATASET_NAME, DATASET_VERSION)
+    return files.join(data_dir, DATASET_NAME, DATASET_VERSION)
 
 
 def _features(static_masking: bool):
@@ -115,15 +115,14 @@ def _check_settings(seq_len, max_predictions_per_seq, dupe_factor, short_seq_pro
 
 def read_meta(data_dir: str) -> dict[str, Any] | None:
     """The metadata of a complete prepared dataset in `data_dir`, or None if there is none."""
-    path = os.path.join(data_dir, META_FILE)
-    if not os.path.isfile(path):
+    path = files.join(data_dir, META_FILE)
+    if not files.isfile(path):
         return None
     try:
-        with open(path, encoding="utf-8") as f:
-            meta = json.load(f)
-    except (OSError, json.JSONDecodeError):
+        meta = json.loads(files.read_bytes(path))
+    except (OSError, ValueError):
         return None
-    if not os.path.isfile(os.path.join(tfds_dir(data_dir), "dataset_info.json")):
+    if not files.isfile(files.join(tfds_dir(data_dir), "dataset_info.json")):
         return None
     return meta
 
@@ -167,7 +166,15 @@ def _write(tmp_dir: str, tokenizer, splits: dict, static_cfg, seed: int,
 
 
 def _install(tmp_dir: str, out_dir: str) -> None:
-    """Moves the finished `tmp_dir` to `out_dir`, replacing what was there."""
+    """Moves the finished local `tmp_dir` to `out_dir`, replacing what was there; to a URI, the
+    old dataset's metadata goes first and the new one's last, so that a reader never takes a
+    half-uploaded dataset for a complete one."""
+    if files.is_remote(out_dir):
+        if files.exists(files.join(out_dir, META_FILE)):
+            files.remove_tree(files.join(out_dir, META_FILE))
+        files.remove_tree(out_dir)
+        files.copy_tree(tmp_dir, out_dir, last=[META_FILE])
+        return
     old = None
     if os.path.lexists(out_dir):
         old = f"{out_dir}.old-{os.getpid()}"
@@ -203,16 +210,16 @@ def prepare_dataset(corpus_spec: str, tokenizer_path: str, out_dir: str, seq_len
         "short_seq_prob": short_seq_prob, "masked_lm_prob": masked_lm_prob, "seed": seed,
         "eval_fraction": eval_fraction, "static_masking": static_masking,
         "whole_word_masking": whole_word_masking, "lower_case": lower_case}
-    out_dir = os.path.abspath(os.path.expanduser(out_dir))
+    out_dir = files.resolve(out_dir)
     files.check_can_create(out_dir)
-    if os.path.isdir(out_dir) and os.listdir(out_dir):
+    if files.listdir(out_dir):
         existing = read_meta(out_dir)
         if reuse and existing is not None and existing.get("settings") == settings:
             return out_dir
         if not overwrite:
             raise FileExistsError(f"output directory {out_dir} is not empty (pass --overwrite "
                                   "to replace it)")
-    elif os.path.exists(out_dir) and not os.path.isdir(out_dir):
+    elif files.exists(out_dir) and not files.isdir(out_dir):
         raise FileExistsError(f"output path {out_dir} exists and is not a directory")
 
     start = time.perf_counter()
@@ -256,9 +263,12 @@ def prepare_dataset(corpus_spec: str, tokenizer_path: str, out_dir: str, seq_len
         "next_sentence_random_fraction": float(np.mean(
             [p.next_sentence_label for p in splits[TRAIN_SPLIT]])),
     }
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
+    # Written in a local directory (beside the output when local: one rename installs it; else a
+    # temporary one, uploaded with the metadata last, as ArrayRecord files are written locally).
+    parent = None if files.is_remote(out_dir) else os.path.dirname(out_dir)
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    tmp_dir = tempfile.mkdtemp(prefix=f".{files.basename(out_dir)}.tmp-", dir=parent)
     os.chmod(tmp_dir, 0o755)
     try:
         _write(tmp_dir, tokenizer, splits, static_cfg, seed, progress)
@@ -267,9 +277,8 @@ def prepare_dataset(corpus_spec: str, tokenizer_path: str, out_dir: str, seq_len
         with open(os.path.join(tmp_dir, META_FILE), "w", encoding="utf-8") as f:
             json.dump(meta, f, indent=2, sort_keys=True)
         _install(tmp_dir, out_dir)
-    except BaseException:
+    finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
     return out_dir
 
 

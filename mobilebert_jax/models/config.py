@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Any
 
 from mobilebert_jax import files
@@ -96,10 +95,7 @@ class MobileBertConfig:
     def to_json(self, path: str | None = None) -> str:
         text = json.dumps(self.to_dict(), indent=2, sort_keys=True)
         if path is not None:
-            tmp = f"{path}.tmp"
-            with open(tmp, "w") as f:
-                f.write(text + "\n")
-            os.replace(tmp, path)
+            files.write_text(path, text + "\n")
         return text
 
     @classmethod

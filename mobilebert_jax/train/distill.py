@@ -10,13 +10,12 @@ logging, evaluation, checkpoints and preemption handling.
 """
 from __future__ import annotations
 
-import os
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from mobilebert_jax import checkpoint, parallel
+from mobilebert_jax import checkpoint, files, parallel
 from mobilebert_jax.metrics.writers import MetricsWriter, log
 from mobilebert_jax.models.config import MobileBertConfig
 from mobilebert_jax.models.heads import MobileBertForPreTraining
@@ -32,9 +31,9 @@ def load_teacher_config(path: str) -> MobileBertConfig:
     if not path:
         raise ValueError("config.teacher_checkpoint is empty: give a project checkpoint "
                          "directory (a teacher workdir or a converted checkpoint)")
-    if not os.path.isdir(os.path.abspath(path)):
+    if not files.isdir(path):
         raise FileNotFoundError(f"teacher_checkpoint {path} not found; {SMOKE_TEACHER_HINT}")
-    return checkpoint.load_config(os.path.abspath(path))
+    return checkpoint.load_config(files.resolve(path))
 
 
 def loss_settings(config, num_layers: int) -> ds.LossSettings:
@@ -51,7 +50,7 @@ def load_teacher(path: str, teacher_cfg: MobileBertConfig, seq_len: int, mesh, r
     abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), ids)["params"])
     shardings = parallel.logical_shardings(abstract, mesh, rules)
     target = state_lib.abstract_like(nn.meta.unbox(abstract), shardings)
-    params = checkpoint.load_params(os.path.abspath(path), target=target)
+    params = checkpoint.load_params(files.resolve(path), target=target)
     return params, shardings
 
 
@@ -113,7 +112,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
                          f"grad_accum_steps={config.grad_accum_steps}")
 
     # -- workdir, logging ------------------------------------------------------------------------
-    os.makedirs(workdir, exist_ok=True)
+    files.makedirs(workdir)
     state_lib.check_workdir_model(workdir, student_cfg)
 
     # -- mesh ------------------------------------------------------------------------------------

@@ -19,8 +19,6 @@ The workdir is itself a project checkpoint directory (`model_config.json`, vocab
 """
 from __future__ import annotations
 
-import os
-import shutil
 import time
 
 import jax
@@ -47,12 +45,12 @@ TRAIN_STATES_KEPT = 2
 
 
 def _prepare_workdir(config, workdir: str, model_config, tokenizer) -> None:
-    os.makedirs(workdir, exist_ok=True)
+    files.makedirs(workdir)
     state_lib.check_workdir_model(workdir, model_config)
     if jax.process_index() == 0:
         name = "spm.model" if tokenizer.path.endswith(".model") else "vocab.txt"
-        if os.path.abspath(tokenizer.path) != os.path.abspath(os.path.join(workdir, name)):
-            shutil.copyfile(tokenizer.path, os.path.join(workdir, name))
+        if tokenizer.path != files.join(workdir, name):
+            files.copy_file(tokenizer.path, files.join(workdir, name))
 
 
 def _run(config, workdir: str, model, train_features, train_keys, loss_fn, evaluate,
@@ -104,7 +102,7 @@ def _run(config, workdir: str, model, train_features, train_keys, loss_fn, evalu
                         "history": history, "finished": False,
                         "elapsed_seconds": time.perf_counter() - clock["start"]})
         if jax.process_index() == 0:
-            state_lib.dump_json(os.path.join(workdir, EVAL_RESULTS), results)
+            files.write_json(files.join(workdir, EVAL_RESULTS), results)
         clock["epoch"] = time.perf_counter()
         return metrics
 
@@ -116,7 +114,7 @@ def _run(config, workdir: str, model, train_features, train_keys, loss_fn, evalu
         trainer.state, hooks, cadence, ckpt, MetricsWriter(workdir),
         tokens_per_step=trainer.batch_size * train_features["input_ids"].shape[1])
     if not results:  # the run had already finished: its results stand
-        results = files.read_json(os.path.join(workdir, EVAL_RESULTS), "evaluation results")
+        results = files.read_json(files.join(workdir, EVAL_RESULTS), "evaluation results")
     return trainer, best, results
 
 
@@ -131,7 +129,7 @@ def _restore_best(best, trainer: fs.Trainer):
 def _finish(workdir: str, results: dict) -> dict:
     results["finished"] = True
     if jax.process_index() == 0:
-        state_lib.dump_json(os.path.join(workdir, EVAL_RESULTS), results)
+        files.write_json(files.join(workdir, EVAL_RESULTS), results)
     return results
 
 
@@ -168,17 +166,17 @@ def train_glue(config, workdir: str) -> dict:
         lambda out, b: fs.glue_loss(out.logits, b, regression),
         lambda tr, p: evaluate_glue(tr, p, task, data.dev), best_metric, task.name)
     step, params = _restore_best(best, trainer)
-    files = []
+    written = []
     for split in data.test:
         predictions = glue_predictions(task, trainer.predict(params, split.features)["logits"])
-        folder = os.path.join(workdir, "submission")
-        path = os.path.join(folder, task.submission_file(split.name))
+        folder = files.join(workdir, "submission")
+        path = files.join(folder, task.submission_file(split.name))
         if jax.process_index() == 0:
             glue_data.write_glue_submission(task, predictions, folder, split=split.name,
                                             indices=[ex.guid for ex in split.examples])
             log(f"wrote {path} ({len(split.examples)} test predictions, best step {step})")
-        files.append(str(path))
-    results["submission_files"] = files
+        written.append(str(path))
+    results["submission_files"] = written
     return _finish(workdir, results)
 
 
@@ -217,11 +215,11 @@ def train_squad(config, workdir: str) -> dict:
         if split is None:
             continue
         predictions, null_odds, nbest = squad_answers(trainer, params, split, config, version)
-        out = os.path.join(workdir, folder)
+        out = files.join(workdir, folder)
         if jax.process_index() == 0:
             paths = squad_data.write_predictions(out, predictions, null_odds or None, nbest)
             log(f"wrote {paths['predictions']} ({len(predictions)} answers, best step {step})")
-        results[f"{folder}_file"] = os.path.join(out, "predictions.json")
+        results[f"{folder}_file"] = files.join(out, "predictions.json")
     return _finish(workdir, results)
 
 

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -116,8 +115,8 @@ def load_glue_data(config, tokenizer) -> GlueData:
                          f"root with {task.dir_name}/train.tsv and dev.tsv, as GLUE's download "
                          f"script lays it out) or --config.data_dir=tfds (TFDS {task.tfds_name}, "
                          f"prepared with `tfds build {task.tfds_name}`)")
-    data_dir = os.path.expanduser(config.data_dir)
-    if not os.path.isdir(data_dir) and data_dir != "tfds":
+    data_dir = config.data_dir if config.data_dir == "tfds" else files.resolve(config.data_dir)
+    if data_dir != "tfds" and not files.isdir(data_dir):
         raise FileNotFoundError(f"GLUE data_dir not found: {data_dir}")
     seq = int(config.max_seq_length)
     train = _glue_split(task, data_dir, task.train_splits[0], tokenizer, seq,
@@ -197,10 +196,10 @@ def load_squad_data(config, tokenizer) -> SquadData:
         raise ValueError(f"config.data_dir is not set: pass --config.data_dir=SQUAD_DIR (holding "
                          f"train-v{version}.json and dev-v{version}.json from the SQuAD site) or "
                          f"--config.train_file and --config.eval_file")
-    data_dir = os.path.expanduser(config.data_dir)
-    train_file = config.train_file or os.path.join(data_dir, f"train-v{version}.json")
-    eval_file = config.eval_file or os.path.join(data_dir, f"dev-v{version}.json")
-    train_json = read_squad_json(os.path.expanduser(train_file))
+    data_dir = files.resolve(config.data_dir)
+    train_file = files.resolve(config.train_file or files.join(data_dir, f"train-v{version}.json"))
+    eval_file = files.resolve(config.eval_file or files.join(data_dir, f"dev-v{version}.json"))
+    train_json = read_squad_json(train_file)
     n_train, n_eval = int(config.train_articles), int(config.eval_articles)
     if n_train > 0:
         if n_train >= len(train_json["data"]):
@@ -210,7 +209,7 @@ def load_squad_data(config, tokenizer) -> SquadData:
         train_json = _articles(train_json, 0, n_train)
         eval_file = f"{train_file} (articles {n_train}..)"
     else:
-        eval_json = read_squad_json(os.path.expanduser(eval_file))
+        eval_json = read_squad_json(eval_file)
     train = _squad_split(train_json, version, tokenizer, config, True, str(train_file))
     keep = int(config.get("train_subset", 0))
     if 0 < keep < len(train.features["input_ids"]):
@@ -221,6 +220,6 @@ def load_squad_data(config, tokenizer) -> SquadData:
     evaluation = _squad_split(eval_json, version, tokenizer, config, False, str(eval_file))
     test = None
     if config.get("predict_file", ""):
-        path = os.path.expanduser(config.predict_file)
+        path = files.resolve(config.predict_file)
         test = _squad_split(read_squad_json(path), version, tokenizer, config, False, path)
     return SquadData(version, train, evaluation, test)

@@ -2,13 +2,12 @@
 the train/eval loaders of this process."""
 from __future__ import annotations
 
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
+from mobilebert_jax import files
 from mobilebert_jax.data import loader as loader_lib
 from mobilebert_jax.data import prepare as prepare_lib
 from mobilebert_jax.data import tokenizers
@@ -16,7 +15,7 @@ from mobilebert_jax.metrics.writers import log
 
 
 def dataset_dir(config, workdir: str) -> str:
-    return os.path.abspath(config.data.dataset_dir or os.path.join(workdir, "data"))
+    return files.resolve(config.data.dataset_dir or files.join(workdir, "data"))
 
 
 def prepare_if_needed(config, workdir: str, vocab_size: int) -> loader_lib.PretrainingDatasetInfo:

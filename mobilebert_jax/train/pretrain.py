@@ -7,7 +7,6 @@ logging, evaluation, checkpoints and preemption handling.
 from __future__ import annotations
 
 import functools
-import os
 import time
 
 import jax
@@ -15,7 +14,7 @@ import jax.numpy as jnp
 import optax
 from flax import linen as nn
 
-from mobilebert_jax import checkpoint, parallel
+from mobilebert_jax import checkpoint, files, parallel
 from mobilebert_jax.metrics import throughput
 from mobilebert_jax.metrics.writers import MetricsWriter, log
 from mobilebert_jax.models.config import MobileBertConfig
@@ -155,7 +154,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     """Runs (or resumes) teacher pretraining; returns the last logged training metrics."""
     # -- workdir, model config -------------------------------------------------------------------
     model_config = MobileBertConfig.from_dict(config.model.to_dict())
-    os.makedirs(workdir, exist_ok=True)
+    files.makedirs(workdir)
     state_lib.check_workdir_model(workdir, model_config)
 
     # -- mesh ------------------------------------------------------------------------------------

@@ -4,8 +4,6 @@ position), and the workdir's model-config check."""
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from typing import Any, Callable
 
 import jax
@@ -14,7 +12,7 @@ import numpy as np
 import optax
 from flax import struct
 
-from mobilebert_jax import checkpoint, parallel
+from mobilebert_jax import checkpoint, files, parallel
 from mobilebert_jax.models.config import MobileBertConfig
 
 
@@ -74,9 +72,9 @@ def check_workdir_model(workdir: str, model_config: MobileBertConfig) -> None:
     """A workdir that already holds checkpoints of another model shape is an error, not a
     silent re-initialisation. Writes nothing: `record_run` does, once the state is restored
     (the restore checks the params themselves against the config, `model_config.json` or not)."""
-    path = os.path.join(workdir, checkpoint.MODEL_CONFIG)
+    path = files.join(workdir, checkpoint.MODEL_CONFIG)
     has_ckpt = checkpoint.latest_step(workdir) is not None
-    if os.path.isfile(path) and has_ckpt:
+    if has_ckpt and files.isfile(path):
         old = MobileBertConfig.from_json_file(path)
         shape_fields = [f.name for f in dataclasses.fields(MobileBertConfig)
                         if f.name not in ("dtype", "remat", "hidden_dropout_prob",
@@ -94,19 +92,12 @@ def record_run(workdir: str, config, model_config: MobileBertConfig) -> None:
     once the workdir's state is restored or known to be new, so that a start that fails any
     check leaves the workdir as it was."""
     if jax.process_index() == 0:
-        tmp = os.path.join(workdir, "config.json.tmp")
-        with open(tmp, "w") as f:
-            f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, os.path.join(workdir, "config.json"))
-        model_config.to_json(os.path.join(workdir, checkpoint.MODEL_CONFIG))
+        files.write_text(files.join(workdir, "config.json"),
+                         config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+        model_config.to_json(files.join(workdir, checkpoint.MODEL_CONFIG))
 
 
 def to_host(tree) -> Any:
     return jax.tree_util.tree_map(lambda x: np.asarray(jax.device_get(x)), tree)
 
 
-def dump_json(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import sys
 
 import numpy as np
@@ -93,13 +92,13 @@ def run_sweep(config, workdir: str, learning_rates, num_epochs, seeds) -> list[d
     """Runs (or reuses) every combination; returns the summary rows."""
     from mobilebert_jax.train import finetune
 
-    os.makedirs(workdir, exist_ok=True)
+    files.makedirs(workdir)
     runs, task, best_metric = [], None, None
     for lr, epochs, seed in itertools.product(learning_rates, num_epochs, seeds):
-        run_dir = os.path.join(workdir, run_name(lr, epochs, seed))
-        results_path = os.path.join(run_dir, finetune.EVAL_RESULTS)
+        run_dir = files.join(workdir, run_name(lr, epochs, seed))
+        results_path = files.join(run_dir, finetune.EVAL_RESULTS)
         results = None
-        if os.path.isfile(results_path):
+        if files.isfile(results_path):
             results = files.read_json(results_path, "sweep run results")
             if not results.get("finished"):
                 results = None  # an interrupted run resumes where it stopped
@@ -114,11 +113,9 @@ def run_sweep(config, workdir: str, learning_rates, num_epochs, seeds) -> list[d
     scale = 1.0 if task.startswith("squad") else 100.0
     rows = summarize(runs, best_metric, scale)
     table = markdown_table(task, rows)
-    with open(os.path.join(workdir, "sweep_results.md"), "w") as f:
-        f.write(table)
-    with open(os.path.join(workdir, "sweep_results.json"), "w") as f:
-        json.dump({"task": task, "best_metric": best_metric, "rows": rows, "runs": runs},
-                  f, indent=2)
+    files.write_text(files.join(workdir, "sweep_results.md"), table)
+    files.write_text(files.join(workdir, "sweep_results.json"), json.dumps(
+        {"task": task, "best_metric": best_metric, "rows": rows, "runs": runs}, indent=2))
     print(table, flush=True)
     return rows
 
@@ -136,7 +133,7 @@ def main(argv):
     epochs = _numbers(FLAGS.num_epochs, int, "num_epochs", config.num_epochs)
     seeds = _numbers(FLAGS.seeds, int, "seeds", config.seed, positive=False)
     config_checks.check_config(config)
-    run_sweep(config, os.path.abspath(os.path.expanduser(FLAGS.workdir)), lrs, epochs, seeds)
+    run_sweep(config, files.resolve(FLAGS.workdir), lrs, epochs, seeds)
 
 
 if __name__ == "__main__":

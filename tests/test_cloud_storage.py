@@ -1,0 +1,199 @@
+"""gs:// paths against a real Cloud Storage API: fake-gcs-server on 127.0.0.1 (see conftest's
+`GcsEmulator`), reached by gcsfs, tensorstore and array_record exactly as a pod reaches GCS."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+
+import pytest
+
+from conftest import REPO, run_main_processes, start_main
+from test_finetune import glue_dir, tiny_checkpoint  # noqa: F401  (shared fixtures)
+from test_multihost import glue_overrides, teacher_overrides
+
+
+def read_object(emulator, uri: str) -> bytes:
+    """An object's bytes straight from the server (no client cache in between)."""
+    name = uri.split(f"gs://{emulator.BUCKET}/", 1)[1]
+    with urllib.request.urlopen(f"{emulator.url}/storage/v1/b/{emulator.BUCKET}/o/"
+                                f"{urllib.parse.quote(name, safe='')}?alt=media") as r:
+        return r.read()
+
+
+def losses(emulator, workdir: str) -> dict:
+    rows = [json.loads(line) for line in
+            read_object(emulator, f"{workdir}/metrics.jsonl").decode().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+@pytest.fixture(scope="module")
+def corpus(small_pretraining_data):
+    """The small corpus text of the shared pretraining data, for the trainer to prepare."""
+    return os.path.join(os.path.dirname(small_pretraining_data), "corpus.txt")
+
+
+def settings(corpus, dataset_dir, total):
+    return teacher_overrides(
+        "", total_steps=total, checkpoint_every=2, optimizer=dict(total_steps=total),
+        data=dict(dataset_dir=dataset_dir, corpus=f"text:{corpus}", eval_fraction=0.2))
+
+
+def run_to_end(workdir, overrides, timeout=600):
+    proc = start_main("teacher.py:smoke", workdir, overrides)[0]
+    out = proc.communicate(timeout=timeout)[0]
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
+def test_teacher_on_gcs_killed_and_resumed_matches_an_uninterrupted_run(gcs_emulator, gcs_dir,
+                                                                       corpus):
+    total = 8
+    data = f"{gcs_dir}/data"
+    straight, killed = f"{gcs_dir}/straight", f"{gcs_dir}/killed"
+    out = run_to_end(straight, settings(corpus, data, total))  # prepares the data into gs://
+    assert f"preparing pretraining data from text:{corpus} into {data}" in out
+    names = gcs_emulator.objects(f"{gcs_dir.split('/', 3)[3]}/")
+    assert any(n.endswith("data/pretraining_meta.json") for n in names)
+    assert any("straight/checkpoints/8/" in n for n in names)
+    assert not [n for n in names if "/gs:" in n or n.startswith("gs:")]
+    base = losses(gcs_emulator, straight)
+    assert sorted(base) == list(range(1, total + 1))
+
+    proc = start_main("teacher.py:smoke", killed, settings(corpus, data, total))[0]
+    deadline = time.time() + 600
+    while time.time() < deadline:  # until step 5 is logged (checkpoint 4 is then committed)
+        try:
+            if max(losses(gcs_emulator, killed), default=0) >= 5:
+                break
+        except urllib.error.HTTPError:
+            pass
+        assert proc.poll() is None, proc.communicate()[0][-4000:]
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    before = read_object(gcs_emulator, f"{killed}/metrics.jsonl").decode().splitlines()
+    out = run_to_end(killed, settings(corpus, data, total))
+    assert "resumed from step" in out and "preparing" not in out
+    after = read_object(gcs_emulator, f"{killed}/metrics.jsonl").decode().splitlines()
+    assert after[:len(before)] == before  # no line of the killed run is lost
+    got = losses(gcs_emulator, killed)
+    assert sorted(got) == sorted(base)
+    assert got == base  # bitwise: the same floats, step for step
+
+
+def test_a_bucket_that_does_not_exist_is_one_line(gcs_emulator, corpus):
+    workdir = "gs://no-such-bucket/run"
+    proc = start_main("teacher.py:smoke", workdir,
+                      settings(corpus, f"gs://{gcs_emulator.BUCKET}/unused", 2))[0]
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 1 and "Traceback" not in out, out[-3000:]
+    assert out.strip().splitlines()[-1] == (f"error: {workdir}: bucket gs://no-such-bucket does "
+                                            "not exist")
+
+
+def test_an_upload_cut_short_is_never_taken_for_a_dataset(gcs_emulator, gcs_dir, corpus,
+                                                         tmp_path):
+    """A prepared dataset copied without its metadata (an upload killed before the end): the
+    trainer refuses it, and with a corpus given it prepares the dataset again."""
+    from mobilebert_jax import files
+    from mobilebert_jax.data import prepare
+
+    local = prepare.prepare_dataset(f"text:{corpus}", "bert-base-uncased", str(tmp_path / "d"),
+                                    seq_len=64, max_predictions_per_seq=10, seed=0,
+                                    eval_fraction=0.2, progress=False)
+    data = f"{gcs_dir}/data"
+    files.copy_tree(local, data)
+    files.remove_tree(f"{data}/{prepare.META_FILE}")
+    overrides = settings(corpus, data, 2)
+    overrides["data"]["corpus"] = ""
+    workdir = f"{gcs_dir}/run"
+    proc = start_main("teacher.py:smoke", workdir, overrides)[0]
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 1 and "Traceback" not in out, out[-3000:]
+    assert out.strip().splitlines()[-1] == f"error: data.dataset_dir={data} holds no prepared " \
+                                           "dataset"
+
+
+def test_the_prepare_command_writes_to_gcs(gcs_emulator, gcs_dir, corpus):
+    out = f"{gcs_dir}/prepared"
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    r = subprocess.run([sys.executable, "-m", "mobilebert_jax.data.prepare",
+                        f"--corpus=text:{corpus}", f"--out={out}", "--seq_len=64"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip().splitlines()[-1].startswith(f"wrote {out}: ")
+    meta = json.loads(read_object(gcs_emulator, f"{out}/pretraining_meta.json"))
+    assert meta["settings"]["seq_len"] == 64
+
+
+def test_fine_tuning_from_gcs_matches_the_local_run(gcs_emulator, gcs_dir, tiny_checkpoint,
+                                                    glue_dir, tmp_path):
+    """Checkpoint, GLUE data, workdir and submission all on gs://: the same results and the
+    same submission bytes as the local run."""
+    from mobilebert_jax import files
+
+    ckpt, data = f"{gcs_dir}/ckpt", f"{gcs_dir}/glue/MRPC"
+    files.copy_tree(str(tiny_checkpoint), ckpt)
+    files.copy_tree(str(glue_dir), data)
+    local, remote = tmp_path / "local", f"{gcs_dir}/run"
+    run_main_processes("finetune_glue.py:mrpc", local, glue_overrides(tiny_checkpoint, glue_dir))
+    run_main_processes("finetune_glue.py:mrpc", remote, glue_overrides(ckpt, data))
+    want = json.loads((local / "eval_results.json").read_text())
+    got = json.loads(read_object(gcs_emulator, f"{remote}/eval_results.json"))
+    assert [h["metrics"] for h in got["history"]] == [h["metrics"] for h in want["history"]]
+    assert read_object(gcs_emulator, f"{remote}/submission/MRPC.tsv") == \
+        (local / "submission" / "MRPC.tsv").read_bytes()
+    assert got["submission_files"] == [f"{remote}/submission/MRPC.tsv"]
+    assert read_object(gcs_emulator, f"{remote}/vocab.txt") == \
+        (tiny_checkpoint / "vocab.txt").read_bytes()
+
+
+def test_distillation_reads_its_teacher_from_gcs(gcs_emulator, gcs_dir, small_pretraining_data):
+    import jax
+    import jax.numpy as jnp
+    from flax import linen as nn
+    from test_distill import STUDENT, TEACHER
+
+    from mobilebert_jax import checkpoint
+    from mobilebert_jax.models.heads import MobileBertForPreTraining
+
+    teacher = f"{gcs_dir}/teacher"
+    params = MobileBertForPreTraining(TEACHER).init(jax.random.PRNGKey(7),
+                                                    jnp.zeros((1, 64), jnp.int32))["params"]
+    checkpoint.save_pretrained(teacher, TEACHER, nn.meta.unbox(params))
+    assert checkpoint.load_config(teacher) == TEACHER
+    workdir = f"{gcs_dir}/student"
+    out = run_main_processes("distill.py:smoke", workdir, dict(
+        teacher_checkpoint=teacher, model=STUDENT,
+        data=dict(dataset_dir=str(small_pretraining_data), corpus="", seq_len=64,
+                  max_predictions_per_seq=10),
+        batch_size=8, steps_per_layer=2, total_steps=3, log_every=1, eval_every=1000,
+        checkpoint_every=1000, optimizer=dict(warmup_steps=1, total_steps=3)))[0]
+    assert f"parameters from {teacher}" in out
+    assert sorted(losses(gcs_emulator, workdir)) == [1, 2, 3]
+    assert any(n.endswith("student/checkpoints/3/_CHECKPOINT_METADATA")
+               for n in gcs_emulator.objects(gcs_dir.split("/", 3)[3]))
+
+
+def test_conversion_and_export_write_to_gcs(gcs_emulator, gcs_dir, tiny_checkpoint, tmp_path):
+    """`convert --to=hf` and `export` from a gs:// checkpoint to gs://: the same bytes as the
+    same commands from the local checkpoint to local files."""
+    from mobilebert_jax import files
+
+    ckpt = f"{gcs_dir}/ckpt"
+    files.copy_tree(str(tiny_checkpoint), ckpt)
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    for src, out in ((str(tiny_checkpoint), str(tmp_path)), (ckpt, gcs_dir)):
+        for args in (["mobilebert_jax.convert", "--to=hf", f"--src={src}", f"--out={out}/hf"],
+                     ["mobilebert_jax.export", f"--checkpoint={src}", "--format=tflite",
+                      "--quantize=none", "--seq_len=16", f"--out={out}/model.tflite"]):
+            r = subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env,
+                               capture_output=True, text=True, timeout=600)
+            assert r.returncode == 0, r.stderr[-3000:]
+    for name in ("hf/config.json", "hf/model.safetensors", "hf/vocab.txt", "model.tflite"):
+        assert read_object(gcs_emulator, f"{gcs_dir}/{name}") == (tmp_path / name).read_bytes()
+    assert (tmp_path / "model.tflite").read_bytes()[4:8] == b"TFL3"
