@@ -23,7 +23,7 @@ import os
 import posixpath
 import shutil
 import tempfile
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from etils import epath
 
@@ -102,20 +102,29 @@ def check_can_create(path: str) -> None:
         raise NotADirectoryError(errno.ENOTDIR, "Not a directory", path)
 
 
+def _replace_local(path: str, write: Callable[[str], None]) -> None:
+    """`write(tmp)` fills a temporary file beside the local `path`, renamed over it after."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=os.path.dirname(path))
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
 def write_bytes(path, data: bytes) -> None:
     """Writes a whole file atomically (see the module docstring)."""
     path = resolve(path)
     if is_remote(path):
         epath.Path(path).write_bytes(data)
         return
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
             f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+
+    _replace_local(path, write)
 
 
 def write_text(path, text: str) -> None:
@@ -137,21 +146,9 @@ def remove_tree(path) -> None:
 def copy_file(src, dst) -> None:
     """Copies one file (local or remote either side) atomically at the destination."""
     if not is_remote(src) and not is_remote(dst):
-        _local_copy(src, dst)
+        _replace_local(resolve(dst), lambda tmp: shutil.copyfile(resolve(src), tmp))
         return
     epath_of(src).copy(epath_of(dst), overwrite=True)
-
-
-def _local_copy(src, dst) -> None:
-    dst = resolve(dst)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(dst)}.", dir=os.path.dirname(dst))
-    os.close(fd)
-    try:
-        shutil.copyfile(resolve(src), tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def copy_tree(src_dir: str, dst_dir: str, last: Iterable[str] = ()) -> None:
@@ -182,12 +179,12 @@ def local_copy(path: str) -> str:
         return path
     if not isfile(path):
         raise FileNotFoundError(f"file not found: {path}")
-    data = read_bytes(path)
-    key = hashlib.sha256(f"{path}:{len(data)}".encode()).hexdigest()[:16]
+    size = epath_of(path).stat().length  # the object's metadata: no download when cached
+    key = hashlib.sha256(f"{path}:{size}".encode()).hexdigest()[:16]
     local = os.path.join(os.path.expanduser("~/.cache/mobilebert_jax"), key, basename(path))
     if not os.path.isfile(local):
         os.makedirs(os.path.dirname(local), exist_ok=True)
-        write_bytes(local, data)
+        write_bytes(local, read_bytes(path))
     return local
 
 
