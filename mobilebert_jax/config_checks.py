@@ -47,6 +47,7 @@ RULES: dict[str, tuple] = {
     "data.short_seq_prob": (FLOAT, 0.0, 1.0, True, True),
     "data.masked_lm_prob": (FLOAT, 0.0, 1.0, False, False),
     "data.eval_fraction": (FLOAT, 0.0, 1.0, True, False),
+    "data.num_workers": _POSITIVE_INT,
     "optimizer.learning_rate": (FLOAT, 0.0, None, False, True),
     "optimizer.warmup_steps": (INT, 0, None, True, True),
     "optimizer.total_steps": (INT, 0, None, True, True),

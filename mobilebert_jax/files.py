@@ -17,6 +17,7 @@ FileNotFoundError / ValueError that says which file.
 from __future__ import annotations
 
 import errno
+import glob
 import hashlib
 import json
 import os
@@ -64,6 +65,40 @@ def isdir(path) -> bool:
 def isfile(path) -> bool:
     p = epath_of(path)
     return p.exists() and not p.is_dir()
+
+
+def glob_files(pattern: str) -> list[str]:
+    """The files a glob matches, sorted (locally any component may hold `*?[`; in a URI, the
+    last component only, as object stores list one prefix)."""
+    pattern = resolve(pattern)
+    if not is_remote(pattern):
+        return sorted(p for p in glob.glob(pattern) if os.path.isfile(p))
+    parent, name = pattern.rsplit("/", 1)
+    if glob.has_magic(parent):
+        raise ValueError(f"{pattern}: a gs:// pattern may hold wildcards in its last component "
+                         "only")
+    return sorted(str(p) for p in epath_of(parent).glob(name) if p.is_file())
+
+
+def size(path) -> int:
+    """The size of a file in bytes."""
+    return epath_of(path).stat().length
+
+
+def stat_key(path) -> str:
+    """Size and modification time of a file: it changes when the file does."""
+    path = resolve(path)
+    if not is_remote(path):
+        st = os.stat(path)
+        return f"{st.st_size}:{st.st_mtime_ns}"
+    st = epath_of(path).stat()
+    return f"{st.length}:{st.mtime}"
+
+
+def open_binary(path):
+    """A binary file object for reading, seekable, local or remote."""
+    path = resolve(path)
+    return open(path, "rb") if not is_remote(path) else epath_of(path).open("rb")
 
 
 def listdir(path) -> list[str]:

@@ -47,8 +47,9 @@ FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures"
 
 @pytest.fixture(scope="session")
 def small_pretraining_data(tmp_path_factory):
-    """A small prepared MLM/NSP dataset (seq 64) from the first 12 articles of the Wikipedia
-    sample inside the gensim wheel, shared by the trainer tests."""
+    """A small prepared MLM/NSP dataset (seq 64, 10 predictions, the smoke configs' other data
+    settings: dupe_factor 1, eval_fraction 0.05, seed 0) from the first 12 articles of the
+    Wikipedia sample inside the gensim wheel, shared by the trainer tests."""
     from mobilebert_jax.data import corpus, prepare
 
     root = tmp_path_factory.mktemp("pretrain_data")
@@ -60,8 +61,8 @@ def small_pretraining_data(tmp_path_factory):
     text = root / "corpus.txt"
     text.write_text("\n\n".join("\n".join(d) for d in docs))
     return prepare.prepare_dataset(f"text:{text}", "bert-base-uncased", str(root / "data"),
-                                   seq_len=64, max_predictions_per_seq=10, seed=1,
-                                   eval_fraction=0.2, progress=False)
+                                   seq_len=64, max_predictions_per_seq=10, dupe_factor=1,
+                                   eval_fraction=0.05, progress=False)
 
 
 def apply_overrides(config, overrides: dict):

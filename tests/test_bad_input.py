@@ -369,8 +369,9 @@ def test_lines_that_are_not_utf8_are_skipped_and_counted(bad_files, tmp_path):
     r = run_module(PREPARE, f"--corpus=text:{bad_files}/some_bad_lines.txt",
                    f"--out={tmp_path / 'data'}", "--seq_len=32")
     assert r.returncode == 0, r.stderr[-3000:]
+    first_bad = (bad_files / "some_bad_lines.txt").read_bytes().index(b"Latin-1 caf\xe9")
     assert (f"warning: {bad_files}/some_bad_lines.txt: skipped 2 of 81 lines that are not UTF-8 "
-            "text (first: line 79)") in r.stderr
+            f"text (first at byte {first_bad})") in r.stderr
     from mobilebert_jax.data.prepare import read_meta
 
     assert sum(read_meta(str(tmp_path / "data"))["num_documents"].values()) == 39

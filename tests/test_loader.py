@@ -43,6 +43,7 @@ def _prepare(corpus_file, vocab_path, out, **kwargs):
     kwargs.setdefault("seq_len", SEQ_LEN)
     kwargs.setdefault("max_predictions_per_seq", MAX_PRED)
     kwargs.setdefault("eval_fraction", 0.1)
+    kwargs.setdefault("dupe_factor", 1)
     kwargs.setdefault("progress", False)
     return prepare.prepare_dataset(f"text:{corpus_file}", vocab_path, str(out), **kwargs)
 

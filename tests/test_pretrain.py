@@ -138,7 +138,8 @@ def test_bad_input(data_dir, tmp_path):
         pretrain.train_and_evaluate(
             tiny_config(data_dir, **{"data.dataset_dir": str(tmp_path / "none")}),
             str(tmp_path / "d"))
-    with pytest.raises(ValueError, match="seq_len=64.*config asks for 128"):
+    with pytest.raises(ValueError, match=r"prepared with seq_len=64 but the config has "
+                                         r"data\.seq_len=128"):
         pretrain.train_and_evaluate(tiny_config(data_dir, **{"data.seq_len": 128}),
                                     str(tmp_path / "s"))
 

@@ -1,60 +1,157 @@
-"""Data pipeline benchmark: preparation and loader throughput against training consumption.
+"""Data pipeline benchmark: the Beam preparation at 1 and 2 local workers on three corpus sizes,
+then loader throughput against training consumption.
 
-    python -m mobilebert_jax.bench.data [--corpus=gensim_wiki] [--seq_len=128] [--json=PATH]
+    python -m mobilebert_jax.bench.data [--text_dir=../shared/data/text] [--json=PATH]
 
-prints a table with
-  * preparation throughput: MB of corpus text per minute, per wall-clock minute and per
-    CPU-minute (user + system time of all threads, i.e. per core);
-  * loader throughput: examples per second of `make_pretraining_loader` (dynamic masking);
-  * the examples per second one CPU teacher training step consumes
-    (`train_step_examples_per_second`) and the loader's headroom over it.
-Targets: preparation >= 5 MB/min per core; loader >= 20x what training consumes.
+Preparation: corpora of about 3, 15 and 60 MB of real English in the `= Title =` layout are
+built from `--text_dir` (the Wikipedia sample's articles and the Gutenberg books cut into
+40-paragraph articles; the larger ones repeat them with each article's paragraphs shuffled by
+another seed, so no two documents are equal). Each is prepared at the trainer configs' settings
+(seq 128, dupe_factor 5) by `python -m mobilebert_jax.data.prepare` in a new process with
+`--num_workers` 1 (the DirectRunner in that process) and 2 (two worker processes), alternating,
+while a sampler records every process's resident memory. Printed per run: MB of text per minute
+per worker, the speed-up of 2 workers over 1, the peak resident memory of the busiest worker
+process and of the runner (the local runner also holds the shuffle, which on Dataflow is a
+service). Goals: >= 25 MB/min per worker; 2 workers >= 1.7x one; the worker's peak grows < 1.5x
+while the corpus grows >= 15x. From the figures, a projection of a 20 GB preparation on Dataflow.
+
+Loader: examples per second of `make_pretraining_loader` (dynamic masking) on the 3 MB dataset
+against the examples per second one CPU IB-BERT_LARGE teacher step consumes; goal >= 20x.
 """
 from __future__ import annotations
 
+import json
+import math
 import os
-import resource
+import random
+import subprocess
+import sys
 import tempfile
+import threading
 import time
 from typing import Sequence
 
 from mobilebert_jax import cli
 
-PREPARE_TARGET_MB_PER_MIN_PER_CORE = 5.0
+WORKER_MB_PER_MIN_TARGET = 25.0
+SPEEDUP_TARGET = 1.7
+MEMORY_GROWTH_TARGET = 1.5
 LOADER_TARGET_RATIO = 20.0
+CORPUS_MB = (3, 15, 60)
+ARTICLE_PARAGRAPHS = 40
+PROJECTION_GB = 20
 
 
-def train_step_examples_per_second(preset: str = "ibbert_large", batch: int = 8,
-                                   seq_len: int = 128) -> float:
-    """Examples per second one CPU teacher pretraining step consumes: the full IB-BERT_LARGE
-    teacher step (MLM + NSP, backward, LAMB) at batch 8 × seq 128, timed as in
-    `mobilebert_jax.bench.train`."""
-    from mobilebert_jax.bench.common import jax_step_seconds
+def _articles(text_dir: str) -> list[tuple[str, list[str]]]:
+    """(title, paragraphs) of the Wikipedia sample and of the Gutenberg books in parts."""
+    out, title, paras = [], None, []
+    with open(os.path.join(text_dir, "wiki_sample.txt"), encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if line.startswith("= ") and line.endswith(" ="):
+                if title and paras:
+                    out.append((title, paras))
+                title, paras = line[2:-2], []
+            elif line:
+                paras.append(line)
+    if title and paras:
+        out.append((title, paras))
+    book_dir = os.path.join(text_dir, "gutenberg")
+    for name in sorted(os.listdir(book_dir)) if os.path.isdir(book_dir) else []:
+        if not name.endswith(".txt"):
+            continue
+        with open(os.path.join(book_dir, name), "rb") as f:
+            try:
+                text = f.read().decode("utf-8")
+            except UnicodeDecodeError:
+                continue  # a book in another encoding: left out of the benchmark corpus
+        blocks = [" ".join(b.split()) for b in text.split("\n\n")]
+        blocks = [b for b in blocks if len(b.split()) >= 5]
+        for part in range(0, len(blocks), ARTICLE_PARAGRAPHS):
+            out.append((f"{name} part {part // ARTICLE_PARAGRAPHS}",
+                        blocks[part:part + ARTICLE_PARAGRAPHS]))
+    return out
 
-    seconds, _ = jax_step_seconds(preset, batch, seq_len, 20, steps=2)
-    return batch / seconds
+
+def build_corpus(text_dir: str, target_mb: float, path: str) -> float:
+    """Writes about `target_mb` MB of articles to `path`; returns the MB written."""
+    articles = _articles(text_dir)
+    if not articles:
+        raise ValueError(f"no text under {text_dir} (expects wiki_sample.txt, gutenberg/*.txt)")
+    written, copy = 0, 0
+    with open(path, "w", encoding="utf-8") as f:
+        while written < target_mb * 1e6:
+            rng = random.Random(copy)
+            for title, paras in articles:
+                paras = list(paras)
+                if copy:
+                    rng.shuffle(paras)
+                block = f"= {title} ({copy}) =\n" + "\n".join(paras) + "\n"
+                f.write(block)
+                written += len(block.encode("utf-8"))
+                if written >= target_mb * 1e6:
+                    break
+            copy += 1
+    return written / 1e6
 
 
-def _cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+class TreeMemory:
+    """Samples the resident memory of a process and its descendants (psutil) every 0.1 s:
+    the peak of the process itself and the peak of its busiest descendant."""
+
+    def __init__(self, pid: int):
+        import psutil
+
+        self.root = psutil.Process(pid)
+        self.root_peak = self.child_peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        import psutil
+
+        while not self._stop.is_set():
+            try:
+                self.root_peak = max(self.root_peak, self.root.memory_info().rss)
+                for child in self.root.children(recursive=True):
+                    try:
+                        self.child_peak = max(self.child_peak, child.memory_info().rss)
+                    except psutil.Error:
+                        pass
+            except psutil.Error:
+                return
+            time.sleep(0.1)
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join()
 
 
-def measure_preparation(corpus: str, tokenizer: str, out_dir: str, seq_len: int) -> dict:
-    """Prepares `corpus` into `out_dir` (replacing it) and returns throughput figures."""
-    import tensorflow_datasets  # noqa: F401  (one-time import, not part of the throughput)
-
+def run_prepare(corpus_path: str, out_dir: str, workers: int) -> dict:
+    """One preparation in a new process; its wall time, figures and memory peaks."""
+    cmd = [sys.executable, "-m", "mobilebert_jax.data.prepare",
+           f"--corpus=wiki_articles:{corpus_path}", f"--out={out_dir}", "--overwrite",
+           f"--num_workers={workers}", "--seq_len=128"]
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    memory = TreeMemory(proc.pid)
+    out, err = proc.communicate()
+    wall = time.perf_counter() - start
+    memory.stop()
+    if proc.returncode:
+        raise ValueError(f"preparation failed: {err.strip().splitlines()[-1] if err else out}")
     from mobilebert_jax.data import prepare
 
-    wall0, cpu0 = time.perf_counter(), _cpu_seconds()
-    prepare.prepare_dataset(corpus, tokenizer, out_dir, seq_len=seq_len, overwrite=True,
-                            reuse=False, progress=False)
-    wall, cpu = time.perf_counter() - wall0, _cpu_seconds() - cpu0
     meta = prepare.read_meta(out_dir)
     mb = meta["text_bytes"] / 1e6
-    return {"text_mb": mb, "wall_s": wall, "cpu_s": cpu,
-            "mb_per_min": mb / (wall / 60), "mb_per_cpu_min": mb / (cpu / 60),
-            "examples": sum(meta["num_examples"].values())}
+    # In-process (1 worker) the runner is the worker; with N the workers are its children.
+    worker_peak = memory.root_peak if workers == 1 else memory.child_peak
+    return {"workers": workers, "text_mb": mb, "wall_s": wall,
+            "mb_per_min_per_worker": mb / (wall / 60) / workers,
+            "examples": sum(meta["num_examples"].values()),
+            "shards": meta["num_shards"]["train"],
+            "worker_peak_mb": worker_peak / 2**20, "runner_peak_mb": memory.root_peak / 2**20}
 
 
 def measure_loader(data_dir: str, batch_size: int, seconds: float, num_threads: int) -> dict:
@@ -71,37 +168,98 @@ def measure_loader(data_dir: str, batch_size: int, seconds: float, num_threads: 
         batches += 1
     elapsed = time.perf_counter() - start
     it.close()
-    return {"examples_per_s": batches * batch_size / elapsed, "batches": batches,
-            "seconds": elapsed}
+    return {"examples_per_s": batches * batch_size / elapsed}
 
 
-def _fmt(value: float | None, spec: str = ".1f") -> str:
-    return "n/a" if value is None else format(value, spec)
+def train_step_examples_per_second(batch: int = 8, seq_len: int = 128) -> float:
+    """Examples per second of the full IB-BERT_LARGE teacher pretraining step on this CPU (MLM +
+    NSP, backward, LAMB) at batch 8 x seq 128, timed as in `mobilebert_jax.bench.train`."""
+    from mobilebert_jax.bench.common import jax_step_seconds
+
+    seconds, _ = jax_step_seconds("ibbert_large", batch, seq_len, 20, steps=2)
+    return batch / seconds
 
 
-def run(corpus: str, tokenizer: str, seq_len: int, batch_size: int, loader_seconds: float,
-        num_threads: int, out_dir: str | None = None) -> list[tuple[str, str, str]]:
-    """Runs the benchmark and returns the table rows (quantity, value, target)."""
+def projection(rate_mb_per_min_per_worker: float) -> list[str]:
+    """Wall time of a 20 GB preparation at the measured per-worker rate, for some worker
+    counts, and the workers for about one hour (a projection: linear scaling assumed)."""
+    total_mb = PROJECTION_GB * 1000
+    lines = []
+    for workers in (16, 64, 256):
+        hours = total_mb / (rate_mb_per_min_per_worker * workers) / 60
+        lines.append(f"{workers} workers: {hours:.1f} h")
+    one_hour = math.ceil(total_mb / (rate_mb_per_min_per_worker * 60))
+    lines.append(f"about 1 h: {one_hour} workers")
+    return lines
+
+
+def run(text_dir: str, loader_seconds: float, repeats: int) -> dict:
+    from mobilebert_jax.bench.common import load_average
+
+    results = {"load_average_before": load_average(), "runs": []}
     with tempfile.TemporaryDirectory(prefix="bench_data_") as tmp:
-        data_dir = out_dir or os.path.join(tmp, "data")
-        prep = measure_preparation(corpus, tokenizer, data_dir, seq_len)
-        load = measure_loader(data_dir, batch_size, loader_seconds, num_threads)
-    train = train_step_examples_per_second()
-    ratio = None if not train else load["examples_per_s"] / train
-    cores = os.cpu_count() or 1
-    return [
-        ("corpus", f"{corpus} ({prep['text_mb']:.2f} MB text, {prep['examples']} examples, "
-                   f"seq {seq_len})", ""),
-        ("preparation time (s)", f"{prep['wall_s']:.1f} wall, {prep['cpu_s']:.1f} CPU", ""),
-        ("preparation MB/min (wall)", f"{prep['mb_per_min']:.1f}", f"{cores} cores"),
-        ("preparation MB/min per core", f"{prep['mb_per_cpu_min']:.1f}",
-         f">= {PREPARE_TARGET_MB_PER_MIN_PER_CORE:g}"),
-        ("loader examples/s", f"{load['examples_per_s']:.0f}",
-         f"batch {batch_size}, {num_threads} threads"),
-        ("train step examples/s (CPU teacher)", _fmt(train), ""),
-        ("loader / training", _fmt(ratio, ".1f") + ("x" if ratio else ""),
-         f">= {LOADER_TARGET_RATIO:g}x"),
-    ]
+        small_dataset = None
+        for target in CORPUS_MB:
+            corpus_path = os.path.join(tmp, f"corpus_{target}mb.txt")
+            build_corpus(text_dir, target, corpus_path)
+            for rep in range(repeats):
+                for workers in (1, 2):  # alternating, so machine load hits both
+                    out = os.path.join(tmp, f"data_{target}_{workers}")
+                    r = run_prepare(corpus_path, out, workers)
+                    r.update(corpus_mb=target, repeat=rep, load_average=load_average())
+                    results["runs"].append(r)
+                    print(f"  {r['text_mb']:6.1f} MB, {workers} worker(s): {r['wall_s']:6.1f} s, "
+                          f"{r['mb_per_min_per_worker']:5.1f} MB/min/worker, worker peak "
+                          f"{r['worker_peak_mb']:.0f} MiB, runner peak "
+                          f"{r['runner_peak_mb']:.0f} MiB (load {r['load_average']})",
+                          flush=True)
+            if small_dataset is None:
+                small_dataset = os.path.join(tmp, f"data_{target}_1")
+        if loader_seconds > 0:
+            results["loader"] = measure_loader(small_dataset, 256, loader_seconds, 1)
+    if loader_seconds > 0:
+        results["train_step_examples_per_s"] = train_step_examples_per_second()
+    results["load_average_after"] = load_average()
+    return results
+
+
+def summarize(results: dict) -> list[tuple[str, str, str]]:
+    runs = results["runs"]
+
+    def best(mb, workers, key, fn=max):
+        return fn(r[key] for r in runs if r["corpus_mb"] == mb and r["workers"] == workers)
+
+    rows = []
+    for mb in CORPUS_MB:
+        text = next(r["text_mb"] for r in runs if r["corpus_mb"] == mb)
+        one, two = best(mb, 1, "wall_s", min), best(mb, 2, "wall_s", min)
+        rows.append((f"{text:.1f} MB: MB/min per worker, 1 | 2 workers",
+                     f"{text / (one / 60):.1f} | {text / (two / 60) / 2:.1f}",
+                     f">= {WORKER_MB_PER_MIN_TARGET:g}"))
+        rows.append((f"{text:.1f} MB: speed-up of 2 workers", f"{one / two:.2f}x",
+                     f">= {SPEEDUP_TARGET:g}x"))
+        rows.append((f"{text:.1f} MB: peak MiB, worker (1 | 2 workers) | runner (2)",
+                     f"{best(mb, 1, 'worker_peak_mb'):.0f} | {best(mb, 2, 'worker_peak_mb'):.0f}"
+                     f" | {best(mb, 2, 'runner_peak_mb'):.0f}", ""))
+    small, large = CORPUS_MB[0], CORPUS_MB[-1]
+    size_ratio = (next(r["text_mb"] for r in runs if r["corpus_mb"] == large)
+                  / next(r["text_mb"] for r in runs if r["corpus_mb"] == small))
+    for workers in (1, 2):
+        growth = best(large, workers, "worker_peak_mb") / best(small, workers, "worker_peak_mb")
+        rows.append((f"worker peak growth, {workers} worker(s), corpus x{size_ratio:.0f}",
+                     f"{growth:.2f}x", f"< {MEMORY_GROWTH_TARGET:g}x"))
+    rate = min(r["text_mb"] / (r["wall_s"] / 60) / 2 for r in runs
+               if r["corpus_mb"] == large and r["workers"] == 2)
+    rows.append((f"projection, {PROJECTION_GB} GB on Dataflow at {rate:.1f} MB/min/worker",
+                 "; ".join(projection(rate)), "(linear scaling assumed)"))
+    if "loader" in results:
+        loader = results["loader"]["examples_per_s"]
+        train = results["train_step_examples_per_s"]
+        rows.append(("loader examples/s (batch 256, 1 thread)", f"{loader:.0f}", ""))
+        rows.append(("train step examples/s (CPU IB-BERT_LARGE)", f"{train:.2f}", ""))
+        rows.append(("loader / training", f"{loader / train:.0f}x",
+                     f">= {LOADER_TARGET_RATIO:g}x"))
+    return rows
 
 
 def print_table(rows: list[tuple[str, str, str]]) -> None:
@@ -117,30 +275,28 @@ def print_table(rows: list[tuple[str, str, str]]) -> None:
 def main(argv: Sequence[str]) -> None:
     del argv
     from absl import flags
-    from absl import logging
 
-    logging.set_verbosity(logging.WARNING)
     f = flags.FLAGS
-    rows = run(f.corpus, f.tokenizer, f.seq_len, f.batch_size, f.loader_seconds,
-               f.num_threads, f.out)
+    if not os.path.isdir(f.text_dir):
+        raise FileNotFoundError(f"--text_dir={f.text_dir} is not a directory")
+    results = run(f.text_dir, f.loader_seconds, f.repeats)
+    rows = summarize(results)
     print_table(rows)
-    from mobilebert_jax.bench.common import load_average, write_json
-
-    print(f"load average after: {load_average()}")
-    write_json(f.json, {"rows": [dict(quantity=q, value=v, target=t) for q, v, t in rows],
-                        "load_average_after": load_average()})
+    print(f"load average before: {results['load_average_before']}, after: "
+          f"{results['load_average_after']}; {os.cpu_count()} CPUs")
+    if f.json:
+        with open(f.json, "w", encoding="utf-8") as out:
+            json.dump({"results": results, "rows": rows}, out, indent=2)
 
 
 if __name__ == "__main__":
     from absl import app
     from absl import flags as _flags
 
-    _flags.DEFINE_string("corpus", "gensim_wiki", "Corpus spec (see mobilebert_jax.data.corpus).")
-    _flags.DEFINE_string("tokenizer", "bert-base-uncased", "Tokenizer path or name.")
-    _flags.DEFINE_integer("seq_len", 128, "Sequence length.")
-    _flags.DEFINE_integer("batch_size", 256, "Loader batch size.")
-    _flags.DEFINE_float("loader_seconds", 10.0, "How long to time the loader.")
-    _flags.DEFINE_integer("num_threads", 1, "Loader read threads.")
-    _flags.DEFINE_string("out", None, "Keep the prepared dataset here (default: a temp dir).")
-    _flags.DEFINE_string("json", None, "Also write the table to this JSON file.")
+    _flags.DEFINE_string("text_dir", os.path.join(os.path.dirname(os.path.dirname(
+        os.path.dirname(os.path.abspath(__file__)))), "..", "shared", "data", "text"),
+        "Directory with wiki_sample.txt and gutenberg/*.txt.")
+    _flags.DEFINE_float("loader_seconds", 10.0, "How long to time the loader (0: skip it).")
+    _flags.DEFINE_integer("repeats", 1, "Runs per corpus size and worker count (best is kept).")
+    _flags.DEFINE_string("json", None, "Also write the figures to this JSON file.")
     app.run(main)

@@ -1,17 +1,22 @@
 """Corpus sources for pretraining: each yields documents, a document being a list of sentences.
 
-Sources, selected by a `--corpus` spec string (`parse_corpus_spec`):
+Sources, selected by a `--corpus` spec string (`parse_corpus_specs`: one or more sources
+separated by `;`, mixed in one dataset); every PATH may be local or a `gs://` URI:
 
 * `gensim_wiki[:PATH]` - the embedded default: the English Wikipedia sample shipped inside the
   `gensim` wheel (or another `pages-articles*.xml.bz2` dump at PATH), parsed with gensim's
   `extract_pages` + `filter_wiki`; redirects and pages under 50 words are skipped.
 * `text:PATH[,PATH...]` - plain text in BERT's layout: one sentence or paragraph per line, a
-  blank line between documents. PATH may be a glob.
+  blank line between documents. PATH may be a glob (on gs://, in its last component).
 * `wiki_articles:PATH[,PATH...]` - articles that start with a `= Title =` line, then one
   paragraph per line (the layout of `shared/data/text/wiki_sample.txt`).
 * `tfds:NAME[:SPLIT[:TEXT_KEY]][@DATA_DIR]` - a prepared TFDS text dataset, e.g.
   `tfds:wikipedia/20230601.en:train:text`; each example is one document whose lines are
   paragraphs. Nothing is downloaded.
+
+For parallel reading a source is cut into `ReadTask`s (byte ranges of text files, example
+ranges of TFDS splits; a `.bz2` dump is one task); each document has a key that does not depend
+on the cut (`task_documents`).
 
 Lines and paragraphs are split into sentences by `split_sentences`, a small regex splitter:
 a sentence ends at `.`, `!` or `?` (plus closing quotes/brackets) followed by whitespace and an
@@ -24,10 +29,11 @@ import bz2
 import dataclasses
 import glob
 import hashlib
-import os
 import re
 import sys
 from typing import Iterator
+
+from mobilebert_jax import files
 
 Document = list[str]
 
@@ -89,8 +95,17 @@ class CorpusSpec:
     tfds_data_dir: str | None = None
 
 
+def parse_corpus_specs(spec: str) -> list[CorpusSpec]:
+    """Parses a `--corpus` value of one or more sources separated by `;` (mixed in one
+    dataset, as the paper mixes Wikipedia and books)."""
+    parts = [p.strip() for p in (spec or "").split(";") if p.strip()]
+    if not parts:
+        raise ValueError("the corpus spec is empty")
+    return [parse_corpus_spec(p) for p in parts]
+
+
 def parse_corpus_spec(spec: str) -> CorpusSpec:
-    """Parses a `--corpus` spec string (forms in the module docstring)."""
+    """Parses one source of a `--corpus` spec (forms in the module docstring)."""
     spec = (spec or "").strip()
     kind, _, rest = spec.partition(":")
     if kind not in _SPEC_KINDS:
@@ -99,7 +114,7 @@ def parse_corpus_spec(spec: str) -> CorpusSpec:
                          "tfds:NAME[:SPLIT[:TEXT_KEY]][@DATA_DIR]")
     if kind == "gensim_wiki":
         if rest:
-            return CorpusSpec(kind, paths=(os.path.expanduser(rest),))
+            return CorpusSpec(kind, paths=(files.resolve(rest),))
         from gensim.test.utils import datapath
         return CorpusSpec(kind, paths=(datapath(GENSIM_WIKI_SAMPLE),))
     if kind == "tfds":
@@ -109,80 +124,246 @@ def parse_corpus_spec(spec: str) -> CorpusSpec:
             raise ValueError(f"bad corpus spec {spec!r}: expected tfds:NAME[:SPLIT[:TEXT_KEY]]")
         return CorpusSpec(kind, tfds_name=m["name"], tfds_split=m["split"] or "train",
                           tfds_text_key=m["key"] or "text",
-                          tfds_data_dir=os.path.expanduser(data_dir) if data_dir else None)
+                          tfds_data_dir=files.resolve(data_dir) if data_dir else None)
     patterns = [p.strip() for p in rest.split(",") if p.strip()]
     if not patterns:
         raise ValueError(f"corpus spec {spec!r} names no file")
     paths: list[str] = []
     for pattern in patterns:
-        pattern = os.path.expanduser(pattern)
+        pattern = files.resolve(pattern)
         if glob.has_magic(pattern):
-            matched = sorted(p for p in glob.glob(pattern) if os.path.isfile(p))
+            matched = files.glob_files(pattern)
             if not matched:
                 raise FileNotFoundError(f"corpus pattern {pattern} matches no file")
             paths.extend(matched)
         else:
-            if not os.path.isfile(pattern):
+            if not files.isfile(pattern):
                 raise FileNotFoundError(f"corpus file {pattern} does not exist")
             paths.append(pattern)
     return CorpusSpec(kind, paths=tuple(paths))
 
 
-def read_text_lines(path: str) -> Iterator[str]:
-    """The lines of a UTF-8 text file. A line that is not UTF-8 (or holds a NUL byte) is
-    skipped, and the count is reported on stderr at the end of the file; a file where more than
-    `MAX_BAD_LINE_FRACTION` of the lines are such is refused as not text (a binary file)."""
-    bad, total, first_bad = 0, 0, None
-    with open(path, "rb") as f:
-        for number, raw in enumerate(f, 1):
-            total += 1
-            try:
-                if b"\0" in raw:
-                    raise UnicodeDecodeError("utf-8", raw, raw.index(b"\0"), 1, "NUL byte")
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                bad += 1
-                first_bad = first_bad or number
-                if bad > 100 and bad > MAX_BAD_LINE_FRACTION * total:
-                    break  # refused below: no need to read the rest
+@dataclasses.dataclass(frozen=True)
+class ReadTask:
+    """One unit of parallel reading: the documents of source `source` that start in bytes
+    [start, end) of a text file, all pages of a Wikipedia dump, or examples [start, end) of a
+    TFDS split. Each document gets a key that does not depend on how a source is cut into
+    tasks (the source number, the file number and the byte offset where the document starts,
+    or the page / example index)."""
+
+    source: int
+    kind: str
+    path: str = ""
+    file_index: int = 0
+    start: int = 0
+    end: int = 0
+    tfds: tuple = ()  # (name, split, text key, data dir) of a TFDS source
+
+    def describe(self) -> str:
+        if self.kind == "tfds":
+            return f"tfds:{self.tfds[0]}:{self.tfds[1]}[{self.start}:{self.end}]"
+        if self.kind == "gensim_wiki":
+            return self.path
+        return f"{self.path} bytes {self.start}-{self.end}"
+
+
+def _tfds_builder(name: str, data_dir: str | None):
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except Exception as e:  # tfds raises several types for unknown/unprepared datasets
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"TFDS dataset {name!r} not found or not prepared"
+                         f"{' in ' + data_dir if data_dir else ''} ({first_line})") from None
+    if not builder.info.splits:
+        raise ValueError(f"TFDS dataset {name!r} is not prepared in {builder.data_dir}; "
+                         "prepare it first (no download is attempted)")
+    return builder
+
+
+def check_text_file(path: str, sample_bytes: int = 1 << 20) -> None:
+    """Refuses a file whose first `sample_bytes` are not text (more than
+    `MAX_BAD_LINE_FRACTION` of their lines not UTF-8, or holding NUL bytes): a binary file."""
+    with files.open_binary(path) as f:
+        sample = f.read(sample_bytes)
+    lines = sample.split(b"\n")
+    if len(sample) == sample_bytes and len(lines) > 1:
+        lines = lines[:-1]  # the last one may be cut in the middle of a character
+    bad = sum(1 for line in lines if _decode(line) is None)
+    if lines and bad > MAX_BAD_LINE_FRACTION * len(lines):
+        raise ValueError(f"{path}: not a UTF-8 text file ({bad} of the first {len(lines)} "
+                         "lines are not UTF-8 text)")
+
+
+def read_tasks(specs: list[CorpusSpec], chunk_bytes: int = 8 << 20
+               ) -> tuple[list[ReadTask], int]:
+    """The read tasks of the sources (text files cut into `chunk_bytes` ranges, TFDS splits
+    into example ranges of about as many bytes) and the corpus's size in input bytes."""
+    tasks: list[ReadTask] = []
+    total = 0
+    for source, spec in enumerate(specs):
+        if spec.kind in ("text", "wiki_articles"):
+            for file_index, path in enumerate(spec.paths):
+                check_text_file(path)
+                n = files.size(path)
+                total += n
+                for start in range(0, max(n, 1), chunk_bytes):
+                    tasks.append(ReadTask(source, spec.kind, path, file_index, start,
+                                          min(start + chunk_bytes, n)))
+        elif spec.kind == "gensim_wiki":
+            if not files.isfile(spec.paths[0]):
+                raise FileNotFoundError(f"Wikipedia dump {spec.paths[0]} does not exist")
+            total += files.size(spec.paths[0])
+            tasks.append(ReadTask(source, spec.kind, spec.paths[0]))
+        else:
+            builder = _tfds_builder(spec.tfds_name, spec.tfds_data_dir)
+            if spec.tfds_text_key not in builder.info.features:
+                raise ValueError(f"TFDS dataset {spec.tfds_name!r} has no feature "
+                                 f"{spec.tfds_text_key!r} (features: "
+                                 f"{sorted(builder.info.features.keys())})")
+            tfds_args = (spec.tfds_name, spec.tfds_split, spec.tfds_text_key,
+                         spec.tfds_data_dir)
+            split_info = builder.info.splits.get(spec.tfds_split) if "[" not in \
+                spec.tfds_split else None
+            if "[" not in spec.tfds_split and split_info is None:
+                raise ValueError(f"TFDS dataset {spec.tfds_name!r} has no split "
+                                 f"{spec.tfds_split!r} (splits: {sorted(builder.info.splits)})")
+            if split_info is None:  # a slice of a split: one task reads it
+                tasks.append(ReadTask(source, "tfds", tfds=tfds_args, start=0, end=-1))
                 continue
-            yield line
-    if bad > MAX_BAD_LINE_FRACTION * total:
-        raise ValueError(f"{path}: not a UTF-8 text file ({bad} of the first {total} lines "
-                         f"are not UTF-8 text, from line {first_bad})")
-    if bad:
-        print(f"warning: {path}: skipped {bad} of {total} lines that are not UTF-8 text "
-              f"(first: line {first_bad})", file=sys.stderr)
+            n, nbytes = split_info.num_examples, max(split_info.num_bytes, 1)
+            total += nbytes
+            step = max(1, int(n * chunk_bytes / nbytes))
+            for start in range(0, n, step):
+                tasks.append(ReadTask(source, "tfds", tfds=tfds_args, start=start,
+                                      end=min(start + step, n)))
+    return tasks, total
 
 
-def iter_text_documents(paths: tuple[str, ...] | list[str]) -> Iterator[Document]:
-    """Documents of plain text files in BERT's layout (a blank line ends a document)."""
-    for path in paths:
-        doc: Document = []
-        for line in read_text_lines(path):
-            if not line.strip():
+def _decode(raw: bytes) -> str | None:
+    if b"\0" in raw:
+        return None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+class _LineReader:
+    """The lines from the first one that starts at or after byte `start` of a file, with their
+    byte offsets; a line that is not UTF-8 text comes as None. Lines that start in
+    [start, end) are counted (`total`, `bad`, `first_bad`): each line of a file counts in
+    exactly one task, however many tasks read it."""
+
+    def __init__(self, path: str, start: int, end: int):
+        self.path, self.start, self.end = path, start, end
+        self.bad = self.total = 0
+        self.first_bad: int | None = None
+
+    def _refuse(self) -> ValueError:
+        return ValueError(f"{self.path}: not a UTF-8 text file ({self.bad} of {self.total} lines "
+                          f"from byte {self.start} are not UTF-8 text)")
+
+    def __iter__(self) -> Iterator[tuple[int, str | None]]:
+        with files.open_binary(self.path) as f:
+            pos = 0
+            if self.start > 0:
+                f.seek(self.start - 1)
+                pos = self.start - 1 + len(f.readline())  # the line holding byte start-1
+            for raw in f:
+                offset, pos = pos, pos + len(raw)
+                line = _decode(raw)
+                if offset < self.end:
+                    self.total += 1
+                    if line is None:
+                        self.bad += 1
+                        self.first_bad = offset if self.first_bad is None else self.first_bad
+                        if self._binary():
+                            raise self._refuse()
+                yield offset, line
+
+    def _binary(self) -> bool:
+        # A whole file is judged up front (`check_text_file`); here, binary data further on.
+        return self.bad > 100 and self.bad > MAX_BAD_LINE_FRACTION * self.total
+
+    def report(self) -> None:
+        if self._binary():
+            raise self._refuse()
+        if self.bad:
+            print(f"warning: {self.path}: skipped {self.bad} of {self.total} lines that are not "
+                  f"UTF-8 text (first at byte {self.first_bad})", file=sys.stderr, flush=True)
+
+
+def _text_task_documents(task: ReadTask, lines: _LineReader
+                         ) -> Iterator[tuple[int, Document]]:
+    """BERT's layout: a blank line ends a document. A document belongs to the task holding the
+    blank line just before it (the file's first document to the task at byte 0), so tasks
+    that cut a file anywhere together yield each document once."""
+    pending = task.start == 0  # whether the next non-blank line starts a document of ours
+    doc: Document = []
+    doc_start = -1
+    for offset, line in lines:
+        if line is None:
+            continue
+        if not line.strip():
+            if doc_start >= 0:
                 if doc:
-                    yield doc
-                doc = []
-            else:
-                doc.extend(split_sentences(line))
-        if doc:
-            yield doc
+                    yield doc_start, doc
+                doc, doc_start = [], -1
+            if offset >= task.end:
+                return
+            pending = True
+        elif doc_start >= 0:
+            doc.extend(split_sentences(line))
+        elif pending:
+            doc_start, doc, pending = offset, split_sentences(line), False
+        elif offset >= task.end:
+            return
+    if doc_start >= 0 and doc:
+        yield doc_start, doc
 
 
-def iter_wiki_article_documents(paths: tuple[str, ...] | list[str]) -> Iterator[Document]:
-    """Documents of `= Title =` article files (one paragraph per line; title not included)."""
-    for path in paths:
-        doc: Document = []
-        for line in read_text_lines(path):
-            if _WIKI_TITLE.match(line):
-                if doc:
-                    yield doc
-                doc = []
-            elif line.strip():
-                doc.extend(split_sentences(line))
-        if doc:
-            yield doc
+def _wiki_task_documents(task: ReadTask, lines: _LineReader
+                         ) -> Iterator[tuple[int, Document]]:
+    """`= Title =` articles: a document belongs to the task holding its title line (text
+    before the file's first title, to the task at byte 0)."""
+    doc: Document = []
+    doc_start = 0 if task.start == 0 else -1
+    for offset, line in lines:
+        if line is None:
+            continue
+        if _WIKI_TITLE.match(line):
+            if doc_start >= 0 and doc:
+                yield doc_start, doc
+            if offset >= task.end:
+                return
+            doc, doc_start = [], offset
+        elif doc_start >= 0 and line.strip():
+            doc.extend(split_sentences(line))
+    if doc_start >= 0 and doc:
+        yield doc_start, doc
+
+
+def task_documents(task: ReadTask, stats: dict | None = None
+                   ) -> Iterator[tuple[str, Document]]:
+    """(key, document) of every non-empty document of a read task; `stats` (if given) gains
+    the count of skipped lines that were not UTF-8 text."""
+    if task.kind in ("text", "wiki_articles"):
+        lines = _LineReader(task.path, task.start, task.end)
+        read = _text_task_documents if task.kind == "text" else _wiki_task_documents
+        for offset, doc in read(task, lines):
+            yield f"{task.source}:{task.file_index}:{offset}", doc
+        lines.report()
+        if stats is not None:
+            stats["skipped_lines"] = stats.get("skipped_lines", 0) + lines.bad
+    elif task.kind == "gensim_wiki":
+        for index, doc in _gensim_pages(task.path):
+            yield f"{task.source}:{index}", doc
+    else:
+        name, split, key, data_dir = task.tfds
+        for index, doc in _tfds_examples(name, split, key, data_dir, task.start, task.end):
+            yield f"{task.source}:{index}", doc
 
 
 def clean_wiki_markup(text: str) -> list[str]:
@@ -199,15 +380,15 @@ def clean_wiki_markup(text: str) -> list[str]:
     return paragraphs
 
 
-def iter_gensim_wiki_documents(path: str) -> Iterator[Document]:
-    """Articles of a Wikipedia XML `.bz2` dump, parsed with gensim's wiki utilities."""
+def _gensim_pages(path: str) -> Iterator[tuple[int, Document]]:
+    """(page index, article) of a Wikipedia XML `.bz2` dump, parsed with gensim's utilities."""
     from gensim.corpora.wikicorpus import extract_pages, filter_wiki
 
-    if not os.path.isfile(path):
+    if not files.isfile(path):
         raise FileNotFoundError(f"Wikipedia dump {path} does not exist")
     try:
-        with bz2.open(path, "rb") as f:
-            for _, text, _ in extract_pages(f, filter_namespaces=("0",)):
+        with files.open_binary(path) as raw, bz2.open(raw, "rb") as f:
+            for index, (_, text, _) in enumerate(extract_pages(f, filter_namespaces=("0",))):
                 if not text or text.lstrip().lower().startswith("#redirect"):
                     continue
                 paragraphs = clean_wiki_markup(filter_wiki(text))
@@ -215,7 +396,7 @@ def iter_gensim_wiki_documents(path: str) -> Iterator[Document]:
                     continue
                 doc = _paragraphs_to_document(paragraphs)
                 if doc:
-                    yield doc
+                    yield index, doc
     except (OSError, EOFError) as e:
         raise ValueError(f"cannot read Wikipedia dump {path}: {e}") from None
     except Exception as e:  # XML parse errors from a corrupt dump
@@ -224,59 +405,45 @@ def iter_gensim_wiki_documents(path: str) -> Iterator[Document]:
         raise
 
 
-def iter_tfds_documents(name: str, split: str = "train", text_key: str = "text",
-                        data_dir: str | None = None) -> Iterator[Document]:
-    """Documents of a prepared TFDS text dataset (never downloads); lines are paragraphs."""
+def _tfds_examples(name: str, split: str, text_key: str, data_dir: str | None, start: int,
+                   end: int) -> Iterator[tuple[int, Document]]:
+    """(example index, document) of examples [start, end) of a prepared TFDS text dataset
+    (end -1: all of `split`, which may be a slice); never downloads; lines are paragraphs."""
     import tensorflow_datasets as tfds
 
-    try:
-        builder = tfds.builder(name, data_dir=data_dir)
-    except Exception as e:  # tfds raises several types for unknown/unprepared datasets
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"TFDS dataset {name!r} not found or not prepared"
-                         f"{' in ' + data_dir if data_dir else ''} ({first_line})") from None
-    if not builder.info.splits:
-        raise ValueError(f"TFDS dataset {name!r} is not prepared in {builder.data_dir}; "
-                         "prepare it first (no download is attempted)")
+    builder = _tfds_builder(name, data_dir)
     if text_key not in builder.info.features:
         raise ValueError(f"TFDS dataset {name!r} has no feature {text_key!r} "
                          f"(features: {sorted(builder.info.features.keys())})")
+    read_split = split if end < 0 else f"{split}[{start}:{end}]"
     try:
-        ds = builder.as_dataset(split=split)
+        ds = builder.as_dataset(split=read_split, shuffle_files=False)
     except Exception as e:
         raise ValueError(f"TFDS dataset {name!r} has no split {split!r} ({e})") from None
     bad = 0
-    for example in tfds.as_numpy(ds):
+    for index, example in enumerate(tfds.as_numpy(ds), start):
         text = example[text_key]
         if isinstance(text, bytes):
-            try:
-                text = text.decode("utf-8")
-            except UnicodeDecodeError:
+            text = _decode(text)
+            if text is None:
                 bad += 1
                 continue
         doc = _paragraphs_to_document([line for line in str(text).splitlines() if line.strip()])
         if doc:
-            yield doc
+            yield index, doc
     if bad:
-        print(f"warning: TFDS dataset {name!r} ({split}): skipped {bad} examples whose "
-              f"{text_key!r} is not UTF-8 text", file=sys.stderr)
+        print(f"warning: TFDS dataset {name!r} ({read_split}): skipped {bad} examples whose "
+              f"{text_key!r} is not UTF-8 text", file=sys.stderr, flush=True)
 
 
-def iter_documents(spec: str | CorpusSpec) -> Iterator[Document]:
-    """Documents (lists of sentences) of a corpus spec; empty documents are skipped."""
-    if isinstance(spec, str):
-        spec = parse_corpus_spec(spec)
-    if spec.kind == "text":
-        yield from iter_text_documents(spec.paths)
-    elif spec.kind == "wiki_articles":
-        yield from iter_wiki_article_documents(spec.paths)
-    elif spec.kind == "gensim_wiki":
-        yield from iter_gensim_wiki_documents(spec.paths[0])
-    elif spec.kind == "tfds":
-        yield from iter_tfds_documents(spec.tfds_name, spec.tfds_split, spec.tfds_text_key,
-                                       spec.tfds_data_dir)
-    else:
-        raise ValueError(f"unknown corpus kind {spec.kind!r}")
+def iter_documents(spec: str | CorpusSpec | list[CorpusSpec]) -> Iterator[Document]:
+    """Documents (lists of sentences) of a corpus spec, in order; empty documents skipped."""
+    specs = parse_corpus_specs(spec) if isinstance(spec, str) else (
+        [spec] if isinstance(spec, CorpusSpec) else spec)
+    tasks, _ = read_tasks(specs, chunk_bytes=1 << 62)
+    for task in tasks:
+        for _, doc in task_documents(task):
+            yield doc
 
 
 def load_documents(spec: str | CorpusSpec) -> list[Document]:
@@ -287,27 +454,24 @@ def load_documents(spec: str | CorpusSpec) -> list[Document]:
     return docs
 
 
-def describe_corpus(spec: str | CorpusSpec) -> str:
+def describe_corpus(spec: str | CorpusSpec | list[CorpusSpec]) -> str:
     """A short human-readable name of a corpus spec."""
     if isinstance(spec, str):
         return spec
+    if isinstance(spec, list):
+        return ";".join(describe_corpus(s) for s in spec)
     if spec.kind == "tfds":
         return f"tfds:{spec.tfds_name}:{spec.tfds_split}:{spec.tfds_text_key}"
     return f"{spec.kind}:{','.join(spec.paths)}"
 
 
-def corpus_fingerprint(spec: str | CorpusSpec) -> str:
+def corpus_fingerprint(spec: str | CorpusSpec | list[CorpusSpec]) -> str:
     """A hash of the corpus identity (paths with sizes and mtimes, or the TFDS name/split)."""
-    if isinstance(spec, str):
-        spec = parse_corpus_spec(spec)
-    digest = hashlib.sha256(describe_corpus(spec).encode())
-    for path in spec.paths:
-        st = os.stat(path)
-        digest.update(f"{os.path.abspath(path)}:{st.st_size}:{st.st_mtime_ns}".encode())
-    digest.update(str(spec.tfds_data_dir).encode())
+    specs = parse_corpus_specs(spec) if isinstance(spec, str) else (
+        [spec] if isinstance(spec, CorpusSpec) else spec)
+    digest = hashlib.sha256(describe_corpus(specs).encode())
+    for s in specs:
+        for path in s.paths:
+            digest.update(f"{path}:{files.stat_key(path)}".encode())
+        digest.update(str(s.tfds_data_dir).encode())
     return digest.hexdigest()[:16]
-
-
-def corpus_num_bytes(docs: list[Document]) -> int:
-    """UTF-8 bytes of the documents' sentence text (for throughput figures)."""
-    return sum(len(s.encode("utf-8")) + 1 for doc in docs for s in doc)

@@ -1,26 +1,53 @@
-"""Pretraining data preparation: corpus -> tokenized NSP pairs -> TFDS ArrayRecord dataset.
+"""Pretraining data preparation, an Apache Beam pipeline: corpus -> tokenized documents ->
+NSP sentence pairs per shard -> a TFDS ArrayRecord dataset.
 
     python -m mobilebert_jax.data.prepare --corpus=gensim_wiki --tokenizer=bert-base-uncased \\
-        --seq_len=128 --out=/tmp/pretrain_data
+        --seq_len=128 --out=/tmp/pretrain_data [--num_workers=2] [-- BEAM PIPELINE OPTIONS]
 
-writes, atomically (a temp directory renamed into place):
+runs locally on Beam's DirectRunner (in this process, or `--num_workers` local worker
+processes); Beam pipeline options after `--` choose another runner (Dataflow, Flink, Spark) and
+its settings, passed through unchanged. The stages:
 
-    OUT/pretraining_meta.json     settings, vocabulary facts and example counts
+1. read: the corpus is cut into read tasks (`corpus.read_tasks`: byte ranges of text files,
+   example ranges of TFDS splits); a worker reads a task and tokenizes its documents (the
+   tokenizer travels inside the pipeline as its file's bytes, so any runner's workers build it).
+2. layout: each document's 64-bit hash (blake2b of the seed and the document's key) is all
+   that is gathered in one place: the sorted hashes fix the held-out documents (the
+   `eval_fraction` with the smallest hashes) and the shard boundaries (equal document counts).
+3. shard: the documents of a (split, shard) are grouped, sorted by hash, cut into NSP pairs
+   (random next segments and `dupe_factor` passes drawn within the shard, as BERT's
+   create_pretraining_data did per input file), serialized as TFDS examples and written as one
+   ArrayRecord file. A worker holds one shard at a time: memory follows the shard size
+   (`shard_mb` of text), not the corpus size.
+4. finish (this process): the TFDS metadata from the shards' counts, the vocabulary arrays, and
+   last `pretraining_meta.json`, whose presence marks the dataset complete.
+
+The output is a function of the corpus and the settings only: the same bytes for any worker
+count and runner. Layout:
+
+    OUT/pretraining_meta.json     settings, vocabulary facts and example counts (written last)
     OUT/vocab_arrays.npz          replacement_ids and continuation_mask, for masking at load time
-    OUT/mobilebert_pretraining/1.0.0/*.array_record-*   TFDS dataset, splits train + validation
+    OUT/mobilebert_pretraining/1.0.0/mobilebert_pretraining-{train,validation}.array_record-*
 
 Each record holds the unmasked `token_ids` (`[CLS] A [SEP] B [SEP]`), `segment_ids` and
 `next_sentence_label`; with static masking the stored `token_ids` are already masked and
-`masked_lm_positions` / `masked_lm_ids` are stored too. The validation split is made from
-held-out documents (`eval_fraction`), so no text is shared between the splits.
-`prepare_dataset` is the same as a function; it reuses a complete dataset prepared with the
-same settings.
+`masked_lm_positions` / `masked_lm_ids` are stored too. A local output is built in a temporary
+directory beside it and renamed into place; a `gs://` output is written in place, its metadata
+last, with a `.incomplete` marker until then, so a killed run leaves nothing a reader takes for a
+dataset (and the next run starts it clean). `prepare_dataset` is the same as a function; it
+reuses a complete dataset prepared with the same settings.
 """
 from __future__ import annotations
 
+import bisect
+import contextlib
+import hashlib
+import io
 import json
+import logging
+import math
 import os
-import random
+import re
 import shutil
 import sys
 import tempfile
@@ -34,19 +61,32 @@ from mobilebert_jax.data import corpus as corpus_lib
 from mobilebert_jax.data import pretraining
 from mobilebert_jax.data import tokenizers
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 DATASET_NAME = "mobilebert_pretraining"
 DATASET_VERSION = "1.0.0"
 META_FILE = "pretraining_meta.json"
 VOCAB_ARRAYS_FILE = "vocab_arrays.npz"
+INCOMPLETE_FILE = ".incomplete"
+SHARD_STATS_DIR = ".shards"
 TRAIN_SPLIT = "train"
 EVAL_SPLIT = "validation"
-_ENCODE_CHUNK = 8192
+SHARD_MB = 4.0  # text per shard by default: bounds a worker's memory
+READ_CHUNK_MB = 8.0  # a read task's share of a text file (the output does not depend on it)
+_ENCODE_BATCH_SENTENCES = 4096
+# The settings that change the examples: a prepared dataset records them, a trainer
+# refuses a dataset whose values differ from its config's.
+EXAMPLE_SETTINGS = ("tokenizer_fingerprint", "seq_len", "max_predictions_per_seq",
+                    "dupe_factor", "short_seq_prob", "masked_lm_prob", "whole_word_masking",
+                    "static_masking", "eval_fraction", "seed")
 
 
 def tfds_dir(data_dir: str) -> str:
     """The TFDS builder directory inside a prepared dataset directory."""
     return files.join(data_dir, DATASET_NAME, DATASET_VERSION)
+
+
+def shard_file_name(split: str, shard: int, num_shards: int) -> str:
+    return f"{DATASET_NAME}-{split}.array_record-{shard:05d}-of-{num_shards:05d}"
 
 
 def _features(static_masking: bool):
@@ -63,41 +103,25 @@ def _features(static_masking: bool):
     return tfds.features.FeaturesDict(spec)
 
 
-def _progress(iterable, progress: bool, **kwargs):
-    if not progress:
-        return iterable
-    from tqdm.auto import tqdm
-    return tqdm(iterable, file=sys.stderr, **kwargs)
+def serialize_record(record: dict[str, Any]) -> bytes:
+    """A record as the `tf.train.Example` bytes of `_features` (int32 arrays as raw bytes,
+    scalars as int64), the bytes TFDS's own serializer gives with deterministic map order
+    (tested), in under half its time: it is the inner loop of writing a shard."""
+    from tensorflow_datasets.proto import tf_example_pb2
 
-
-def tokenize_documents(docs: Sequence[Sequence[str]], tokenizer: tokenizers.Tokenizer,
-                       progress: bool = False) -> list[list[list[int]]]:
-    """Token ids of every sentence, grouped by document (batch encoding, in chunks)."""
-    flat = [s for doc in docs for s in doc]
-    encoded: list[list[int]] = []
-    starts = range(0, len(flat), _ENCODE_CHUNK)
-    for start in _progress(starts, progress, desc="tokenize", unit="chunk"):
-        encoded.extend(tokenizer.encode_batch(flat[start:start + _ENCODE_CHUNK]))
-    out, pos = [], 0
-    for doc in docs:
-        out.append(encoded[pos:pos + len(doc)])
-        pos += len(doc)
-    return out
-
-
-def split_documents(num_docs: int, eval_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Indices of the train and held-out documents (at least one each when eval_fraction>0)."""
-    order = list(range(num_docs))
-    random.Random(seed ^ 0x5EED).shuffle(order)
-    if eval_fraction <= 0 or num_docs < 2:
-        return sorted(order), []
-    n_eval = max(2 if num_docs >= 4 else 1, int(round(eval_fraction * num_docs)))
-    n_eval = min(n_eval, num_docs - 1)
-    return sorted(order[n_eval:]), sorted(order[:n_eval])
+    example = tf_example_pb2.Example()
+    feature = example.features.feature
+    for key, value in record.items():
+        if np.ndim(value) == 0:
+            feature[key].int64_list.value.append(int(value))
+        else:
+            feature[key].bytes_list.value.append(np.asarray(value, dtype=np.int32).tobytes())
+    # Deterministic: a proto map's order otherwise differs between processes.
+    return example.SerializeToString(deterministic=True)
 
 
 def _check_settings(seq_len, max_predictions_per_seq, dupe_factor, short_seq_prob,
-                    masked_lm_prob, eval_fraction) -> None:
+                    masked_lm_prob, eval_fraction, num_workers, shard_mb) -> None:
     if seq_len < 8:
         raise ValueError(f"seq_len={seq_len} is too short (need at least 8)")
     if not 1 <= max_predictions_per_seq <= seq_len:
@@ -111,6 +135,10 @@ def _check_settings(seq_len, max_predictions_per_seq, dupe_factor, short_seq_pro
         raise ValueError(f"masked_lm_prob={masked_lm_prob} must be in (0, 1)")
     if not 0.0 <= eval_fraction < 1.0:
         raise ValueError(f"eval_fraction={eval_fraction} must be in [0, 1)")
+    if num_workers < 1:
+        raise ValueError(f"num_workers={num_workers} must be at least 1")
+    if not shard_mb > 0:
+        raise ValueError(f"shard_mb={shard_mb} must be > 0")
 
 
 def read_meta(data_dir: str) -> dict[str, Any] | None:
@@ -127,204 +155,597 @@ def read_meta(data_dir: str) -> dict[str, Any] | None:
     return meta
 
 
-def _examples(pairs: list[pretraining.PairExample], static_cfg, seed: int, split_seed: int,
-              progress: bool, desc: str):
-    for index, ex in enumerate(_progress(pairs, progress, desc=desc, unit="ex")):
-        record = {"token_ids": ex.token_ids, "segment_ids": ex.segment_ids,
-                  "next_sentence_label": np.int32(ex.next_sentence_label)}
-        if static_cfg is not None:
-            masked, positions, labels = pretraining.mask_tokens(
-                ex.token_ids, static_cfg, pretraining.masking_rng(seed + split_seed, 0, index))
-            record.update(token_ids=masked, masked_lm_positions=positions,
-                          masked_lm_ids=labels.astype(np.int32))
-        yield index, record
+def settings_mismatch(meta: dict[str, Any], expected: dict[str, Any]) -> str | None:
+    """The first of `EXAMPLE_SETTINGS` in `expected` whose value in a dataset's metadata
+    differs; None when they all agree."""
+    stored = meta.get("settings", {})
+    for field in EXAMPLE_SETTINGS:
+        if field not in expected:
+            continue
+        a, b = stored.get(field), expected[field]
+        if isinstance(b, float) and isinstance(a, (int, float)) and not isinstance(a, bool):
+            same = math.isclose(float(a), b, rel_tol=0, abs_tol=1e-12)
+        else:
+            same = a == b
+        if not same:
+            return field
+    return None
 
 
-def _write(tmp_dir: str, tokenizer, splits: dict, static_cfg, seed: int,
-           progress: bool) -> None:
+# ----------------------------------------------------------------------------- the pipeline
+
+
+def doc_hash(seed: int, key: str) -> int:
+    """A document's stable 64-bit hash (never Python's salted `hash`)."""
+    digest = hashlib.blake2b(f"{seed}/{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+def num_eval_documents(num_docs: int, eval_fraction: float) -> int:
+    """Held-out documents: round(eval_fraction * N), at least 2 (1 below 4 documents), at least
+    one left for training; 0 when eval_fraction is 0."""
+    if eval_fraction <= 0 or num_docs < 2:
+        return 0
+    n_eval = max(2 if num_docs >= 4 else 1, int(round(eval_fraction * num_docs)))
+    return min(n_eval, num_docs - 1)
+
+
+def shard_layout(hashes: list[int], num_train_shards: int, eval_fraction: float
+                 ) -> dict[str, Any]:
+    """From every document's hash: the largest held-out hash and, per split, the shard count
+    (at most half the split's documents, so a shard has two for random next segments) and
+    the hash where each shard after the first begins."""
+    h = sorted(hashes)
+    n_eval = num_eval_documents(len(h), eval_fraction)
+    layout: dict[str, Any] = {"eval_max": h[n_eval - 1] if n_eval else -1, "splits": {}}
+    for name, part in ((EVAL_SPLIT, h[:n_eval]), (TRAIN_SPLIT, h[n_eval:])):
+        wanted = (num_train_shards if name == TRAIN_SPLIT
+                  else math.ceil(num_train_shards * eval_fraction))
+        count = max(1, min(wanted, len(part) // 2))
+        layout["splits"][name] = {
+            "num_docs": len(part), "num_shards": count,
+            "bounds": [part[i * len(part) // count] for i in range(1, count)]}
+    return layout
+
+
+def _assign(doc, layout):
+    split = EVAL_SPLIT if doc[0] <= layout["eval_max"] else TRAIN_SPLIT
+    info = layout["splits"][split]
+    return (split, bisect.bisect_right(info["bounds"], doc[0]), info["num_shards"]), doc
+
+
+def _encode_document(token_lists: Sequence[Sequence[int]]) -> bytes:
+    lengths = [len(t) for t in token_lists]
+    flat = [i for t in token_lists for i in t]
+    return np.asarray([len(lengths), *lengths, *flat], dtype=np.int32).tobytes()
+
+
+def _decode_document(payload: bytes) -> list[np.ndarray]:
+    a = np.frombuffer(payload, dtype=np.int32)
+    n = int(a[0])
+    ends = np.cumsum(a[1:1 + n]) + 1 + n
+    return np.split(a[1 + n:], ends[:-1] - (1 + n))
+
+
+def _shard_seed(seed: int, split: str, shard: int) -> int:
+    return doc_hash(seed, f"shard/{split}/{shard}")
+
+
+def _progress(enabled: bool, message: str) -> None:
+    if enabled:
+        print(f"prepare: {message}", file=sys.stderr, flush=True)
+
+
+def _beam():
+    """apache_beam, imported with the root logger quiet (an optional GCP client of Beam's warns
+    through it at import when its library is missing, which no code path here needs)."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        import apache_beam
+        import apache_beam.io.gcp.internal.clients.bigquery  # noqa: F401  (its warning, quiet)
+    except ImportError:
+        pass
+    finally:
+        root.setLevel(level)
+    import apache_beam
+    return apache_beam
+
+
+def _read_and_tokenize_fn():
+    beam = _beam()
+    from apache_beam.metrics import Metrics
+
+    class ReadAndTokenize(beam.DoFn):
+        """Read task -> (hash, key, text bytes, encoded token ids) per non-empty document."""
+
+        def __init__(self, tokenizer_name: str, tokenizer_bytes: bytes, lower_case: bool,
+                     seed: int, num_tasks: int, progress: bool):
+            self.tokenizer_name, self.tokenizer_bytes = tokenizer_name, tokenizer_bytes
+            self.lower_case, self.seed = lower_case, seed
+            self.num_tasks, self.progress = num_tasks, progress
+            self.documents = Metrics.counter("prepare", "documents")
+            self.tokenized = Metrics.counter("prepare", "documents_with_tokens")
+            self.skipped_lines = Metrics.counter("prepare", "skipped_lines")
+
+        def setup(self):
+            os.environ.setdefault("RAYON_NUM_THREADS", "1")  # one core per worker
+            self._dir = tempfile.mkdtemp(prefix="mobilebert_jax_tokenizer-")
+            path = os.path.join(self._dir, self.tokenizer_name)
+            with open(path, "wb") as f:
+                f.write(self.tokenizer_bytes)
+            self.tokenizer = tokenizers.load_tokenizer(path, lower_case=self.lower_case)
+
+        def teardown(self):
+            shutil.rmtree(getattr(self, "_dir", ""), ignore_errors=True)
+
+        def _encode(self, batch):
+            encoded = self.tokenizer.encode_batch([s for _, doc in batch for s in doc])
+            pos = 0
+            for key, doc in batch:
+                ids = encoded[pos:pos + len(doc)]
+                pos += len(doc)
+                if not any(ids):
+                    continue
+                self.tokenized.inc()
+                text_bytes = sum(len(s.encode("utf-8")) + 1 for s in doc)
+                yield doc_hash(self.seed, key), key, text_bytes, _encode_document(ids)
+
+        def process(self, task):
+            batch, sentences, count, stats = [], 0, 0, {}
+            for key, doc in corpus_lib.task_documents(task, stats):
+                batch.append((key, doc))
+                count += 1
+                sentences += len(doc)
+                if sentences >= _ENCODE_BATCH_SENTENCES:
+                    yield from self._encode(batch)
+                    batch, sentences = [], 0
+            yield from self._encode(batch)
+            self.documents.inc(count)
+            self.skipped_lines.inc(stats.get("skipped_lines", 0))
+            _progress(self.progress, f"read {task.describe()}: {count} documents "
+                                     f"(of {self.num_tasks} read tasks)")
+
+    return ReadAndTokenize
+
+
+def _write_shard_fn():
+    beam = _beam()
+
+    class WriteShard(beam.DoFn):
+        """(split, shard, count) + its documents -> one ArrayRecord file and its counts."""
+
+        def __init__(self, staging: str, seq_len: int, cls_id: int, sep_id: int,
+                     short_seq_prob: float, dupe_factor: int, seed: int, static_cfg,
+                     progress: bool):
+            self.staging, self.seq_len = staging, seq_len
+            self.cls_id, self.sep_id = cls_id, sep_id
+            self.short_seq_prob, self.dupe_factor, self.seed = short_seq_prob, dupe_factor, seed
+            self.static_cfg, self.progress = static_cfg, progress
+
+
+        def process(self, item):
+            from array_record.python import array_record_module
+
+            (split, shard, num_shards), docs = item
+            docs = sorted(docs)  # by hash, then key: the same order on every runner
+            stats = {"split": split, "shard": shard, "num_shards": num_shards,
+                     "num_documents": len(docs), "text_bytes": sum(d[2] for d in docs),
+                     "num_examples": 0, "num_bytes": 0, "num_tokens": 0, "random_next": 0}
+            if len(docs) >= 2:
+                token_docs = [_decode_document(d[3]) for d in docs]
+                stats["num_tokens"] = int(sum(len(s) for doc in token_docs for s in doc))
+                pairs = pretraining.create_pairs(
+                    token_docs, self.seq_len, self.cls_id, self.sep_id,
+                    short_seq_prob=self.short_seq_prob, dupe_factor=self.dupe_factor,
+                    seed=_shard_seed(self.seed, split, shard))
+                del token_docs
+                name = shard_file_name(split, shard, num_shards)
+                target = files.join(tfds_dir(self.staging), name)
+                local_dir = (os.path.dirname(target) if not files.is_remote(target)
+                             else tempfile.gettempdir())
+                os.makedirs(local_dir, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=local_dir)
+                os.close(fd)
+                os.chmod(tmp, 0o644)
+                try:
+                    writer = array_record_module.ArrayRecordWriter(tmp, "group_size:1")
+                    for index, ex in enumerate(pairs):
+                        writer.write(self._serialize(ex, split, shard, index))
+                        stats["random_next"] += ex.next_sentence_label
+                    writer.close()
+                    stats["num_examples"] = len(pairs)
+                    stats["num_bytes"] = os.path.getsize(tmp)
+                    if files.is_remote(target):
+                        files.copy_file(tmp, target)
+                    else:
+                        os.replace(tmp, target)
+                finally:
+                    if os.path.exists(tmp):
+                        os.unlink(tmp)
+            stats_dir = files.join(self.staging, SHARD_STATS_DIR)
+            if not files.is_remote(stats_dir):
+                os.makedirs(stats_dir, exist_ok=True)
+            files.write_json(files.join(stats_dir, f"{split}-{shard:05d}.json"), stats)
+            _progress(self.progress, f"wrote {split} shard {shard + 1}/{num_shards}: "
+                                     f"{stats['num_examples']} examples from "
+                                     f"{len(docs)} documents")
+            yield stats
+
+        def _serialize(self, ex, split, shard, index) -> bytes:
+            record = {"token_ids": ex.token_ids, "segment_ids": ex.segment_ids,
+                      "next_sentence_label": np.int32(ex.next_sentence_label)}
+            if self.static_cfg is not None:
+                rng = pretraining.masking_rng(_shard_seed(self.seed, split, shard), 0, index)
+                masked, positions, labels = pretraining.mask_tokens(ex.token_ids,
+                                                                    self.static_cfg, rng)
+                record.update(token_ids=masked, masked_lm_positions=positions,
+                              masked_lm_ids=labels.astype(np.int32))
+            return serialize_record(record)
+
+    return WriteShard
+
+
+def pipeline_options(num_workers: int, beam_args: Sequence[str] = ()):
+    """Beam options: `beam_args` as given; without a `--runner` among them, the DirectRunner
+    in this process (1 worker) or in `num_workers` local worker processes."""
+    _beam()
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    args = list(beam_args)
+    if not any(a == "--runner" or a.startswith("--runner=") for a in args):
+        args += ["--runner=DirectRunner", f"--direct_num_workers={num_workers}",
+                 "--direct_running_mode=" + ("multi_processing" if num_workers > 1
+                                             else "in_memory")]
+    return PipelineOptions(args)
+
+
+def _runner_name(options) -> str:
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    return str(options.view_as(StandardOptions).runner or "DirectRunner")
+
+
+@contextlib.contextmanager
+def _quiet_beam():
+    """Beam's INFO/WARNING chatter off (errors still reach the caller as exceptions)."""
+    log = logging.getLogger("apache_beam")
+    level = log.level
+    log.setLevel(logging.ERROR + 10)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def _pipeline_error(e: BaseException) -> BaseException:
+    """The expected error inside a failed pipeline (ValueError, OSError, ...) as itself, with
+    Beam's traceback and '[while running ...]' stripped; anything else unchanged."""
+    if isinstance(e, (ValueError, OSError)):
+        msg = re.sub(r"(?: \[while running '[^']*'\])+$", "", str(e).strip())
+        return type(e)(msg) if not isinstance(e, OSError) or not e.filename else e
+    text = str(e).strip()
+    lines = [ln for ln in text.splitlines() if re.match(r"^\s*(?:[\w.]+\.)?\w*Error: ", ln)]
+    if not lines:
+        return e
+    kind, _, msg = lines[-1].strip().partition(": ")
+    msg = re.sub(r"(?: \[while running '[^']*'\])+$", "", msg)
+    kind = kind.rsplit(".", 1)[-1]
+    if kind in ("ValueError", "UnicodeDecodeError"):
+        return ValueError(msg)
+    if kind in ("FileNotFoundError", "NotADirectoryError", "PermissionError", "OSError",
+                "IsADirectoryError", "FileExistsError"):
+        return OSError(msg)
+    return e
+
+
+def _run_pipeline(tasks, tokenizer, staging, settings, static_cfg, options,
+                  progress: bool) -> dict[str, int]:
+    """Runs the pipeline (stages in the module docstring); returns its counters."""
+    beam = _beam()
+    from apache_beam.metrics.metric import MetricsFilter
+
+    with open(tokenizer.path, "rb") as f:
+        tokenizer_bytes = f.read()
+    read = _read_and_tokenize_fn()(os.path.basename(tokenizer.path), tokenizer_bytes,
+                                   settings["lower_case"], settings["seed"], len(tasks),
+                                   progress)
+    write = _write_shard_fn()(staging, settings["seq_len"], tokenizer.cls_id, tokenizer.sep_id,
+                              settings["short_seq_prob"], settings["dupe_factor"],
+                              settings["seed"], static_cfg, progress)
+    num_shards, eval_fraction = settings["num_shards"], settings["eval_fraction"]
+    with _quiet_beam():
+        pipeline = beam.Pipeline(options=options)
+        docs = (pipeline
+                | "tasks" >> beam.Create(tasks, reshuffle=False)
+                | "spread" >> beam.Reshuffle()
+                | "read and tokenize" >> beam.ParDo(read))
+        layout = (docs
+                  | "hashes" >> beam.Map(lambda d: d[0])
+                  | "all hashes" >> beam.combiners.ToList()
+                  | "layout" >> beam.Map(shard_layout, num_shards, eval_fraction))
+        _ = (docs
+             | "assign" >> beam.Map(_assign, beam.pvalue.AsSingleton(layout))
+             | "group" >> beam.GroupByKey()
+             | "write shards" >> beam.ParDo(write))
+        try:
+            result = pipeline.run()
+            result.wait_until_finish()
+        except Exception as e:  # Beam wraps the workers' errors
+            raise _pipeline_error(e) from None
+        counters = {c.key.metric.name: c.committed for c in
+                    result.metrics().query(MetricsFilter().with_namespace("prepare"))["counters"]}
+    return counters
+
+
+# ----------------------------------------------------------------------------- finishing
+
+
+def _shard_stats(staging: str) -> list[dict]:
+    stats_dir = files.join(staging, SHARD_STATS_DIR)
+    return [files.read_json(files.join(stats_dir, name))
+            for name in sorted(files.listdir(stats_dir)) if name.endswith(".json")]
+
+
+def _check_splits(stats: list[dict], counters: dict, corpus_spec: str, eval_fraction: float
+                  ) -> dict[str, list[dict]]:
+    by_split: dict[str, list[dict]] = {}
+    for s in stats:
+        by_split.setdefault(s["split"], []).append(s)
+    if not counters.get("documents"):
+        raise ValueError(f"corpus {corpus_spec!r} is empty (no documents with text)")
+    if not counters.get("documents_with_tokens"):
+        raise ValueError(f"corpus {corpus_spec!r} tokenizes to no tokens")
+    total = sum(s["num_documents"] for s in stats)
+    for name in (TRAIN_SPLIT, EVAL_SPLIT):
+        shards = sorted(by_split.get(name, []), key=lambda s: s["shard"])
+        if [s["shard"] for s in shards] != list(range(shards[0]["num_shards"] if shards
+                                                     else 0)):
+            raise ValueError(f"the pipeline's output is incomplete: {name} shards "
+                             f"{[s['shard'] for s in shards]}")
+        by_split[name] = shards
+        if sum(s["num_documents"] for s in shards) == 1:
+            raise ValueError(
+                f"corpus {corpus_spec!r} has {total} document(s), so its {name} split has 1: "
+                "next-sentence pairs draw a random next segment from another document of the "
+                "split (give more documents, separated by blank lines"
+                f"{', or eval_fraction=0' if name == EVAL_SPLIT else ''})")
+    if not sum(s["num_examples"] for s in by_split[TRAIN_SPLIT]):
+        raise ValueError(f"corpus {corpus_spec!r} yields no training pairs")
+    return by_split
+
+
+def _write_tfds_metadata(staging: str, by_split: dict[str, list[dict]],
+                         static_masking: bool) -> None:
     import tensorflow_datasets as tfds
 
-    np.savez(os.path.join(tmp_dir, VOCAB_ARRAYS_FILE),
-             replacement_ids=tokenizer.replacement_ids(),
+    split_infos = [tfds.core.SplitInfo(name=name, shard_lengths=[s["num_examples"]
+                                                                 for s in shards],
+                                       num_bytes=sum(s["num_bytes"] for s in shards))
+                   for name, shards in by_split.items() if shards and
+                   sum(s["num_examples"] for s in shards)]
+    # TFDS reads the dataset's name, version and file format off the shard files beside it.
+    tfds.folder_dataset.write_metadata(
+        data_dir=tfds_dir(staging), features=_features(static_masking), split_infos=split_infos,
+        filename_template="{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_INDEX}-of-{NUM_SHARDS}",
+        check_data=False,
+        description="MobileBERT MLM+NSP pretraining pairs (BERT create_pretraining_data).")
+
+
+def _finish(staging: str, tokenizer, settings: dict, by_split: dict[str, list[dict]],
+            counters: dict, extra: dict) -> None:
+    _write_tfds_metadata(staging, by_split, settings["static_masking"])
+    buf = io.BytesIO()
+    np.savez(buf, replacement_ids=tokenizer.replacement_ids(),
              continuation_mask=tokenizer.continuation_mask())
-    from tensorflow_datasets.core.utils import tqdm_utils
+    files.write_bytes(files.join(staging, VOCAB_ARRAYS_FILE), buf.getvalue())
+    files.remove_tree(files.join(staging, SHARD_STATS_DIR))
+    train = by_split[TRAIN_SPLIT]
+    examples = {name: sum(s["num_examples"] for s in shards)
+                for name, shards in by_split.items()}
+    meta = {
+        "settings": settings, "tokenizer_path": str(tokenizer.path),
+        "vocab_size": tokenizer.vocab_size, "special_ids": tokenizer.special_ids,
+        "num_examples": examples,
+        "num_documents": {name: sum(s["num_documents"] for s in shards)
+                          for name, shards in by_split.items()},
+        "num_shards": {name: len(shards) for name, shards in by_split.items()},
+        "text_bytes": sum(s["text_bytes"] for ss in by_split.values() for s in ss),
+        "num_tokens": sum(s["num_tokens"] for ss in by_split.values() for s in ss),
+        "next_sentence_random_fraction": (sum(s["random_next"] for s in train)
+                                          / max(1, examples[TRAIN_SPLIT])),
+        "skipped_lines": int(counters.get("skipped_lines", 0)),
+        **extra,
+    }
+    # The metadata goes last: its presence marks the dataset complete.
+    files.write_json(files.join(staging, META_FILE), meta)
 
-    split_datasets = {
-        name: _examples(pairs, static_cfg, seed, i * 1_000_003, progress, f"write {name}")
-        for i, (name, pairs) in enumerate(splits.items()) if pairs}  # TFDS needs examples
-    tfds_bars = getattr(tqdm_utils, "_active", True)
-    tfds.display_progress_bar(False)  # one progress bar per stage is ours
-    try:
-        tfds.dataset_builders.store_as_tfds_dataset(
-            name=DATASET_NAME, version=DATASET_VERSION,
-            features=_features(static_cfg is not None), split_datasets=split_datasets,
-            data_dir=tmp_dir, file_format="array_record", disable_shuffling=True,
-            description="MobileBERT MLM+NSP pretraining pairs (BERT create_pretraining_data).")
-    finally:
-        tfds.display_progress_bar(tfds_bars)
-    shutil.rmtree(os.path.join(tmp_dir, "downloads"), ignore_errors=True)
+
+def _remove_stale_staging(parent: str, name: str) -> None:
+    """Temporary directories of killed runs beside a local output (their process is gone)."""
+    for entry in os.listdir(parent):
+        m = re.fullmatch(re.escape(f".{name}.tmp-") + r"(\d+)-.*", entry)
+        if not m:
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+        except PermissionError:
+            pass
 
 
-def _install(tmp_dir: str, out_dir: str) -> None:
-    """Moves the finished local `tmp_dir` to `out_dir`, replacing what was there; to a URI, the
-    old dataset's metadata goes first and the new one's last, so that a reader never takes a
-    half-uploaded dataset for a complete one."""
+def _staging_dir(out_dir: str) -> str:
+    """Where the pipeline writes: a new directory beside a local output (renamed into place
+    at the end), or the remote output itself, marked incomplete until its metadata is there."""
     if files.is_remote(out_dir):
-        if files.exists(files.join(out_dir, META_FILE)):
-            files.remove_tree(files.join(out_dir, META_FILE))
-        files.remove_tree(out_dir)
-        files.copy_tree(tmp_dir, out_dir, last=[META_FILE])
+        files.write_json(files.join(out_dir, INCOMPLETE_FILE), {"pid": os.getpid()})
+        return out_dir
+    parent, name = os.path.dirname(out_dir), os.path.basename(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    _remove_stale_staging(parent, name)
+    staging = tempfile.mkdtemp(prefix=f".{name}.tmp-{os.getpid()}-", dir=parent)
+    os.chmod(staging, 0o755)
+    return staging
+
+
+def _install(staging: str, out_dir: str) -> None:
+    if files.is_remote(out_dir):
+        files.remove_tree(files.join(out_dir, INCOMPLETE_FILE))
         return
     old = None
     if os.path.lexists(out_dir):
         old = f"{out_dir}.old-{os.getpid()}"
         os.rename(out_dir, old)
-    os.rename(tmp_dir, out_dir)
+    os.rename(staging, out_dir)
     if old:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _clear_output(out_dir: str) -> None:
+    """Empties an output directory, its metadata first (a reader never sees a dataset whose
+    files are going)."""
+    if files.is_remote(out_dir):
+        files.remove_tree(files.join(out_dir, META_FILE))
+        files.remove_tree(out_dir)
+
+
 def prepare_dataset(corpus_spec: str, tokenizer_path: str, out_dir: str, seq_len: int = 128,
-                    max_predictions_per_seq: int | None = None, dupe_factor: int = 1,
+                    max_predictions_per_seq: int | None = None, dupe_factor: int = 5,
                     short_seq_prob: float = 0.1, masked_lm_prob: float = 0.15,
-                    seed: int = 12345, eval_fraction: float = 0.01,
+                    seed: int = 0, eval_fraction: float = 0.01,
                     static_masking: bool = False, whole_word_masking: bool = False,
                     lower_case: bool = True, overwrite: bool = False, reuse: bool = True,
-                    progress: bool = True) -> str:
+                    progress: bool = True, num_workers: int = 1, shard_mb: float = SHARD_MB,
+                    read_chunk_mb: float = READ_CHUNK_MB, beam_args: Sequence[str] = ()) -> str:
     """Prepares the pretraining dataset of `corpus_spec` in `out_dir` and returns `out_dir`.
 
     With `reuse`, a complete dataset already in `out_dir` with the same settings is kept as is.
-    A non-empty `out_dir` holding anything else raises FileExistsError unless `overwrite`.
+    A non-empty `out_dir` holding anything else raises FileExistsError unless `overwrite`; the
+    remains of a killed run are replaced without it. The defaults are the trainer configs'
+    (configs/common.py).
     """
     if max_predictions_per_seq is None:
         max_predictions_per_seq = pretraining.default_max_predictions(seq_len)
     _check_settings(seq_len, max_predictions_per_seq, dupe_factor, short_seq_prob,
-                    masked_lm_prob, eval_fraction)
-    spec = corpus_lib.parse_corpus_spec(corpus_spec)
+                    masked_lm_prob, eval_fraction, num_workers, shard_mb)
+    if not read_chunk_mb > 0:
+        raise ValueError(f"read_chunk_mb={read_chunk_mb} must be > 0")
+    options = pipeline_options(num_workers, beam_args)
+    runner = _runner_name(options)
+    out_dir = files.resolve(out_dir)
+    if "Direct" not in runner and not files.is_remote(out_dir):
+        raise ValueError(f"the {runner} writes from its own workers: --out must be on shared "
+                         f"storage (gs://...), not the local path {out_dir}")
+    specs = corpus_lib.parse_corpus_specs(corpus_spec)
     tokenizer = tokenizers.load_tokenizer(tokenizer_path, lower_case=lower_case)
+    files.check_can_create(out_dir)
+    tasks, input_bytes = corpus_lib.read_tasks(specs, max(1, int(read_chunk_mb * 1e6)))
     settings = {
         "format_version": FORMAT_VERSION, "corpus": corpus_spec,
-        "corpus_fingerprint": corpus_lib.corpus_fingerprint(spec),
+        "corpus_fingerprint": corpus_lib.corpus_fingerprint(specs),
         "tokenizer_fingerprint": tokenizer.fingerprint(), "seq_len": seq_len,
         "max_predictions_per_seq": max_predictions_per_seq, "dupe_factor": dupe_factor,
         "short_seq_prob": short_seq_prob, "masked_lm_prob": masked_lm_prob, "seed": seed,
         "eval_fraction": eval_fraction, "static_masking": static_masking,
-        "whole_word_masking": whole_word_masking, "lower_case": lower_case}
-    out_dir = files.resolve(out_dir)
-    files.check_can_create(out_dir)
+        "whole_word_masking": whole_word_masking, "lower_case": lower_case,
+        "num_shards": max(1, math.ceil(input_bytes / (shard_mb * 1e6)))}
     if files.listdir(out_dir):
         existing = read_meta(out_dir)
         if reuse and existing is not None and existing.get("settings") == settings:
             return out_dir
-        if not overwrite:
+        killed = existing is None and files.isfile(files.join(out_dir, INCOMPLETE_FILE))
+        if not overwrite and not killed:
             raise FileExistsError(f"output directory {out_dir} is not empty (pass --overwrite "
                                   "to replace it)")
+        _clear_output(out_dir)
     elif files.exists(out_dir) and not files.isdir(out_dir):
         raise FileExistsError(f"output path {out_dir} exists and is not a directory")
 
-    start = time.perf_counter()
-    docs = list(_progress(corpus_lib.iter_documents(spec), progress, desc="read corpus",
-                          unit="doc"))
-    if not docs:
-        raise ValueError(f"corpus {corpus_spec!r} is empty (no documents with text)")
-    text_bytes = corpus_lib.corpus_num_bytes(docs)
-    token_docs = tokenize_documents(docs, tokenizer, progress)
-    num_tokens = sum(len(s) for doc in token_docs for s in doc)
-    if num_tokens == 0:
-        raise ValueError(f"corpus {corpus_spec!r} tokenizes to no tokens")
-    train_idx, eval_idx = split_documents(len(token_docs), eval_fraction, seed)
-    for name, idx in ((TRAIN_SPLIT, train_idx), (EVAL_SPLIT, eval_idx)):
-        if len(idx) == 1:
-            raise ValueError(
-                f"corpus {corpus_spec!r} has {len(token_docs)} document(s), so its {name} split "
-                "has 1: next-sentence pairs draw a random next segment from another document of "
-                "the split (give more documents, separated by blank lines"
-                f"{', or eval_fraction=0' if name == EVAL_SPLIT else ''})")
-    splits = {}
-    for offset, (name, idx) in enumerate(((TRAIN_SPLIT, train_idx), (EVAL_SPLIT, eval_idx))):
-        if not idx:
-            splits[name] = []
-            continue
-        splits[name] = pretraining.create_pairs(
-            [token_docs[i] for i in idx], seq_len, tokenizer.cls_id, tokenizer.sep_id,
-            short_seq_prob=short_seq_prob, dupe_factor=dupe_factor, seed=seed + offset)
-    if not splits[TRAIN_SPLIT]:
-        raise ValueError(f"corpus {corpus_spec!r} yields no training pairs")
     static_cfg = None
     if static_masking:
         static_cfg = pretraining.MaskingConfig.from_tokenizer(
             tokenizer, seq_len, max_predictions_per_seq, masked_lm_prob, whole_word_masking)
-    meta = {
-        "settings": settings, "tokenizer_path": str(tokenizer.path),
-        "vocab_size": tokenizer.vocab_size, "special_ids": tokenizer.special_ids,
-        "num_examples": {k: len(v) for k, v in splits.items()},
-        "num_documents": {TRAIN_SPLIT: len(train_idx), EVAL_SPLIT: len(eval_idx)},
-        "text_bytes": text_bytes, "num_tokens": num_tokens,
-        "next_sentence_random_fraction": float(np.mean(
-            [p.next_sentence_label for p in splits[TRAIN_SPLIT]])),
-    }
-    # Written in a local directory (beside the output when local: one rename installs it; else a
-    # temporary one, uploaded with the metadata last, as ArrayRecord files are written locally).
-    parent = None if files.is_remote(out_dir) else os.path.dirname(out_dir)
-    if parent:
-        os.makedirs(parent, exist_ok=True)
-    tmp_dir = tempfile.mkdtemp(prefix=f".{files.basename(out_dir)}.tmp-", dir=parent)
-    os.chmod(tmp_dir, 0o755)
+    start = time.perf_counter()
+    _progress(progress, f"{len(tasks)} read tasks over {input_bytes / 1e6:.1f} MB of input "
+                        f"from {len(specs)} source(s), {settings['num_shards']} train shards; "
+                        f"{runner} with {num_workers if 'Direct' in runner else 'its'} "
+                        "worker(s)")
+    staging = _staging_dir(out_dir)
     try:
-        _write(tmp_dir, tokenizer, splits, static_cfg, seed, progress)
-        # The metadata goes last: its presence marks the dataset complete.
-        meta["prepare_seconds"] = round(time.perf_counter() - start, 3)
-        with open(os.path.join(tmp_dir, META_FILE), "w", encoding="utf-8") as f:
-            json.dump(meta, f, indent=2, sort_keys=True)
-        _install(tmp_dir, out_dir)
+        counters = _run_pipeline(tasks, tokenizer, staging, settings, static_cfg, options,
+                                 progress)
+        by_split = _check_splits(_shard_stats(staging), counters, corpus_spec, eval_fraction)
+        _finish(staging, tokenizer, settings, by_split, counters,
+                {"prepare_seconds": round(time.perf_counter() - start, 3), "runner": runner,
+                 "num_workers": num_workers})
+        _install(staging, out_dir)
     finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
+        if not files.is_remote(out_dir):
+            shutil.rmtree(staging, ignore_errors=True)
+    meta = read_meta(out_dir)
+    _progress(progress, f"wrote {out_dir}: {meta['num_examples']} examples in "
+                        f"{meta['num_shards']} shards from {meta['text_bytes'] / 1e6:.2f} MB of "
+                        f"text in {meta['prepare_seconds']:.1f} s")
     return out_dir
 
 
 def _define_flags():
     from absl import flags
 
-    flags.DEFINE_string("corpus", "gensim_wiki", "Corpus spec: gensim_wiki[:PATH], "
-                        "text:PATH[,PATH...], wiki_articles:PATH[,...], tfds:NAME[:SPLIT[:KEY]].")
+    flags.DEFINE_string("corpus", "gensim_wiki", "Corpus spec, sources separated by ';': "
+                        "gensim_wiki[:PATH], text:PATH[,PATH...], wiki_articles:PATH[,...], "
+                        "tfds:NAME[:SPLIT[:KEY]][@DATA_DIR]; paths local or gs://.")
     flags.DEFINE_string("tokenizer", tokenizers.BERT_UNCASED,
                         "WordPiece vocab.txt, SentencePiece .model, or bert-base-uncased.")
     flags.DEFINE_integer("seq_len", 128, "Maximum sequence length.")
     flags.DEFINE_integer("max_predictions_per_seq", None,
                          "Masked positions per sequence (default 20 if seq_len<=128 else 80).")
-    flags.DEFINE_integer("dupe_factor", 1, "Passes over the corpus with different pair cuts.")
+    flags.DEFINE_integer("dupe_factor", 5, "Passes over the corpus with different pair cuts.")
     flags.DEFINE_float("short_seq_prob", 0.1, "Probability of a shorter target length.")
     flags.DEFINE_float("masked_lm_prob", 0.15, "Fraction of tokens to mask.")
-    flags.DEFINE_integer("seed", 12345, "Random seed.")
-    flags.DEFINE_string("out", None, "Output dataset directory.")
+    flags.DEFINE_integer("seed", 0, "Random seed (the trainer config's `seed`).")
+    flags.DEFINE_string("out", None, "Output dataset directory (local or gs://).")
     flags.DEFINE_float("eval_fraction", 0.01, "Fraction of documents held out for validation.")
     flags.DEFINE_bool("static_masking", False, "Store one fixed mask per example.")
     flags.DEFINE_bool("whole_word_masking", False, "Mask whole words.")
     flags.DEFINE_bool("lower_case", True, "Lower-case text (WordPiece).")
     flags.DEFINE_bool("overwrite", False, "Replace a non-empty output directory.")
+    flags.DEFINE_integer("num_workers", 1, "Local DirectRunner worker processes (without "
+                         "--runner after `--`).")
+    flags.DEFINE_float("shard_mb", SHARD_MB, "MB of text per output shard (a worker's unit of "
+                       "memory); part of the settings.")
+    flags.DEFINE_float("read_chunk_mb", READ_CHUNK_MB, "MB of a text file per read task (more "
+                       "tasks spread reading over more workers; the output does not change).")
     return flags.FLAGS
 
 
 @cli.guarded
 def main(argv: Sequence[str]) -> None:
-    del argv
     from absl import flags
-    from absl import logging
+    from absl import logging as absl_logging
 
-    logging.set_verbosity(logging.WARNING)
+    absl_logging.set_verbosity(absl_logging.WARNING)
     f = flags.FLAGS
     if not f.out:
         raise ValueError("--out is required")
-    out = prepare_dataset(
+    beam_args = list(argv[1:])
+    unknown = [a for a in beam_args if not a.startswith("--")]
+    if unknown:
+        raise ValueError(f"unexpected argument {unknown[0]!r} (Beam pipeline options go after "
+                         "`--`, each as --name=value)")
+    prepare_dataset(
         f.corpus, f.tokenizer, f.out, seq_len=f.seq_len,
         max_predictions_per_seq=f.max_predictions_per_seq, dupe_factor=f.dupe_factor,
         short_seq_prob=f.short_seq_prob, masked_lm_prob=f.masked_lm_prob, seed=f.seed,
         eval_fraction=f.eval_fraction, static_masking=f.static_masking,
         whole_word_masking=f.whole_word_masking, lower_case=f.lower_case,
-        overwrite=f.overwrite, reuse=False)
-    meta = read_meta(out)
-    print(f"wrote {out}: {meta['num_examples']} examples from {meta['text_bytes'] / 1e6:.2f} MB "
-          f"of text in {meta['prepare_seconds']:.1f} s")
+        overwrite=f.overwrite, reuse=False, num_workers=f.num_workers, shard_mb=f.shard_mb,
+        read_chunk_mb=f.read_chunk_mb, beam_args=beam_args)
+    meta = read_meta(files.resolve(f.out))
+    print(f"wrote {files.resolve(f.out)}: {meta['num_examples']} examples from "
+          f"{meta['text_bytes'] / 1e6:.2f} MB of text in {meta['prepare_seconds']:.1f} s")
 
 
 if __name__ == "__main__":

@@ -18,9 +18,35 @@ def dataset_dir(config, workdir: str) -> str:
     return files.resolve(config.data.dataset_dir or files.join(workdir, "data"))
 
 
+def expected_settings(config, tokenizer) -> dict:
+    """The dataset settings the config asks for (`prepare.EXAMPLE_SETTINGS`)."""
+    d = config.data
+    return {"tokenizer_fingerprint": tokenizer.fingerprint(), "seq_len": d.seq_len,
+            "max_predictions_per_seq": d.max_predictions_per_seq, "dupe_factor": d.dupe_factor,
+            "short_seq_prob": d.short_seq_prob, "masked_lm_prob": d.masked_lm_prob,
+            "whole_word_masking": d.whole_word_masking, "static_masking": d.static_masking,
+            "eval_fraction": d.eval_fraction, "seed": d.seed}
+
+
+def check_dataset_settings(info, config, tokenizer) -> None:
+    """Refuses a dataset prepared with other settings than the config's, naming the field."""
+    field = prepare_lib.settings_mismatch(info.meta, expected_settings(config, tokenizer))
+    if field is None:
+        return
+    stored = info.meta.get("settings", {}).get(field)
+    if field == "tokenizer_fingerprint":
+        raise ValueError(
+            f"dataset {info.data_dir} was tokenized with {info.meta.get('tokenizer_path')} "
+            f"(fingerprint {stored}), not data.tokenizer={config.data.tokenizer} (fingerprint "
+            f"{tokenizer.fingerprint()}); prepare it again or point data.dataset_dir elsewhere")
+    raise ValueError(f"dataset {info.data_dir} was prepared with {field}={stored!r} but the "
+                     f"config has data.{field}={config.data[field]!r}; prepare it again with "
+                     "the config's settings (or set the config to the dataset's)")
+
+
 def prepare_if_needed(config, workdir: str, vocab_size: int) -> loader_lib.PretrainingDatasetInfo:
     """Checks the tokenizer against the model, prepares the dataset unless `data.dataset_dir`
-    already holds one, and checks its shapes against the config.
+    already holds one, and checks its settings against the config.
 
     Process 0 alone looks for the dataset and prepares it; every process then reaches the same
     collective with process 0's outcome, so hosts never wait on each other in different
@@ -40,9 +66,9 @@ def prepare_if_needed(config, workdir: str, vocab_size: int) -> loader_lib.Pretr
                     d.corpus, d.tokenizer, out, seq_len=d.seq_len,
                     max_predictions_per_seq=d.max_predictions_per_seq,
                     dupe_factor=d.dupe_factor, short_seq_prob=d.short_seq_prob,
-                    masked_lm_prob=d.masked_lm_prob, seed=config.seed,
+                    masked_lm_prob=d.masked_lm_prob, seed=d.seed,
                     eval_fraction=d.eval_fraction, static_masking=d.static_masking,
-                    whole_word_masking=d.whole_word_masking)
+                    whole_word_masking=d.whole_word_masking, num_workers=d.num_workers)
             except (ValueError, OSError) as e:
                 if jax.process_count() == 1:
                     raise
@@ -58,10 +84,7 @@ def prepare_if_needed(config, workdir: str, vocab_size: int) -> loader_lib.Pretr
         raise FileNotFoundError(error or f"another process cannot read the dataset {out}; "
                                 "every process needs the same (shared) dataset path")
     loader_lib.check_vocab_size(info, vocab_size)
-    if (info.seq_len, info.max_predictions_per_seq) != (d.seq_len, d.max_predictions_per_seq):
-        raise ValueError(f"dataset {out} has seq_len={info.seq_len}, max_predictions_per_seq="
-                         f"{info.max_predictions_per_seq}; config asks for {d.seq_len}, "
-                         f"{d.max_predictions_per_seq}")
+    check_dataset_settings(info, config, tokenizer)
     return info
 
 

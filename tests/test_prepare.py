@@ -1,0 +1,238 @@
+"""Tests of the Beam preparation pipeline (data/prepare.py): the same bytes for any worker count
+and any cut of the corpus into read tasks, the statistics of its multi-shard output, exact
+loader resume on it, a killed run, and the trainer's settings check."""
+import os
+import random
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mobilebert_jax.data import corpus
+from mobilebert_jax.data import loader as loader_lib
+from mobilebert_jax.data import prepare
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SEQ_LEN, MAX_PRED = 64, 10
+NUM_TEXT_DOCS, NUM_ARTICLES, NUM_TFDS_DOCS = 60, 30, 20
+SETTINGS = dict(seq_len=SEQ_LEN, max_predictions_per_seq=MAX_PRED, dupe_factor=2,
+                eval_fraction=0.1, shard_mb=0.05)
+
+
+def _sentences(rng, words, n):
+    return [" ".join(rng.choice(words) for _ in range(rng.randint(4, 18))).capitalize() + "."
+            for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def corpus_spec(tmp_path_factory, bert_vocab_path):
+    """Three sources mixed: BERT-layout text, `= Title =` articles, a TFDS text dataset."""
+    import tensorflow_datasets as tfds
+
+    with open(bert_vocab_path, encoding="utf-8") as f:
+        words = [w.strip() for w in f][2000:8000]
+    words = [w for w in words if w.isalpha()]
+    rng = random.Random(0)
+    d = tmp_path_factory.mktemp("mixed")
+    text = []
+    for i in range(NUM_TEXT_DOCS):
+        text.extend(" ".join(_sentences(rng, words, rng.randint(1, 3)))
+                    for _ in range(rng.randint(3, 12)))
+        text.extend([""] * rng.randint(1, 3))  # one or more blank lines end a document
+    (d / "books.txt").write_text("\n".join(text))  # no final newline
+    wiki = []
+    for i in range(NUM_ARTICLES):
+        wiki.append(f"= Article {i} =")
+        wiki.extend(" ".join(_sentences(rng, words, rng.randint(2, 5)))
+                    for _ in range(rng.randint(2, 8)))
+    (d / "wiki.txt").write_text("\n".join(wiki) + "\n")
+    examples = [(i, {"text": "\n".join(" ".join(_sentences(rng, words, 3))
+                                       for _ in range(rng.randint(2, 6)))})
+                for i in range(NUM_TFDS_DOCS)]
+    tfds.dataset_builders.store_as_tfds_dataset(
+        name="tiny_mixed_text", version="1.0.0",
+        features=tfds.features.FeaturesDict({"text": tfds.features.Text()}),
+        split_datasets={"train": examples}, data_dir=str(d / "tfds"), disable_shuffling=True)
+    return (f"text:{d}/books.txt;wiki_articles:{d}/wiki.txt;"
+            f"tfds:tiny_mixed_text:train:text@{d}/tfds")
+
+
+def _prepare(spec, out, **kwargs):
+    return prepare.prepare_dataset(spec, "bert-base-uncased", str(out), progress=False,
+                                   **{**SETTINGS, **kwargs})
+
+
+def _dataset_files(data_dir):
+    d = prepare.tfds_dir(data_dir)
+    out = {}
+    for name in sorted(os.listdir(d)):
+        with open(os.path.join(d, name), "rb") as f:
+            out[name] = f.read()
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(corpus_spec, tmp_path_factory):
+    """The mixed corpus prepared in this process (one worker, the default read tasks)."""
+    return _prepare(corpus_spec, tmp_path_factory.mktemp("ref") / "ds")
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64, 333, 5000])
+def test_any_cut_into_read_tasks_yields_each_document_once(tmp_path, chunk):
+    books = tmp_path / "books.txt"
+    books.write_bytes(b"\n\nFirst doc. Two.\nMore of it\n\n\n\nSecond doc.\n \nThird\xff bad "
+                      b"line\nthird doc\n\nLast doc without a final newline")
+    wiki = tmp_path / "wiki.txt"
+    wiki.write_text("Text before any title.\n= A =\nAlpha one.\n\nAlpha two.\n= B =\n= C =\n"
+                    "Gamma.\n")
+    specs = corpus.parse_corpus_specs(f"text:{books};wiki_articles:{wiki}")
+    whole, _ = corpus.read_tasks(specs, chunk_bytes=1 << 40)
+    cut, _ = corpus.read_tasks(specs, chunk_bytes=chunk)
+    assert len(cut) >= len(whole)
+    expected = [kd for t in whole for kd in corpus.task_documents(t)]
+    assert [kd for t in cut for kd in corpus.task_documents(t)] == expected
+    assert [doc for _, doc in expected] == [
+        ["First doc.", "Two.", "More of it"], ["Second doc."], ["third doc"],
+        ["Last doc without a final newline"], ["Text before any title."],
+        ["Alpha one.", "Alpha two."], ["Gamma."]]
+
+
+def test_same_bytes_with_two_workers_and_other_read_tasks(reference, corpus_spec, tmp_path):
+    meta = prepare.read_meta(reference)
+    assert meta["num_shards"]["train"] >= 3  # several shards, so the grouping is exercised
+    assert sum(meta["num_documents"].values()) == NUM_TEXT_DOCS + NUM_ARTICLES + NUM_TFDS_DOCS
+    other = _prepare(corpus_spec, tmp_path / "two", num_workers=2, read_chunk_mb=0.003)
+    assert _dataset_files(other) == _dataset_files(reference)
+    again = prepare.read_meta(other)
+    for key in ("num_examples", "num_documents", "num_shards", "text_bytes", "num_tokens"):
+        assert again[key] == meta[key], key
+    assert again["num_workers"] == 2
+    reseeded = _prepare(corpus_spec, tmp_path / "seed", seed=1)
+    assert _dataset_files(reseeded) != _dataset_files(reference)
+
+
+def test_statistics_of_the_multi_shard_output(reference):
+    info = loader_lib.load_dataset_info(reference)
+    source = loader_lib.open_source(info, "train")
+    lengths, nsp = [], []
+    for i in range(len(source)):
+        ex = source[i]
+        ids, seg = np.asarray(ex["token_ids"]), np.asarray(ex["segment_ids"])
+        n = len(ids)
+        assert 5 <= n <= SEQ_LEN and ids[0] == 101 and ids[-1] == 102
+        seps = np.flatnonzero(ids == 102)
+        assert len(seps) == 2
+        assert (seg[:seps[0] + 1] == 0).all() and (seg[seps[0] + 1:] == 1).all()
+        lengths.append(n)
+        nsp.append(int(ex["next_sentence_label"]))
+    assert 0.4 < np.mean(nsp) < 0.65
+    assert np.mean(np.asarray(lengths) < SEQ_LEN // 2) > 0.02  # short_seq_prob's short pairs
+    # Dynamic masking on top: 15% of the maskable tokens, 80% [MASK] / 10% kept / 10% random.
+    it = loader_lib.make_pretraining_loader(reference, "train", 64, seed=0)
+    maskable = masked = as_mask = kept = 0
+    for _ in range(12):
+        b = next(it)
+        for r in range(64):
+            k = int(b["masked_lm_weights"][r].sum())
+            pos, labels = b["masked_lm_positions"][r, :k], b["masked_lm_ids"][r, :k]
+            maskable += int(b["input_mask"][r].sum()) - 3
+            masked += k
+            as_mask += int((b["input_ids"][r, pos] == 103).sum())
+            kept += int((b["input_ids"][r, pos] == labels).sum())
+    assert abs(masked / maskable - 0.15) < 0.02
+    assert abs(as_mask / masked - 0.8) < 0.04
+    assert abs(kept / masked - 0.1) < 0.03
+
+
+def test_loader_resumes_exactly_on_the_beam_output(reference):
+    it = loader_lib.make_pretraining_loader(reference, "train", 16, seed=5)
+    for _ in range(3):
+        next(it)
+    state = it.get_state()
+    rest = [next(it) for _ in range(4)]
+    resumed = loader_lib.make_pretraining_loader(reference, "train", 16, seed=5)
+    resumed.set_state(state)
+    for a in rest:
+        b = next(resumed)
+        assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_a_killed_run_is_not_a_dataset_and_a_rerun_finishes(corpus_spec, reference, tmp_path):
+    out = tmp_path / "ds"
+    args = [f"--{k}={v}" for k, v in SETTINGS.items()]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mobilebert_jax.data.prepare", f"--corpus={corpus_spec}",
+         f"--out={out}", *args], cwd=ROOT, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)
+    try:
+        for line in proc.stderr:
+            if "wrote train shard" in line:  # mid-way: shards written, no metadata yet
+                os.killpg(proc.pid, signal.SIGKILL)
+                break
+    finally:
+        proc.wait(timeout=300)
+    assert proc.returncode == -signal.SIGKILL
+    staging = [p for p in os.listdir(tmp_path) if p.startswith(".ds.tmp-")]
+    assert staging and not out.exists()
+    assert prepare.read_meta(str(out)) is None
+    with pytest.raises(FileNotFoundError):
+        loader_lib.load_dataset_info(str(out))
+    done = _prepare(corpus_spec, out)
+    assert _dataset_files(done) == _dataset_files(reference)
+    assert os.listdir(tmp_path) == ["ds"]  # the killed run's directory is gone
+
+
+def test_the_trainer_refuses_a_dataset_prepared_otherwise(reference, bert_vocab_path, tmp_path):
+    from configs import teacher
+    from mobilebert_jax.train import inputs
+
+    def config(**data):
+        c = teacher.get_config("smoke")
+        c.data.update(dataset_dir=reference, corpus="", **{
+            k: v for k, v in SETTINGS.items() if k != "shard_mb"})
+        c.data.update(**data)
+        return c
+
+    assert inputs.prepare_if_needed(config(), str(tmp_path), 30522).data_dir == reference
+    with pytest.raises(ValueError, match=r"prepared with dupe_factor=2 but the config has "
+                                         r"data\.dupe_factor=5"):
+        inputs.prepare_if_needed(config(dupe_factor=5), str(tmp_path), 30522)
+    with pytest.raises(ValueError, match=r"prepared with seed=0 but the config has data\.seed=3"):
+        inputs.prepare_if_needed(config(seed=3), str(tmp_path), 30522)
+    with pytest.raises(ValueError, match=r"with short_seq_prob=0\.1 but the config has "
+                                         r"data\.short_seq_prob=0\.2"):
+        inputs.prepare_if_needed(config(short_seq_prob=0.2), str(tmp_path), 30522)
+    vocab = open(bert_vocab_path, encoding="utf-8").read().split("\n")
+    vocab[2000], vocab[2001] = vocab[2001], vocab[2000]
+    other = tmp_path / "vocab.txt"
+    other.write_text("\n".join(vocab), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"was tokenized with .* not data\.tokenizer=.*vocab.txt"):
+        inputs.prepare_if_needed(config(tokenizer=str(other)), str(tmp_path), 30522)
+
+
+def test_a_remote_runner_needs_shared_storage(corpus_spec, tmp_path):
+    with pytest.raises(ValueError, match="must be on shared storage"):
+        prepare.prepare_dataset(corpus_spec, "bert-base-uncased", str(tmp_path / "o"),
+                                beam_args=["--runner=DataflowRunner"], progress=False)
+    assert not os.listdir(tmp_path)
+
+
+def test_serialize_record_gives_the_bytes_of_the_tfds_serializer():
+    from tensorflow_datasets.core import example_serializer
+
+    rng = np.random.default_rng(0)
+    for static in (False, True):
+        features = prepare._features(static)
+        reference = example_serializer.ExampleSerializer(features.get_serialized_info())
+        for n in (5, 64):
+            record = {"token_ids": rng.integers(0, 30522, n).astype(np.int32),
+                      "segment_ids": (np.arange(n) > n // 2).astype(np.int32),
+                      "next_sentence_label": np.int32(rng.integers(0, 2))}
+            if static:
+                record.update(masked_lm_positions=np.arange(3, dtype=np.int32),
+                              masked_lm_ids=rng.integers(0, 30522, 3).astype(np.int32))
+            expected = reference.get_tf_example(features.encode_example(record))
+            assert prepare.serialize_record(record) == expected.SerializeToString(
+                deterministic=True)
