@@ -145,6 +145,33 @@ def test_the_prepare_command_writes_to_gcs(gcs_emulator, gcs_dir, corpus, tmp_pa
             assert read_object(gcs_emulator, f"{out}/{name}") == f.read(), name
 
 
+def test_a_corpus_on_gcs_prepares_like_the_local_files(gcs_emulator, gcs_dir, corpus,
+                                                       tmp_path):
+    """Text sources read from gs:// (a glob, cut into read tasks by byte ranges): the same
+    shards as from the local files."""
+    from mobilebert_jax import files
+    from mobilebert_jax.data import prepare
+
+    text = open(corpus, encoding="utf-8").read().split("\n\n")
+    half = len(text) // 2
+    local_dir = tmp_path / "corpus"
+    local_dir.mkdir()
+    for i, part in enumerate((text[:half], text[half:])):
+        (local_dir / f"part{i}.txt").write_text("\n\n".join(part))
+        files.copy_file(str(local_dir / f"part{i}.txt"), f"{gcs_dir}/corpus/part{i}.txt")
+    kwargs = dict(seq_len=64, shard_mb=0.05, read_chunk_mb=0.01, progress=False)
+    remote = prepare.prepare_dataset(f"text:{gcs_dir}/corpus/part*.txt", "bert-base-uncased",
+                                     str(tmp_path / "from_gcs"), **kwargs)
+    local = prepare.prepare_dataset(f"text:{local_dir}/part*.txt", "bert-base-uncased",
+                                    str(tmp_path / "from_local"), **kwargs)
+    shards = sorted(n for n in os.listdir(prepare.tfds_dir(local)) if ".array_record-" in n)
+    assert len(shards) >= 3
+    for name in shards:
+        with open(os.path.join(prepare.tfds_dir(local), name), "rb") as a, \
+                open(os.path.join(prepare.tfds_dir(remote), name), "rb") as b:
+            assert a.read() == b.read(), name
+
+
 def test_fine_tuning_from_gcs_matches_the_local_run(gcs_emulator, gcs_dir, tiny_checkpoint,
                                                     glue_dir, tmp_path):
     """Checkpoint, GLUE data, workdir and submission all on gs://: the same results and the
