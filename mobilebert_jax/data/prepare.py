@@ -71,7 +71,7 @@ SHARD_STATS_DIR = ".shards"
 TRAIN_SPLIT = "train"
 EVAL_SPLIT = "validation"
 SHARD_MB = 4.0  # text per shard by default: bounds a worker's memory
-READ_CHUNK_MB = 8.0  # a read task's share of a text file (the output does not depend on it)
+READ_CHUNK_MB = 1.0  # a read task's share of a text file (the output does not depend on it)
 _ENCODE_BATCH_SENTENCES = 4096
 # The settings that change the examples: a prepared dataset records them, a trainer
 # refuses a dataset whose values differ from its config's.
@@ -214,17 +214,21 @@ def _assign(doc, layout):
     return (split, bisect.bisect_right(info["bounds"], doc[0]), info["num_shards"]), doc
 
 
-def _encode_document(token_lists: Sequence[Sequence[int]]) -> bytes:
-    lengths = [len(t) for t in token_lists]
-    flat = [i for t in token_lists for i in t]
-    return np.asarray([len(lengths), *lengths, *flat], dtype=np.int32).tobytes()
+def _encode_document(token_lists: Sequence[Sequence[int]], wide: bool) -> bytes:
+    """A tokenized document as bytes for the shuffle: sentence count, lengths (int32), then the
+    ids as uint16 (int32 when `wide`, a vocabulary over 65,535 entries)."""
+    lengths = np.asarray([len(t) for t in token_lists], dtype=np.int32)
+    flat = np.fromiter((i for t in token_lists for i in t),
+                       dtype=np.int32 if wide else np.uint16, count=int(lengths.sum()))
+    return np.int32(len(lengths)).tobytes() + lengths.tobytes() + flat.tobytes()
 
 
-def _decode_document(payload: bytes) -> list[np.ndarray]:
-    a = np.frombuffer(payload, dtype=np.int32)
-    n = int(a[0])
-    ends = np.cumsum(a[1:1 + n]) + 1 + n
-    return np.split(a[1 + n:], ends[:-1] - (1 + n))
+def _decode_document(payload: bytes, wide: bool) -> list[np.ndarray]:
+    n = int(np.frombuffer(payload, dtype=np.int32, count=1)[0])
+    lengths = np.frombuffer(payload, dtype=np.int32, count=n, offset=4)
+    flat = np.frombuffer(payload, dtype=np.int32 if wide else np.uint16,
+                         offset=4 + 4 * n).astype(np.int32)
+    return np.split(flat, np.cumsum(lengths)[:-1])
 
 
 def _shard_seed(seed: int, split: str, shard: int) -> int:
@@ -290,7 +294,8 @@ def _read_and_tokenize_fn():
                     continue
                 self.tokenized.inc()
                 text_bytes = sum(len(s.encode("utf-8")) + 1 for s in doc)
-                yield doc_hash(self.seed, key), key, text_bytes, _encode_document(ids)
+                yield (doc_hash(self.seed, key), key, text_bytes,
+                       _encode_document(ids, self.tokenizer.vocab_size > 65535))
 
         def process(self, task):
             batch, sentences, count, stats = [], 0, 0, {}
@@ -318,8 +323,8 @@ def _write_shard_fn():
 
         def __init__(self, staging: str, seq_len: int, cls_id: int, sep_id: int,
                      short_seq_prob: float, dupe_factor: int, seed: int, static_cfg,
-                     progress: bool):
-            self.staging, self.seq_len = staging, seq_len
+                     wide: bool, progress: bool):
+            self.staging, self.seq_len, self.wide = staging, seq_len, wide
             self.cls_id, self.sep_id = cls_id, sep_id
             self.short_seq_prob, self.dupe_factor, self.seed = short_seq_prob, dupe_factor, seed
             self.static_cfg, self.progress = static_cfg, progress
@@ -334,7 +339,7 @@ def _write_shard_fn():
                      "num_documents": len(docs), "text_bytes": sum(d[2] for d in docs),
                      "num_examples": 0, "num_bytes": 0, "num_tokens": 0, "random_next": 0}
             if len(docs) >= 2:
-                token_docs = [_decode_document(d[3]) for d in docs]
+                token_docs = [_decode_document(d[3], self.wide) for d in docs]
                 stats["num_tokens"] = int(sum(len(s) for doc in token_docs for s in doc))
                 pairs = pretraining.create_pairs(
                     token_docs, self.seq_len, self.cls_id, self.sep_id,
@@ -453,7 +458,8 @@ def _run_pipeline(tasks, tokenizer, staging, settings, static_cfg, options,
                                    progress)
     write = _write_shard_fn()(staging, settings["seq_len"], tokenizer.cls_id, tokenizer.sep_id,
                               settings["short_seq_prob"], settings["dupe_factor"],
-                              settings["seed"], static_cfg, progress)
+                              settings["seed"], static_cfg, tokenizer.vocab_size > 65535,
+                              progress)
     num_shards, eval_fraction = settings["num_shards"], settings["eval_fraction"]
     with _quiet_beam():
         pipeline = beam.Pipeline(options=options)
