@@ -1,5 +1,6 @@
 """Pretraining data preparation, an Apache Beam pipeline: corpus -> tokenized documents ->
-NSP sentence pairs per shard -> a TFDS ArrayRecord dataset.
+NSP sentence pairs per shard -> a TFDS ArrayRecord dataset. This module holds the dataset's
+layout, settings, staging and CLI; `pipeline.py` the Beam stages.
 
     python -m mobilebert_jax.data.prepare --corpus=gensim_wiki --tokenizer=bert-base-uncased \\
         --seq_len=128 --out=/tmp/pretrain_data [--num_workers=2] [-- BEAM PIPELINE OPTIONS]
@@ -39,12 +40,8 @@ reuses a complete dataset prepared with the same settings.
 """
 from __future__ import annotations
 
-import bisect
-import contextlib
-import hashlib
 import io
 import json
-import logging
 import math
 import os
 import re
@@ -72,7 +69,6 @@ TRAIN_SPLIT = "train"
 EVAL_SPLIT = "validation"
 SHARD_MB = 4.0  # text per shard by default: bounds a worker's memory
 READ_CHUNK_MB = 1.0  # a read task's share of a text file (the output does not depend on it)
-_ENCODE_BATCH_SENTENCES = 4096
 # The settings that change the examples: a prepared dataset records them, a trainer
 # refuses a dataset whose values differ from its config's.
 EXAMPLE_SETTINGS = ("tokenizer_fingerprint", "seq_len", "max_predictions_per_seq",
@@ -118,6 +114,11 @@ def serialize_record(record: dict[str, Any]) -> bytes:
             feature[key].bytes_list.value.append(np.asarray(value, dtype=np.int32).tobytes())
     # Deterministic: a proto map's order otherwise differs between processes.
     return example.SerializeToString(deterministic=True)
+
+
+def progress_line(enabled: bool, message: str) -> None:
+    if enabled:
+        print(f"prepare: {message}", file=sys.stderr, flush=True)
 
 
 def _check_settings(seq_len, max_predictions_per_seq, dupe_factor, short_seq_prob,
@@ -172,329 +173,13 @@ def settings_mismatch(meta: dict[str, Any], expected: dict[str, Any]) -> str | N
     return None
 
 
-# ----------------------------------------------------------------------------- the pipeline
-
-
-def doc_hash(seed: int, key: str) -> int:
-    """A document's stable 64-bit hash (never Python's salted `hash`)."""
-    digest = hashlib.blake2b(f"{seed}/{key}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little")
-
-
-def num_eval_documents(num_docs: int, eval_fraction: float) -> int:
-    """Held-out documents: round(eval_fraction * N), at least 2 (1 below 4 documents), at least
-    one left for training; 0 when eval_fraction is 0."""
-    if eval_fraction <= 0 or num_docs < 2:
-        return 0
-    n_eval = max(2 if num_docs >= 4 else 1, int(round(eval_fraction * num_docs)))
-    return min(n_eval, num_docs - 1)
-
-
-def shard_layout(hashes: list[int], num_train_shards: int, eval_fraction: float
-                 ) -> dict[str, Any]:
-    """From every document's hash: the largest held-out hash and, per split, the shard count
-    (at most half the split's documents, so a shard has two for random next segments) and
-    the hash where each shard after the first begins."""
-    h = sorted(hashes)
-    n_eval = num_eval_documents(len(h), eval_fraction)
-    layout: dict[str, Any] = {"eval_max": h[n_eval - 1] if n_eval else -1, "splits": {}}
-    for name, part in ((EVAL_SPLIT, h[:n_eval]), (TRAIN_SPLIT, h[n_eval:])):
-        wanted = (num_train_shards if name == TRAIN_SPLIT
-                  else math.ceil(num_train_shards * eval_fraction))
-        count = max(1, min(wanted, len(part) // 2))
-        layout["splits"][name] = {
-            "num_docs": len(part), "num_shards": count,
-            "bounds": [part[i * len(part) // count] for i in range(1, count)]}
-    return layout
-
-
-def _assign(doc, layout):
-    split = EVAL_SPLIT if doc[0] <= layout["eval_max"] else TRAIN_SPLIT
-    info = layout["splits"][split]
-    return (split, bisect.bisect_right(info["bounds"], doc[0]), info["num_shards"]), doc
-
-
-def _encode_document(token_lists: Sequence[Sequence[int]], wide: bool) -> bytes:
-    """A tokenized document as bytes for the shuffle: sentence count, lengths (int32), then the
-    ids as uint16 (int32 when `wide`, a vocabulary over 65,535 entries)."""
-    lengths = np.asarray([len(t) for t in token_lists], dtype=np.int32)
-    flat = np.fromiter((i for t in token_lists for i in t),
-                       dtype=np.int32 if wide else np.uint16, count=int(lengths.sum()))
-    return np.int32(len(lengths)).tobytes() + lengths.tobytes() + flat.tobytes()
-
-
-def _decode_document(payload: bytes, wide: bool) -> list[np.ndarray]:
-    n = int(np.frombuffer(payload, dtype=np.int32, count=1)[0])
-    lengths = np.frombuffer(payload, dtype=np.int32, count=n, offset=4)
-    flat = np.frombuffer(payload, dtype=np.int32 if wide else np.uint16,
-                         offset=4 + 4 * n).astype(np.int32)
-    return np.split(flat, np.cumsum(lengths)[:-1])
-
-
-def _shard_seed(seed: int, split: str, shard: int) -> int:
-    return doc_hash(seed, f"shard/{split}/{shard}")
-
-
-def _progress(enabled: bool, message: str) -> None:
-    if enabled:
-        print(f"prepare: {message}", file=sys.stderr, flush=True)
-
-
-def _beam():
-    """apache_beam, imported with the root logger quiet (an optional GCP client of Beam's warns
-    through it at import when its library is missing, which no code path here needs)."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        import apache_beam
-        import apache_beam.io.gcp.internal.clients.bigquery  # noqa: F401  (its warning, quiet)
-    except ImportError:
-        pass
-    finally:
-        root.setLevel(level)
-    import apache_beam
-    return apache_beam
-
-
-def _read_and_tokenize_fn():
-    beam = _beam()
-    from apache_beam.metrics import Metrics
-
-    class ReadAndTokenize(beam.DoFn):
-        """Read task -> (hash, key, text bytes, encoded token ids) per non-empty document."""
-
-        def __init__(self, tokenizer_name: str, tokenizer_bytes: bytes, lower_case: bool,
-                     seed: int, num_tasks: int, progress: bool):
-            self.tokenizer_name, self.tokenizer_bytes = tokenizer_name, tokenizer_bytes
-            self.lower_case, self.seed = lower_case, seed
-            self.num_tasks, self.progress = num_tasks, progress
-            self.documents = Metrics.counter("prepare", "documents")
-            self.tokenized = Metrics.counter("prepare", "documents_with_tokens")
-            self.skipped_lines = Metrics.counter("prepare", "skipped_lines")
-
-        def setup(self):
-            os.environ.setdefault("RAYON_NUM_THREADS", "1")  # one core per worker
-            self._dir = tempfile.mkdtemp(prefix="mobilebert_jax_tokenizer-")
-            path = os.path.join(self._dir, self.tokenizer_name)
-            with open(path, "wb") as f:
-                f.write(self.tokenizer_bytes)
-            self.tokenizer = tokenizers.load_tokenizer(path, lower_case=self.lower_case)
-
-        def teardown(self):
-            shutil.rmtree(getattr(self, "_dir", ""), ignore_errors=True)
-
-        def _encode(self, batch):
-            encoded = self.tokenizer.encode_batch([s for _, doc in batch for s in doc])
-            pos = 0
-            for key, doc in batch:
-                ids = encoded[pos:pos + len(doc)]
-                pos += len(doc)
-                if not any(ids):
-                    continue
-                self.tokenized.inc()
-                text_bytes = sum(len(s.encode("utf-8")) + 1 for s in doc)
-                yield (doc_hash(self.seed, key), key, text_bytes,
-                       _encode_document(ids, self.tokenizer.vocab_size > 65535))
-
-        def process(self, task):
-            batch, sentences, count, stats = [], 0, 0, {}
-            for key, doc in corpus_lib.task_documents(task, stats):
-                batch.append((key, doc))
-                count += 1
-                sentences += len(doc)
-                if sentences >= _ENCODE_BATCH_SENTENCES:
-                    yield from self._encode(batch)
-                    batch, sentences = [], 0
-            yield from self._encode(batch)
-            self.documents.inc(count)
-            self.skipped_lines.inc(stats.get("skipped_lines", 0))
-            _progress(self.progress, f"read {task.describe()}: {count} documents "
-                                     f"(of {self.num_tasks} read tasks)")
-
-    return ReadAndTokenize
-
-
-def _write_shard_fn():
-    beam = _beam()
-
-    class WriteShard(beam.DoFn):
-        """(split, shard, count) + its documents -> one ArrayRecord file and its counts."""
-
-        def __init__(self, staging: str, seq_len: int, cls_id: int, sep_id: int,
-                     short_seq_prob: float, dupe_factor: int, seed: int, static_cfg,
-                     wide: bool, progress: bool):
-            self.staging, self.seq_len, self.wide = staging, seq_len, wide
-            self.cls_id, self.sep_id = cls_id, sep_id
-            self.short_seq_prob, self.dupe_factor, self.seed = short_seq_prob, dupe_factor, seed
-            self.static_cfg, self.progress = static_cfg, progress
-
-
-        def process(self, item):
-            from array_record.python import array_record_module
-
-            (split, shard, num_shards), docs = item
-            docs = sorted(docs)  # by hash, then key: the same order on every runner
-            stats = {"split": split, "shard": shard, "num_shards": num_shards,
-                     "num_documents": len(docs), "text_bytes": sum(d[2] for d in docs),
-                     "num_examples": 0, "num_bytes": 0, "num_tokens": 0, "random_next": 0}
-            if len(docs) >= 2:
-                token_docs = [_decode_document(d[3], self.wide) for d in docs]
-                stats["num_tokens"] = int(sum(len(s) for doc in token_docs for s in doc))
-                pairs = pretraining.create_pairs(
-                    token_docs, self.seq_len, self.cls_id, self.sep_id,
-                    short_seq_prob=self.short_seq_prob, dupe_factor=self.dupe_factor,
-                    seed=_shard_seed(self.seed, split, shard))
-                del token_docs
-                name = shard_file_name(split, shard, num_shards)
-                target = files.join(tfds_dir(self.staging), name)
-                local_dir = (os.path.dirname(target) if not files.is_remote(target)
-                             else tempfile.gettempdir())
-                os.makedirs(local_dir, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=local_dir)
-                os.close(fd)
-                os.chmod(tmp, 0o644)
-                try:
-                    writer = array_record_module.ArrayRecordWriter(tmp, "group_size:1")
-                    for index, ex in enumerate(pairs):
-                        writer.write(self._serialize(ex, split, shard, index))
-                        stats["random_next"] += ex.next_sentence_label
-                    writer.close()
-                    stats["num_examples"] = len(pairs)
-                    stats["num_bytes"] = os.path.getsize(tmp)
-                    if files.is_remote(target):
-                        files.copy_file(tmp, target)
-                    else:
-                        os.replace(tmp, target)
-                finally:
-                    if os.path.exists(tmp):
-                        os.unlink(tmp)
-            stats_dir = files.join(self.staging, SHARD_STATS_DIR)
-            if not files.is_remote(stats_dir):
-                os.makedirs(stats_dir, exist_ok=True)
-            files.write_json(files.join(stats_dir, f"{split}-{shard:05d}.json"), stats)
-            _progress(self.progress, f"wrote {split} shard {shard + 1}/{num_shards}: "
-                                     f"{stats['num_examples']} examples from "
-                                     f"{len(docs)} documents")
-            yield stats
-
-        def _serialize(self, ex, split, shard, index) -> bytes:
-            record = {"token_ids": ex.token_ids, "segment_ids": ex.segment_ids,
-                      "next_sentence_label": np.int32(ex.next_sentence_label)}
-            if self.static_cfg is not None:
-                rng = pretraining.masking_rng(_shard_seed(self.seed, split, shard), 0, index)
-                masked, positions, labels = pretraining.mask_tokens(ex.token_ids,
-                                                                    self.static_cfg, rng)
-                record.update(token_ids=masked, masked_lm_positions=positions,
-                              masked_lm_ids=labels.astype(np.int32))
-            return serialize_record(record)
-
-    return WriteShard
-
-
-def pipeline_options(num_workers: int, beam_args: Sequence[str] = ()):
-    """Beam options: `beam_args` as given; without a `--runner` among them, the DirectRunner
-    in this process (1 worker) or in `num_workers` local worker processes."""
-    _beam()
-    from apache_beam.options.pipeline_options import PipelineOptions
-
-    args = list(beam_args)
-    if not any(a == "--runner" or a.startswith("--runner=") for a in args):
-        args += ["--runner=DirectRunner", f"--direct_num_workers={num_workers}",
-                 "--direct_running_mode=" + ("multi_processing" if num_workers > 1
-                                             else "in_memory")]
-    return PipelineOptions(args)
-
-
-def _runner_name(options) -> str:
-    from apache_beam.options.pipeline_options import StandardOptions
-
-    return str(options.view_as(StandardOptions).runner or "DirectRunner")
-
-
-@contextlib.contextmanager
-def _quiet_beam():
-    """Beam's INFO/WARNING chatter off (errors still reach the caller as exceptions)."""
-    log = logging.getLogger("apache_beam")
-    level = log.level
-    log.setLevel(logging.ERROR + 10)
-    try:
-        yield
-    finally:
-        log.setLevel(level)
-
-
-def _pipeline_error(e: BaseException) -> BaseException:
-    """The expected error inside a failed pipeline (ValueError, OSError, ...) as itself, with
-    Beam's traceback and '[while running ...]' stripped; anything else unchanged."""
-    if isinstance(e, (ValueError, OSError)):
-        msg = re.sub(r"(?: \[while running '[^']*'\])+$", "", str(e).strip())
-        return type(e)(msg) if not isinstance(e, OSError) or not e.filename else e
-    text = str(e).strip()
-    lines = [ln for ln in text.splitlines() if re.match(r"^\s*(?:[\w.]+\.)?\w*Error: ", ln)]
-    if not lines:
-        return e
-    kind, _, msg = lines[-1].strip().partition(": ")
-    msg = re.sub(r"(?: \[while running '[^']*'\])+$", "", msg)
-    kind = kind.rsplit(".", 1)[-1]
-    if kind in ("ValueError", "UnicodeDecodeError"):
-        return ValueError(msg)
-    if kind in ("FileNotFoundError", "NotADirectoryError", "PermissionError", "OSError",
-                "IsADirectoryError", "FileExistsError"):
-        return OSError(msg)
-    return e
-
-
-def _run_pipeline(tasks, tokenizer, staging, settings, static_cfg, options,
-                  progress: bool) -> dict[str, int]:
-    """Runs the pipeline (stages in the module docstring); returns its counters."""
-    beam = _beam()
-    from apache_beam.metrics.metric import MetricsFilter
-
-    with open(tokenizer.path, "rb") as f:
-        tokenizer_bytes = f.read()
-    read = _read_and_tokenize_fn()(os.path.basename(tokenizer.path), tokenizer_bytes,
-                                   settings["lower_case"], settings["seed"], len(tasks),
-                                   progress)
-    write = _write_shard_fn()(staging, settings["seq_len"], tokenizer.cls_id, tokenizer.sep_id,
-                              settings["short_seq_prob"], settings["dupe_factor"],
-                              settings["seed"], static_cfg, tokenizer.vocab_size > 65535,
-                              progress)
-    num_shards, eval_fraction = settings["num_shards"], settings["eval_fraction"]
-    with _quiet_beam():
-        pipeline = beam.Pipeline(options=options)
-        docs = (pipeline
-                | "tasks" >> beam.Create(tasks, reshuffle=False)
-                | "spread" >> beam.Reshuffle()
-                | "read and tokenize" >> beam.ParDo(read))
-        layout = (docs
-                  | "hashes" >> beam.Map(lambda d: d[0])
-                  | "all hashes" >> beam.combiners.ToList()
-                  | "layout" >> beam.Map(shard_layout, num_shards, eval_fraction))
-        _ = (docs
-             | "assign" >> beam.Map(_assign, beam.pvalue.AsSingleton(layout))
-             | "group" >> beam.GroupByKey()
-             | "write shards" >> beam.ParDo(write))
-        try:
-            result = pipeline.run()
-            result.wait_until_finish()
-        except Exception as e:  # Beam wraps the workers' errors
-            raise _pipeline_error(e) from None
-        counters = {c.key.metric.name: c.committed for c in
-                    result.metrics().query(MetricsFilter().with_namespace("prepare"))["counters"]}
-    return counters
-
-
-# ----------------------------------------------------------------------------- finishing
-
-
 def _shard_stats(staging: str) -> list[dict]:
     stats_dir = files.join(staging, SHARD_STATS_DIR)
     return [files.read_json(files.join(stats_dir, name))
             for name in sorted(files.listdir(stats_dir)) if name.endswith(".json")]
 
 
-def _check_splits(stats: list[dict], counters: dict, corpus_spec: str, eval_fraction: float
+def _check_splits(stats: list[dict], counters: dict, corpus_spec: str
                   ) -> dict[str, list[dict]]:
     by_split: dict[str, list[dict]] = {}
     for s in stats:
@@ -638,8 +323,10 @@ def prepare_dataset(corpus_spec: str, tokenizer_path: str, out_dir: str, seq_len
                     masked_lm_prob, eval_fraction, num_workers, shard_mb)
     if not read_chunk_mb > 0:
         raise ValueError(f"read_chunk_mb={read_chunk_mb} must be > 0")
-    options = pipeline_options(num_workers, beam_args)
-    runner = _runner_name(options)
+    from mobilebert_jax.data import pipeline
+
+    options = pipeline.options(num_workers, beam_args)
+    runner = pipeline.runner_name(options)
     out_dir = files.resolve(out_dir)
     if "Direct" not in runner and not files.is_remote(out_dir):
         raise ValueError(f"the {runner} writes from its own workers: --out must be on shared "
@@ -674,15 +361,15 @@ def prepare_dataset(corpus_spec: str, tokenizer_path: str, out_dir: str, seq_len
         static_cfg = pretraining.MaskingConfig.from_tokenizer(
             tokenizer, seq_len, max_predictions_per_seq, masked_lm_prob, whole_word_masking)
     start = time.perf_counter()
-    _progress(progress, f"{len(tasks)} read tasks over {input_bytes / 1e6:.1f} MB of input "
+    progress_line(progress, f"{len(tasks)} read tasks over {input_bytes / 1e6:.1f} MB of input "
                         f"from {len(specs)} source(s), {settings['num_shards']} train shards; "
                         f"{runner} with {num_workers if 'Direct' in runner else 'its'} "
                         "worker(s)")
     staging = _staging_dir(out_dir)
     try:
-        counters = _run_pipeline(tasks, tokenizer, staging, settings, static_cfg, options,
+        counters = pipeline.run(tasks, tokenizer, staging, settings, static_cfg, options,
                                  progress)
-        by_split = _check_splits(_shard_stats(staging), counters, corpus_spec, eval_fraction)
+        by_split = _check_splits(_shard_stats(staging), counters, corpus_spec)
         _finish(staging, tokenizer, settings, by_split, counters,
                 {"prepare_seconds": round(time.perf_counter() - start, 3), "runner": runner,
                  "num_workers": num_workers})
@@ -691,7 +378,7 @@ def prepare_dataset(corpus_spec: str, tokenizer_path: str, out_dir: str, seq_len
         if not files.is_remote(out_dir):
             shutil.rmtree(staging, ignore_errors=True)
     meta = read_meta(out_dir)
-    _progress(progress, f"wrote {out_dir}: {meta['num_examples']} examples in "
+    progress_line(progress, f"wrote {out_dir}: {meta['num_examples']} examples in "
                         f"{meta['num_shards']} shards from {meta['text_bytes'] / 1e6:.2f} MB of "
                         f"text in {meta['prepare_seconds']:.1f} s")
     return out_dir
