@@ -42,6 +42,15 @@ def bert_vocab_path():
     return tokenizers.packaged_bert_uncased_vocab()
 
 
+@pytest.fixture(scope="session")
+def vocab_words(bert_vocab_path):
+    """Whole alphabetic words of the BERT vocab (entries 2000-8000): pseudo-English that
+    tokenizes without unknown pieces, for the synthetic corpora of the data tests."""
+    with open(bert_vocab_path, encoding="utf-8") as f:
+        words = [w.strip() for w in f][2000:8000]
+    return [w for w in words if w.isalpha()]
+
+
 FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures"
 
 

@@ -22,11 +22,9 @@ def vocab_path(bert_vocab_path):
 
 
 @pytest.fixture(scope="module")
-def corpus_file(tmp_path_factory, vocab_path):
+def corpus_file(tmp_path_factory, vocab_words):
     """~25k words of pseudo-English in BERT's layout, built from whole-word vocab entries."""
-    with open(vocab_path, encoding="utf-8") as f:
-        words = [w.strip() for w in f][2000:8000]
-    words = [w for w in words if w.isalpha()]
+    words = vocab_words
     rng = random.Random(0)
     lines = []
     for _ in range(50):

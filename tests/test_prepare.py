@@ -27,13 +27,11 @@ def _sentences(rng, words, n):
 
 
 @pytest.fixture(scope="module")
-def corpus_spec(tmp_path_factory, bert_vocab_path):
+def corpus_spec(tmp_path_factory, vocab_words):
     """Three sources mixed: BERT-layout text, `= Title =` articles, a TFDS text dataset."""
     import tensorflow_datasets as tfds
 
-    with open(bert_vocab_path, encoding="utf-8") as f:
-        words = [w.strip() for w in f][2000:8000]
-    words = [w for w in words if w.isalpha()]
+    words = vocab_words
     rng = random.Random(0)
     d = tmp_path_factory.mktemp("mixed")
     text = []
