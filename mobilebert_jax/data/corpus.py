@@ -224,14 +224,13 @@ def read_tasks(specs: list[CorpusSpec], chunk_bytes: int = 8 << 20
                                  f"{sorted(builder.info.features.keys())})")
             tfds_args = (spec.tfds_name, spec.tfds_split, spec.tfds_text_key,
                          spec.tfds_data_dir)
-            split_info = builder.info.splits.get(spec.tfds_split) if "[" not in \
-                spec.tfds_split else None
-            if "[" not in spec.tfds_split and split_info is None:
-                raise ValueError(f"TFDS dataset {spec.tfds_name!r} has no split "
-                                 f"{spec.tfds_split!r} (splits: {sorted(builder.info.splits)})")
-            if split_info is None:  # a slice of a split: one task reads it
+            if "[" in spec.tfds_split:  # a slice of a split: one task reads it
                 tasks.append(ReadTask(source, "tfds", tfds=tfds_args, start=0, end=-1))
                 continue
+            split_info = builder.info.splits.get(spec.tfds_split)
+            if split_info is None:
+                raise ValueError(f"TFDS dataset {spec.tfds_name!r} has no split "
+                                 f"{spec.tfds_split!r} (splits: {sorted(builder.info.splits)})")
             n, nbytes = split_info.num_examples, max(split_info.num_bytes, 1)
             total += nbytes
             step = max(1, int(n * chunk_bytes / nbytes))
@@ -411,10 +410,7 @@ def _tfds_examples(name: str, split: str, text_key: str, data_dir: str | None, s
     (end -1: all of `split`, which may be a slice); never downloads; lines are paragraphs."""
     import tensorflow_datasets as tfds
 
-    builder = _tfds_builder(name, data_dir)
-    if text_key not in builder.info.features:
-        raise ValueError(f"TFDS dataset {name!r} has no feature {text_key!r} "
-                         f"(features: {sorted(builder.info.features.keys())})")
+    builder = _tfds_builder(name, data_dir)  # its text feature was checked by read_tasks
     read_split = split if end < 0 else f"{split}[{start}:{end}]"
     try:
         ds = builder.as_dataset(split=read_split, shuffle_files=False)
