@@ -59,7 +59,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.teacher_checkpoint = ""  # a project checkpoint directory (trainer workdir or converted)
     config.student = STUDENTS[choice["student"]]  # the preset `model` was built from
     config.model = ml_collections.ConfigDict(dict(PRESETS[config.student], dtype="bfloat16",
-                                                  remat=False, attention_mask_mode="add",
+                                                  remat="none", attention_mask_mode="add",
                                                   embedding_and_output_norm_eps=None))
     config.strategy = choice["strategy"]
     config.steps_per_layer = 10_000  # pkt: steps per stage; jkt: the transfer phase lasts

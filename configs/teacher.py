@@ -4,11 +4,15 @@
     python -m mobilebert_jax.main --config=configs/teacher.py:smoke --workdir=DIR
     python -m mobilebert_jax.main --config=configs/teacher.py:phase2 --workdir=DIR \
         --config.init_checkpoint=PHASE1_WORKDIR
+    python -m mobilebert_jax.main --config=configs/teacher.py:v4_64 --workdir=DIR   # TPU v4-64
+    python -m mobilebert_jax.main --config=configs/teacher.py:gpu8 --workdir=DIR    # 8 GPUs
 
 Default: the paper's recipe (LAMB, 500k steps, batch 4096, seq 128, 30,522 WordPiece vocab,
 English Wikipedia from TFDS). `phase2`: the optional seq-512 phase, starting from a phase-1
 checkpoint. `smoke`: a small IB-BERT-shaped teacher on the Wikipedia sample inside the gensim
-wheel, minutes on a CPU.
+wheel, minutes on a CPU. `v4_64` (32 chips) and `gpu8` (8× H100 80 GB, or H200): the paper's
+batch 4096 × 128 with the mesh, remat policy and accumulation that `mobilebert_jax.bench.memory`
+plans for that machine (README, "Memory plan").
 """
 import os
 import sys
@@ -28,7 +32,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.trainer = "pretrain"
     trainer_fields(config)
     config.model = ml_collections.ConfigDict(dict(PRESETS["ibbert_large"], dtype="bfloat16",
-                                                  remat=False, attention_mask_mode="add",
+                                                  remat="none", attention_mask_mode="add",
                                                   embedding_and_output_norm_eps=None))
     config.data = pretraining_data("tfds:wikipedia/20230601.en", "bert-base-uncased")
     config.optimizer = default_optimizer_config()
@@ -52,6 +56,15 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         config.eval_steps = 5
         config.checkpoint_every = 100
         config.optimizer.update(learning_rate=2e-3, warmup_steps=30, end_learning_rate=0.0)
+    elif variant == "v4_64":
+        config.mesh.shape = (4, 8, 1)
+        config.model.remat = "none"
+        config.grad_accum_steps = 1
+    elif variant == "gpu8":
+        config.mesh.shape = (1, 8, 1)
+        config.model.remat = "dots_no_batch"
+        config.grad_accum_steps = 1
     elif variant:
-        raise ValueError(f"unknown teacher config variant {variant!r}; expected smoke or phase2")
+        raise ValueError(f"unknown teacher config variant {variant!r}; expected smoke, phase2, "
+                         "v4_64 or gpu8")
     return config

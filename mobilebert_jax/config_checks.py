@@ -1,13 +1,16 @@
 """Range checks of every numeric field of every trainer config, before anything runs.
 
 `check_config(config)` raises one ValueError naming the first field out of range, e.g.
-`config.log_every=0: must be an integer >= 1`. Fields a config does not have are skipped, so
-the one table covers the teacher, distillation and fine-tuning configs.
+`config.log_every=0: must be an integer >= 1`; fields with a fixed set of values (`CHOICES`) list
+them. Fields a config does not have are skipped, so the one table covers the teacher,
+distillation and fine-tuning configs.
 """
 from __future__ import annotations
 
 import math
 from typing import Any
+
+from mobilebert_jax.models.config import REMAT_POLICIES
 
 # field: (kind, low, high, low_inclusive, high_inclusive); None = unbounded
 INT, FLOAT = "integer", "number"
@@ -58,6 +61,11 @@ RULES: dict[str, tuple] = {
     "transfer.lower_multiplier": (FLOAT, 0.0, None, True, True),
 }
 
+# field: the values it may take (true/false: the boolean `remat` of older configs)
+CHOICES: dict[str, tuple] = {
+    "model.remat": REMAT_POLICIES + (True, False),
+}
+
 
 def _lookup(config, dotted: str) -> tuple[bool, Any]:
     node = config
@@ -99,6 +107,12 @@ def check_config(config) -> None:
         present, value = _lookup(config, name)
         if present:
             check_value(name, value, rule)
+    for name, choices in CHOICES.items():
+        present, value = _lookup(config, name)
+        if present and not any(value is c or (isinstance(c, str) and value == c)
+                               for c in choices):
+            raise ValueError(f"config.{name}={value!r}: must be one of "
+                             f"{', '.join(map(repr, choices))}")
     present, accum = _lookup(config, "grad_accum_steps")
     if present and config.batch_size % accum:
         raise ValueError(f"config.batch_size={config.batch_size} is not divisible by "

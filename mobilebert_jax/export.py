@@ -110,7 +110,7 @@ def inference_params(params: dict) -> dict:
 def inference_fn(config: MobileBertConfig, params: dict) -> Callable:
     """`f(params, input_ids, attention_mask, token_type_ids) -> {name: array}` in inference
     mode (no dropout, float32) for the head `params` carry."""
-    config = config.replace(dtype="float32", remat=False)
+    config = config.replace(dtype="float32", remat="none")
     task = task_of(params)
     if task == "classification":
         model = MobileBertForSequenceClassification(

@@ -11,37 +11,16 @@ total / (fsdp x tensor), and with `--list` the parameters left fully replicated.
 """
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
 from absl import app, flags
-from flax import linen as nn
-from jax.sharding import AbstractMesh, AxisType
 
 from mobilebert_jax import parallel
-from mobilebert_jax.bench.common import write_json
-from mobilebert_jax.models import MobileBertForPreTraining, get_config
-from mobilebert_jax.train import optim
+from mobilebert_jax.bench.common import layout, write_json
 
 flags.DEFINE_list("models", ["ibbert_large", "mobilebert"], "Presets (with MLM/NSP heads).")
 flags.DEFINE_list("meshes", ["1x8x1", "2x4x1", "1x4x2"], "Mesh shapes data x fsdp x tensor.")
 flags.DEFINE_bool("list", False, "Also list the fully replicated parameters.")
 flags.DEFINE_string("json", None, "Also write the results to this JSON file.")
 FLAGS = flags.FLAGS
-
-
-def layout(name: str, shape: tuple[int, ...]) -> dict:
-    """Parameter and LAMB-state reports of preset `name` on an abstract mesh of `shape`."""
-    mesh = AbstractMesh(shape, parallel.MESH_AXES,
-                        axis_types=(AxisType.Auto,) * len(parallel.MESH_AXES))
-    model = MobileBertForPreTraining(get_config(name))
-    ids = jnp.zeros((1, 8), jnp.int32)
-    boxed = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), ids)["params"])
-    params = nn.meta.unbox(boxed)
-    param_sh = parallel.logical_shardings(boxed, mesh, parallel.DEFAULT_RULES)
-    tx, _ = optim.make_optimizer(optim.default_optimizer_config())
-    opt_sh = parallel.opt_state_shardings(tx, params, param_sh, mesh)
-    return {"params": parallel.sharding_report(params, param_sh),
-            "opt_state": parallel.sharding_report(jax.eval_shape(tx.init, params), opt_sh)}
 
 
 def main(argv):

@@ -15,6 +15,7 @@ ACTIVATIONS = ("gelu", "gelu_exact", "relu", "relu6", "tanh")
 NORMALIZATION_TYPES = ("layer_norm", "no_norm")
 ATTENTION_MASK_MODES = ("add", "fill")
 DTYPES = ("float32", "bfloat16")
+REMAT_POLICIES = ("none", "full", "dots_no_batch")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,7 +27,11 @@ class MobileBertConfig:
     -10000·(1 − key_mask) to the scores (official default); "fill" sets masked scores to exactly
     -6 (the quantization-friendly variant). `embedding_and_output_norm_eps` is the epsilon of the
     embedding norm and the last-FFN output norm when it differs from `layer_norm_eps` (HF builds
-    those two LayerNorms with eps 1e-5); None means `layer_norm_eps`.
+    those two LayerNorms with eps 1e-5); None means `layer_norm_eps`. `remat`: what each block
+    keeps for the backward pass: "none" (everything autodiff saves), "full" (only the block's
+    input; the block is recomputed), "dots_no_batch" (the outputs of the dense layers, i.e. the
+    matmuls without batch dimensions; attention scores, softmax, norms and activations are
+    recomputed). The booleans of older configs read as true → "full", false → "none".
     """
 
     vocab_size: int = 30522
@@ -53,9 +58,11 @@ class MobileBertConfig:
     embedding_and_output_norm_eps: float | None = None
     attention_mask_mode: str = "add"
     dtype: str = "float32"
-    remat: bool = False
+    remat: str = "none"
 
     def __post_init__(self):
+        if isinstance(self.remat, bool):
+            object.__setattr__(self, "remat", "full" if self.remat else "none")
         validate(self)
 
     # -- derived sizes ---------------------------------------------------------------------
@@ -120,7 +127,8 @@ def validate(c: MobileBertConfig) -> None:
         if int(getattr(c, name)) <= 0:
             raise ValueError(f"model config: {name} must be positive, got {getattr(c, name)}")
     if c.hidden_act not in ACTIVATIONS:
-        raise ValueError(f"model config: unknown hidden_act {c.hidden_act!r}; expected one of {ACTIVATIONS}")
+        raise ValueError(f"model config: unknown hidden_act {c.hidden_act!r}; expected one of "
+                         f"{ACTIVATIONS}")
     if c.normalization_type not in NORMALIZATION_TYPES:
         raise ValueError(f"model config: unknown normalization_type {c.normalization_type!r}; "
                          f"expected one of {NORMALIZATION_TYPES}")
@@ -129,6 +137,9 @@ def validate(c: MobileBertConfig) -> None:
                          f"expected one of {ATTENTION_MASK_MODES}")
     if c.dtype not in DTYPES:
         raise ValueError(f"model config: unknown dtype {c.dtype!r}; expected one of {DTYPES}")
+    if c.remat not in REMAT_POLICIES:
+        raise ValueError(f"model config: unknown remat {c.remat!r}; expected one of "
+                         f"{REMAT_POLICIES}")
     if c.inner_size % c.num_attention_heads:
         what = "intra_bottleneck_size" if c.use_bottleneck else "hidden_size"
         raise ValueError(f"model config: {what}={c.inner_size} is not divisible by "
@@ -275,7 +286,8 @@ def from_hf_config(path_or_dict, source: str = "HF config") -> MobileBertConfig:
 
 
 def to_hf_config(c: MobileBertConfig) -> dict[str, Any]:
-    """The HF `config.json` dict for `c` (MobileBertForPreTraining, or BertModel without bottleneck)."""
+    """The HF `config.json` dict for `c` (MobileBertForPreTraining, or BertModel without
+    bottleneck)."""
     act = {"gelu": "gelu_new", "gelu_exact": "gelu", "relu": "relu", "relu6": "relu6",
            "tanh": "tanh"}[c.hidden_act]
     common = dict(

@@ -5,6 +5,7 @@ attention-score tensors, the sequence output and the pooled output.
 """
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 from flax import linen as nn
 from flax import struct
@@ -58,8 +59,13 @@ class Embeddings(nn.Module):
         return nn.with_logical_constraint(h, (L.BATCH, L.LENGTH, L.ACT_EMBED))
 
 
+REMAT_POLICIES = {"full": None,
+                  "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+
+
 class Encoder(nn.Module):
-    """`encoder/layer_{i}` for i < num_hidden_layers; optional per-layer rematerialization."""
+    """`encoder/layer_{i}` for i < num_hidden_layers; each block rematerialised under the
+    config's `remat` policy ("none": not at all)."""
 
     config: MobileBertConfig
     num_layers: int | None = None  # run only the first `num_layers` blocks (None: all)
@@ -67,7 +73,9 @@ class Encoder(nn.Module):
     @nn.compact
     def __call__(self, h, key_mask, deterministic: bool = True):
         c = self.config
-        block = nn.remat(L.Block, static_argnums=(3,)) if c.remat else L.Block
+        block = L.Block
+        if c.remat != "none":
+            block = nn.remat(L.Block, static_argnums=(3,), policy=REMAT_POLICIES[c.remat])
         hidden_states, scores = [h], []
         n = c.num_hidden_layers if self.num_layers is None else self.num_layers
         for i in range(n):
