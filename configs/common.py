@@ -17,6 +17,8 @@ def trainer_fields(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     config.keep_checkpoints = 3
     config.async_checkpointing = True
     config.init_checkpoint = ""  # a project checkpoint dir whose params start the run
+    # JAX's persistent compilation cache (local or gs://); empty: <workdir>/compilation_cache
+    config.compilation_cache_dir = ""
     config.mesh = ml_collections.ConfigDict(dict(
         shape=(-1, 1, 1),  # (data, fsdp, tensor); -1 = the devices left
         rules=DEFAULT_RULES,

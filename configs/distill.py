@@ -4,6 +4,8 @@
         --config.teacher_checkpoint=TEACHER_DIR
     python -m mobilebert_jax.main --config=configs/distill.py:smoke --workdir=DIR
     python -m mobilebert_jax.main --config=configs/distill.py:smoke,tiny,jkt --workdir=DIR
+    python -m mobilebert_jax.main --config=configs/distill.py:v4_64 --workdir=DIR \
+        --config.teacher_checkpoint=TEACHER_DIR   # TPU v4-64; gpu8: 8x H100 80 GB (or H200)
 
 The variant is a comma-separated list of words, in any order, at most one of each group:
   student:  mobilebert (default) | tiny
@@ -11,10 +13,16 @@ The variant is a comma-separated list of words, in any order, at most one of eac
   scale:    (default: the official run) | smoke (distils the smoke teacher of
             `configs/teacher.py:smoke`, read from runs/teacher_smoke, on the embedded
             Wikipedia sample, on a CPU)
+  machine:  (default: the mesh (-1,1,1), no remat) | v4_64 | gpu8 (the mesh and remat policy
+            that `mobilebert_jax.bench.memory` plans for batch 2048 x 512 with the teacher
+            forward in the same step on a TPU v4-64 or 8 GPUs; README, "Memory plan")
 
 Defaults are the official hyperparameters: 24 stages of 10k steps of layer-wise transfer
 (constant lr 1.5e-3 times the PKT layer multipliers), then 500k steps of pre-training
-distillation (LAMB 1.5e-3, 10k warm-up, linear decay to 1.5e-7, weight decay 0.01, clip 1.0).
+distillation (LAMB 1.5e-3, 10k warm-up, linear decay to 1.5e-7, weight decay 0.01, clip 1.0);
+as in the official code, the LAMB moments start from zero at each stage boundary, the
+mean/variance targets are all teacher layers stacked, and a 512-token sequence has 20 masked
+positions.
 `total_steps` counts the whole run (transfer + PD); `optimizer` is the PD optimizer.
 """
 import os
@@ -32,18 +40,21 @@ from mobilebert_jax.train.optim import default_optimizer_config  # noqa: E402
 STUDENTS = {"mobilebert": "mobilebert", "tiny": "mobilebert_tiny"}
 STRATEGIES = ("pkt", "jkt", "akt")
 SCALES = ("smoke",)
+MACHINES = {"v4_64": (4, 8, 1), "gpu8": (1, 8, 1)}  # mesh; both with remat dots_no_batch
 
 
 def parse_variant(variant: str) -> dict:
-    """'smoke,tiny,jkt' -> {'student': 'tiny', 'strategy': 'jkt', 'scale': 'smoke'}."""
-    chosen = {"student": "mobilebert", "strategy": "pkt", "scale": ""}
+    """'smoke,tiny,jkt' -> {'student': 'tiny', 'strategy': 'jkt', 'scale': 'smoke',
+    'machine': ''}."""
+    chosen = {"student": "mobilebert", "strategy": "pkt", "scale": "", "machine": ""}
     seen = set()
     for word in filter(None, (w.strip() for w in variant.split(","))):
         group = ("student" if word in STUDENTS else "strategy" if word in STRATEGIES
-                 else "scale" if word in SCALES else None)
+                 else "scale" if word in SCALES else "machine" if word in MACHINES else None)
         if group is None:
             raise ValueError(f"unknown distill config variant {word!r}; expected a comma-"
-                             f"separated list of {', '.join((*STUDENTS, *STRATEGIES, *SCALES))}")
+                             f"separated list of "
+                             f"{', '.join((*STUDENTS, *STRATEGIES, *SCALES, *MACHINES))}")
         if group in seen:
             raise ValueError(f"distill config variant {variant!r} names more than one {group}")
         seen.add(group)
@@ -71,8 +82,11 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         multiplier=3.0,  # pkt: base * bg(t) at the layer being transferred
         lower_multiplier=0.1,  # pkt: layers below it (0 with hard_freeze)
         hard_freeze=False,
-        reset_optimizer_each_stage=False,  # TF1 reset the slots at every stage boundary
-        all_teacher_layers=False,  # TF1: mean/var against all teacher layers stacked
+        # As the official TF1 code: at each stage boundary the LAMB moments start from zero
+        # (False: they carry over), and the mean/variance targets are those of all teacher
+        # hidden states stacked (False: the matching teacher layer only).
+        reset_optimizer_each_stage=True,
+        all_teacher_layers=True,
         weights=ml_collections.ConfigDict(dict(fmt=100.0, at=1.0, beta=5000.0, gamma=5.0)),
         optimizer="lamb",
         weight_decay=0.01,
@@ -80,6 +94,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     ))
     config.distill_ground_truth_ratio = 0.5  # PD soft labels: 0.5 one-hot + 0.5 teacher
     config.data = pretraining_data("tfds:wikipedia/20230601.en", "bert-base-uncased", 512)
+    config.data.max_predictions_per_seq = 20  # the official distillation command's (not BERT's 80)
     config.optimizer = default_optimizer_config()
     config.optimizer.total_steps = 0  # PD decay steps; 0: total_steps minus the transfer steps
 
@@ -101,4 +116,11 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         config.eval_steps = 10  # the whole held-out split (324 examples)
         config.checkpoint_every = 100
         config.optimizer.update(learning_rate=2e-3, warmup_steps=20, end_learning_rate=0.0)
+    if choice["machine"]:
+        if choice["scale"]:
+            raise ValueError(f"distill config variant {variant!r}: a machine variant is for the "
+                             "official run, not the smoke scale")
+        config.mesh.shape = MACHINES[choice["machine"]]
+        config.model.remat = "dots_no_batch"
+        config.grad_accum_steps = 1
     return config

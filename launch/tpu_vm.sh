@@ -13,7 +13,8 @@
 # Settings (environment): BUCKET (gs://..., required: holds the dataset, the workdir with its
 # checkpoints, metrics.jsonl and TensorBoard events), TPU_NAME, ZONE, ACCELERATOR (v4-32, v4-64,
 # v5p-256, v3-256, ...), RUNTIME (TPU software version), PROJECT, PROVISIONING (spot | reserved |
-# on-demand), CONFIG, CORPUS, DATASET_DIR, RUN_NAME, EXTRA_ARGS, REPO_URL and REPO_REF.
+# on-demand), CONFIG (default: the memory plan's variant for ACCELERATOR), CORPUS, DATASET_DIR,
+# RUN_NAME, EXTRA_ARGS, REPO_URL and REPO_REF.
 # A spot VM that is preempted is recreated with `create` + `wait` + `install` + `run`: the run
 # resumes from the newest checkpoint in $BUCKET (on any host count).
 set -euo pipefail
@@ -27,7 +28,10 @@ PROJECT=${PROJECT:-$(gcloud config get-value project 2>/dev/null)}
 PROVISIONING=${PROVISIONING:-spot}
 BUCKET=${BUCKET:?set BUCKET=gs://your-bucket}
 BUCKET=${BUCKET%/}
-CONFIG=${CONFIG:-configs/teacher.py}
+# The paper's batch with the mesh and remat policy the memory plan gives for the slice
+# (README, "Memory plan"): configs/teacher.py:v4_64 on a v4-64, else the default mesh.
+case "$ACCELERATOR" in v4-64) PLANNED=configs/teacher.py:v4_64;; *) PLANNED=configs/teacher.py;; esac
+CONFIG=${CONFIG:-$PLANNED}
 CORPUS=${CORPUS:-tfds:wikipedia/20230601.en}
 REPO_URL=${REPO_URL:?set REPO_URL to a git URL of this repository}
 REPO_REF=${REPO_REF:-main}
@@ -114,6 +118,6 @@ case "${1:-}" in
     qr delete "$QUEUED_RESOURCE" --force --quiet
     ;;
   *)
-    sed -n '2,18p' "$0"; exit 1
+    sed -n '2,19p' "$0"; exit 1
     ;;
 esac

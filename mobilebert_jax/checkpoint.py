@@ -3,7 +3,8 @@
 A project checkpoint directory looks the same whoever wrote it (a trainer, the converter):
 
     DIR/model_config.json         the `MobileBertConfig` of the params
-    DIR/vocab.txt | spm.model     the tokenizer, when known (optional)
+    DIR/vocab.txt | spm.model     the tokenizer (every trainer stores it; the converter when
+                                  given one)
     DIR/checkpoints/<step>/       an orbax CheckpointManager step; item `params` is always there,
                                   trainers add `opt_state`, `meta` (step, RNG, stage) and `data`
                                   (the input position as JSON, the same for any process count)
@@ -53,6 +54,21 @@ def tokenizer_file(directory: str) -> str | None:
     return None
 
 
+def store_tokenizer(directory: str, tokenizer_path: str) -> None:
+    """Copies the tokenizer file into the checkpoint directory as vocab.txt or spm.model, so
+    that the directory is self-contained; refuses a directory that stores a different one."""
+    name = "spm.model" if tokenizer_path.endswith(".model") else "vocab.txt"
+    stored = files.join(directory, name)
+    other = [n for n in TOKENIZER_FILES if n != name and files.isfile(files.join(directory, n))]
+    if other or (files.isfile(stored) and files.read_bytes(stored)
+                 != files.read_bytes(tokenizer_path)):
+        raise ValueError(f"{directory} stores another tokenizer ({(other or [name])[0]}) than "
+                         f"{tokenizer_path}; use a new directory or the tokenizer it was "
+                         "trained with")
+    if not files.isfile(stored):
+        files.copy_file(tokenizer_path, stored)
+
+
 def save_pretrained(directory: str, config: MobileBertConfig, params: Any, step: int = 0,
                     tokenizer_path: str | None = None) -> str:
     """Writes `params` (and the config, and optionally the tokenizer file) as a project
@@ -67,8 +83,7 @@ def save_pretrained(directory: str, config: MobileBertConfig, params: Any, step:
         mngr.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params)))
         mngr.wait_until_finished()
     if tokenizer_path:
-        name = "spm.model" if tokenizer_path.endswith(".model") else "vocab.txt"
-        files.copy_file(tokenizer_path, files.join(directory, name))
+        store_tokenizer(directory, tokenizer_path)
     config.to_json(files.join(directory, MODEL_CONFIG))
     return directory
 

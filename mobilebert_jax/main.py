@@ -5,7 +5,7 @@
 The config's `trainer` field picks the job (pretrain, distill, finetune_glue, finetune_squad).
 Multi-process runs (`--num_processes>1`, or a cluster that JAX detects with several processes: a
 multi-host Cloud TPU VM slice, GKE, SLURM) call `jax.distributed.initialize` first; a single
-process never does.
+process never does. JAX's persistent compilation cache is on for every job (`compile_cache`).
 """
 import os
 import sys
@@ -81,6 +81,9 @@ def main(argv):
     initialize_distributed()
     workdir = files.resolve(FLAGS.workdir)
     files.makedirs(workdir)
+    from mobilebert_jax import compile_cache
+    compile_cache.enable(config.get("compilation_cache_dir", "")
+                         or files.join(workdir, compile_cache.CACHE_SUBDIR))
     module = importlib.import_module(TRAINERS[trainer])
     module.train_and_evaluate(config, workdir)
 

@@ -50,7 +50,9 @@ def run_to_end(workdir, overrides, timeout=600):
 
 
 def test_teacher_on_gcs_killed_and_resumed_matches_an_uninterrupted_run(gcs_emulator, gcs_dir,
-                                                                       corpus):
+                                                                       corpus, monkeypatch):
+    # Every program goes to the workdir's compilation cache (gs://), however fast it compiled.
+    monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     total = 8
     data = f"{gcs_dir}/data"
     straight, killed = f"{gcs_dir}/straight", f"{gcs_dir}/killed"
@@ -78,6 +80,9 @@ def test_teacher_on_gcs_killed_and_resumed_matches_an_uninterrupted_run(gcs_emul
     before = read_object(gcs_emulator, f"{killed}/metrics.jsonl").decode().splitlines()
     out = run_to_end(killed, settings(corpus, data, total))
     assert "resumed from step" in out and "preparing" not in out
+    assert "train step: loaded from the compilation cache in" in out
+    assert any("killed/compilation_cache/jit_train_step" in n
+               for n in gcs_emulator.objects(f"{gcs_dir.split('/', 3)[3]}/"))
     after = read_object(gcs_emulator, f"{killed}/metrics.jsonl").decode().splitlines()
     assert after[:len(before)] == before  # no line of the killed run is lost
     got = losses(gcs_emulator, killed)

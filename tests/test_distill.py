@@ -77,6 +77,13 @@ def pkt_run(data_dir, teacher_dir, tmp_path_factory):
     return workdir
 
 
+def test_distillation_workdir_carries_its_tokenizer(pkt_run):
+    from mobilebert_jax.data import tokenizers
+    vocab = tokenizers.load_tokenizer("bert-base-uncased")
+    assert checkpoint.tokenizer_file(pkt_run) == os.path.join(pkt_run, "vocab.txt")
+    assert open(os.path.join(pkt_run, "vocab.txt"), "rb").read() == open(vocab.path, "rb").read()
+
+
 # -- losses the trainer composes ----------------------------------------------------------------
 
 

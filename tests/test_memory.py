@@ -14,6 +14,7 @@ from flax import linen as nn
 
 from mobilebert_jax import config_checks
 from mobilebert_jax.models import MobileBertConfig, MobileBertModel, get_config
+from mobilebert_jax.models.heads import MobileBertForPreTraining
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "configs"))
@@ -98,3 +99,37 @@ def test_gpu8_variant_fits_by_the_plan(plan):
     assert tuple(config.mesh.shape) == (1, 8, 1) and config.grad_accum_steps == 1
     config_checks.check_config(config)
     config_checks.check_config(teacher.get_config("v4_64"))
+
+
+def _plan(tmp_path, config, target):
+    out = tmp_path / "plan.json"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+    r = subprocess.run([sys.executable, "-m", "mobilebert_jax.bench.memory", f"--config={config}",
+                        f"--target={target}", "--check=false", f"--json={out}"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return json.loads(out.read_text())
+
+
+def test_distillation_plan_counts_the_teacher_and_the_machine_variants_fit(tmp_path):
+    import distill
+    # The paper's distillation (batch 2048 x 512, teacher forward in the step) with the default
+    # mesh and no remat does not fit a v4-64 chip; the v4_64 variant does.
+    default = _plan(tmp_path, "configs/distill.py", "v4-64")
+    assert (default["batch_size"], default["seq_len"]) == (2048, 512)
+    assert default["mesh"] == [32, 1, 1] and not default["chosen"]["fits"]
+    # On the data-only mesh every device holds the whole float32 teacher, counted here
+    # independently of the project's shardings.
+    t = get_config("ibbert_large")
+    shapes = jax.eval_shape(lambda: MobileBertForPreTraining(t).init(
+        jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"])
+    teacher_bytes = sum(4 * x.size for x in jax.tree_util.tree_leaves(nn.meta.unbox(shapes)))
+    assert default["chosen"]["teacher_params"] == teacher_bytes
+    assert default["chosen"]["teacher_activations"] > 0
+    for variant, target in (("v4_64", "v4-64"), ("gpu8", "8xH100")):
+        plan = _plan(tmp_path, f"configs/distill.py:{variant}", target)
+        assert plan["chosen"]["fits"], (variant, plan["chosen"])
+        assert plan["chosen"]["teacher_params"] < teacher_bytes / 4  # sharded over fsdp
+        config_checks.check_config(distill.get_config(variant))
+    with pytest.raises(ValueError, match="machine variant is for the official run"):
+        distill.get_config("smoke,gpu8")

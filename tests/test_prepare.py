@@ -193,7 +193,7 @@ def test_the_trainer_refuses_a_dataset_prepared_otherwise(reference, bert_vocab_
         c.data.update(**data)
         return c
 
-    assert inputs.prepare_if_needed(config(), str(tmp_path), 30522).data_dir == reference
+    assert inputs.prepare_if_needed(config(), str(tmp_path), 30522)[0].data_dir == reference
     with pytest.raises(ValueError, match=r"prepared with dupe_factor=2 but the config has "
                                          r"data\.dupe_factor=5"):
         inputs.prepare_if_needed(config(dupe_factor=5), str(tmp_path), 30522)

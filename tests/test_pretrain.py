@@ -9,11 +9,13 @@ import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
 from mobilebert_jax import checkpoint
-from mobilebert_jax.train import pretrain
+from mobilebert_jax.data import tokenizers
+from mobilebert_jax.train import finetune_data, pretrain
 from mobilebert_jax.train.loop import NonFiniteLoss
 
 from conftest import apply_overrides
@@ -91,7 +93,10 @@ def test_sigterm_saves_exits_cleanly_and_resumes_exactly(data_dir, tmp_path):
            "--config.batch_size=8", f"--config.total_steps={total}", "--config.log_every=1",
            "--config.checkpoint_every=1000", "--config.eval_every=1000",
            "--config.optimizer.warmup_steps=2"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # Every program goes to the workdir's compilation cache, however fast it compiled here.
+    env = dict(os.environ, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env)
     metrics = workdir / "metrics.jsonl"
     deadline = time.time() + 240
     while time.time() < deadline and (not metrics.exists() or len(metrics.read_text()) == 0):
@@ -103,9 +108,14 @@ def test_sigterm_saves_exits_cleanly_and_resumes_exactly(data_dir, tmp_path):
     saved = checkpoint.latest_step(str(workdir))
     assert saved is not None and 1 <= saved < total
     assert max(losses(str(workdir))) == saved
-    # resume in-process with the same settings: every step's loss equals the straight run's
-    pretrain.train_and_evaluate(tiny_config(data_dir, total_steps=total, checkpoint_every=1000,
-                                            **{"optimizer.total_steps": total}), str(workdir))
+    assert "train step: compiled in" in out
+    assert os.listdir(workdir / "compilation_cache")
+    # restart the same way: the train step comes from the workdir's compilation cache, and every
+    # step's loss equals the straight run's (in-process, compiled afresh)
+    r = subprocess.run(cmd, capture_output=True,
+                       text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "train step: loaded from the compilation cache in" in r.stdout + r.stderr
     a, b = losses(straight), losses(str(workdir))
     assert sorted(a) == sorted(b) == list(range(1, total + 1))
     assert all(a[s] == b[s] for s in a)
@@ -128,6 +138,18 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path
 def test_bad_input(data_dir, tmp_path):
     workdir = str(tmp_path / "w")
     pretrain.train_and_evaluate(tiny_config(data_dir, total_steps=1, checkpoint_every=1), workdir)
+    # The workdir carries the tokenizer it was trained with: fine-tuning from it needs no
+    # --config.tokenizer, and a start with another tokenizer is refused before anything changes.
+    vocab = tokenizers.load_tokenizer("bert-base-uncased")
+    assert open(os.path.join(workdir, "vocab.txt"), "rb").read() == open(vocab.path, "rb").read()
+    found = finetune_data.resolve_tokenizer(
+        ml_collections.ConfigDict(dict(init_checkpoint=workdir, tokenizer="")), 30522)
+    assert found.encode("A teacher's vocabulary.") == vocab.encode("A teacher's vocabulary.")
+    other = tmp_path / "other_vocab.txt"
+    other.write_text(open(vocab.path).read().replace("[unused0]", "[unused_x]"))
+    with pytest.raises(ValueError, match=r"stores another tokenizer \(vocab.txt\) than"):
+        checkpoint.store_tokenizer(workdir, str(other))
+    assert open(os.path.join(workdir, "vocab.txt"), "rb").read() == open(vocab.path, "rb").read()
     with pytest.raises(ValueError, match="holds checkpoints of another model .*hidden_size=32"):
         pretrain.train_and_evaluate(
             tiny_config(data_dir, **{"model.hidden_size": 64}), workdir)

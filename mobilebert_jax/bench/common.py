@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import statistics
 import time
 
@@ -63,21 +64,49 @@ def _pretraining_setup(name: str, batch: int, seq: int, predictions: int, dtype:
     return config, model, tx, schedule, data, state
 
 
-def jax_step_seconds(name: str, batch: int, seq: int, predictions: int, steps: int,
-                     dtype: str = "float32"):
-    """Median seconds of one full pretraining step (forward, backward, LAMB) and its FLOPs."""
+def fusion_count(compiled) -> int:
+    """XLA fusion instructions in a compiled program (each one kernel launch on an
+    accelerator, one loop nest on the CPU)."""
+    return sum(1 for line in compiled.as_text().splitlines()
+               if re.search(r"= \S+ fusion\(", line))
+
+
+def jax_step_runner(name: str, batch: int, seq: int, predictions: int, dtype: str = "float32"):
+    """One full pretraining step (forward, backward, LAMB) as a callable that runs it to
+    completion; with its FLOPs and the compiled program's fusion count."""
     config, model, tx, schedule, data, state = _pretraining_setup(name, batch, seq, predictions,
                                                                   dtype)
     step = jax.jit(pretrain.make_train_step(model, tx, schedule, 1), donate_argnums=0)
+    compiled = step.lower(state, data).compile()
     holder = {"state": state}
 
     def run():
-        holder["state"], metrics = step(holder["state"], data)
+        holder["state"], metrics = compiled(holder["state"], data)
         jax.block_until_ready(metrics["loss"])
 
-    seconds = time_calls(run, steps)
-    flops = throughput.pretraining_step_flops(config, batch, seq, predictions)
-    return seconds, flops
+    return run, throughput.pretraining_step_flops(config, batch, seq, predictions), \
+        fusion_count(compiled)
+
+
+def jax_step_seconds(name: str, batch: int, seq: int, predictions: int, steps: int,
+                     dtype: str = "float32"):
+    """Median seconds of one full pretraining step (forward, backward, LAMB) and its FLOPs."""
+    run, flops, _ = jax_step_runner(name, batch, seq, predictions, dtype)
+    return time_calls(run, steps), flops
+
+
+def alternate(a, b, pairs: int) -> list[tuple[float, float]]:
+    """Seconds of `a()` and `b()` timed in turn (a b a b ...) after one warm-up call of each, so
+    that the load of a shared machine hits both sides alike."""
+    a(), b()
+    times = []
+    for _ in range(pairs):
+        start = time.perf_counter()
+        a()
+        middle = time.perf_counter()
+        b()
+        times.append((middle - start, time.perf_counter() - middle))
+    return times
 
 
 def jax_step_split(name: str, batch: int, seq: int, predictions: int, steps: int,

@@ -12,6 +12,16 @@ for the accumulator when accumulating), activations (an analytic count, `activat
 the total; then the smallest setting that fits the target (fewest micro-batches first, then the
 cheapest remat policy: none, dots_no_batch, full).
 
+A distillation config (`configs/distill.py`, trainer `distill`) is planned with its teacher in
+the same step: the teacher's params (frozen: no LAMB state, no gradients; `--teacher_preset`,
+default IB-BERT_LARGE, in the student's compute dtype, since a plan reads no checkpoint), the
+teacher's forward pass (not differentiated: one block's intermediates live at a time) and the
+teacher outputs the losses keep, for the two kinds of step the run has: the last layer-wise
+transfer stage (all student blocks differentiated; the compared layer's hidden state and
+attention map, and with `transfer.all_teacher_layers` every teacher hidden state) and
+pre-training distillation (the teacher's MLM logits and softmax at the masked positions). The
+larger of the two is the row's total.
+
 Measured vs estimated: the figures for the target are estimates (nothing is compiled at that size).
 `--check` (default) also compiles the train step's forward and backward pass (`jax.grad` of the
 pretraining loss) of a small IB-BERT-shaped check config at two depths on 8 fake CPU devices and
@@ -41,7 +51,8 @@ from ml_collections import config_flags  # noqa: E402
 from mobilebert_jax import cli, parallel  # noqa: E402
 from mobilebert_jax.bench.common import (layout, load_average, synthetic_batch,  # noqa: E402
                                          write_json)
-from mobilebert_jax.models.config import PRESETS, REMAT_POLICIES, MobileBertConfig  # noqa: E402
+from mobilebert_jax.models.config import (PRESETS, REMAT_POLICIES, MobileBertConfig,  # noqa: E402
+                                          get_config)
 from mobilebert_jax.models.heads import MobileBertForPreTraining  # noqa: E402
 from mobilebert_jax.train import pretrain  # noqa: E402
 
@@ -139,15 +150,59 @@ def activation_bytes(c: MobileBertConfig, micro_batch_per_device: int, seq_len: 
             "head": head_bytes_per_sequence(c, predictions) * micro_batch_per_device}
 
 
+def teacher_bytes(t: MobileBertConfig, micro_batch_per_device: int, seq_len: int,
+                  predictions: int, stage: str, all_teacher_layers: bool) -> dict[str, float]:
+    """Activations of the frozen teacher in a distillation step (one device's micro-batch): its
+    forward pass keeps one block's intermediates at a time (nothing is differentiated) and the
+    outputs the losses read stay until the backward pass: at a transfer stage the compared
+    layer's hidden state (compute dtype) and float32 attention map, plus every hidden state
+    when mean/variance compare with all teacher layers; in pre-training distillation the MLM
+    logits and their softmax (float32) at the masked positions."""
+    cb = 2 if t.dtype == "bfloat16" else 4
+    tokens = micro_batch_per_device * seq_len
+    forward = (sum(layer_bytes_per_token(t, seq_len, "none", training=False).values())
+               + embedding_bytes_per_token(t)) * tokens
+    if stage == "transfer":
+        layers = t.num_hidden_layers + 1 if all_teacher_layers else 1
+        kept = (cb * t.hidden_size * layers + 4 * t.num_attention_heads * seq_len) * tokens
+    else:
+        kept = 2 * 4 * t.vocab_size * predictions * micro_batch_per_device
+    return {"forward": forward, "kept": kept}
+
+
+def distill_activations(s: MobileBertConfig, t: MobileBertConfig, micro: int, seq_len: int,
+                        predictions: int, policy: str, all_teacher_layers: bool) -> dict:
+    """Student + teacher activations of the larger of the two distillation steps."""
+    act = activation_bytes(s.replace(remat=policy), micro, seq_len, predictions, policy)
+    encoder = act["layers"] + act["recompute"] + act["embeddings"]
+    # The transfer losses read the student's last attention map in float32 too.
+    student_at = 4 * s.num_attention_heads * seq_len * micro * seq_len
+    stages = {}
+    for stage, student in (("transfer", encoder + student_at), ("pd", encoder + act["head"])):
+        teacher = teacher_bytes(t, micro, seq_len, predictions, stage, all_teacher_layers)
+        stages[stage] = {"student": student, "teacher": teacher["forward"] + teacher["kept"]}
+    stage = max(stages, key=lambda k: sum(stages[k].values()))
+    return {"stage": stage, **stages[stage]}
+
+
 def state_bytes(c: MobileBertConfig, mesh: tuple[int, ...]) -> tuple[int, int]:
     """(params, LAMB state) bytes per device under the default rules on an abstract mesh."""
     reports = layout(c, mesh)
     return reports["params"].per_device_bytes, reports["opt_state"].per_device_bytes
 
 
+@dataclasses.dataclass(frozen=True)
+class Teacher:
+    """The frozen teacher of a distillation plan: its config, its params' bytes per device and
+    whether mean/variance compare with all its layers."""
+    config: MobileBertConfig
+    params: int
+    all_layers: bool
+
+
 def plan_row(c: MobileBertConfig, target: Target, mesh: tuple[int, ...], batch: int,
              seq_len: int, predictions: int, policy: str, accum: int,
-             state: tuple[int, int]) -> dict:
+             state: tuple[int, int], teacher: Teacher | None = None) -> dict:
     ways = mesh[0] * mesh[1]
     if batch % (accum * ways):
         raise ValueError(f"batch {batch} does not split into {accum} micro-batches over "
@@ -155,21 +210,31 @@ def plan_row(c: MobileBertConfig, target: Target, mesh: tuple[int, ...], batch: 
     micro = batch // accum // ways
     params, opt = state
     grads = params * (2 + (accum > 1))
-    act = activation_bytes(c.replace(remat=policy), micro, seq_len, predictions, policy)
-    activations = act["layers"] + act["recompute"] + act["embeddings"] + act["head"]
-    total = params + opt + grads + activations
-    return {"remat": policy, "grad_accum_steps": accum, "micro_batch_per_device": micro,
-            "params": params, "opt_state": opt, "grads_and_updates": grads,
-            "activations": activations, "total": total,
+    row = {"remat": policy, "grad_accum_steps": accum, "micro_batch_per_device": micro,
+           "params": params, "opt_state": opt, "grads_and_updates": grads}
+    if teacher is None:
+        act = activation_bytes(c.replace(remat=policy), micro, seq_len, predictions, policy)
+        activations = act["layers"] + act["recompute"] + act["embeddings"] + act["head"]
+        total = params + opt + grads + activations
+    else:
+        act = distill_activations(c, teacher.config, micro, seq_len, predictions, policy,
+                                  teacher.all_layers)
+        activations = act["student"]
+        total = params + opt + grads + teacher.params + activations + act["teacher"]
+        row.update(stage=act["stage"], teacher_params=teacher.params,
+                   teacher_activations=act["teacher"])
+    return {**row, "activations": activations, "total": total,
             "fits": total <= USABLE_FRACTION * target.bytes_per_device}
 
 
-def propose(c, target, mesh, batch, seq_len, predictions, state) -> dict | None:
+def propose(c, target, mesh, batch, seq_len, predictions, state,
+            teacher: Teacher | None = None) -> dict | None:
     """The first setting that fits: fewest micro-batches, then none < dots_no_batch < full."""
     ways = mesh[0] * mesh[1]
     for accum in (a for a in range(1, batch // ways + 1) if batch % (a * ways) == 0):
         for policy in ("none", "dots_no_batch", "full"):
-            row = plan_row(c, target, mesh, batch, seq_len, predictions, policy, accum, state)
+            row = plan_row(c, target, mesh, batch, seq_len, predictions, policy, accum, state,
+                           teacher)
             if row["fits"]:
                 return row
     return None
@@ -225,8 +290,6 @@ def check(policies, depths=CHECK_LAYERS) -> list[dict]:
     return rows
 
 
-
-
 def _gib(x: float) -> str:
     return f"{x / GIB:.2f}"
 
@@ -267,22 +330,35 @@ def main(argv):
                   f"   {r['xla_temp_bytes'][-1] / 2 ** 20:.1f}, "
                   f"{r['analytic_bytes'][-1] / 2 ** 20:.1f} MiB")
     state = state_bytes(c, mesh)
-    row = plan_row(c, target, mesh, batch, seq_len, predictions, policy, accum, state)
-    best = propose(c, target, mesh, batch, seq_len, predictions, state)
+    teacher = None
+    if config.trainer == "distill":
+        t = get_config(FLAGS.teacher_preset, dtype=c.dtype)
+        all_layers = bool(config.transfer.all_teacher_layers)
+        teacher = Teacher(t, layout(t, mesh)["params"].per_device_bytes, all_layers)
+        results.update(teacher_preset=FLAGS.teacher_preset, all_teacher_layers=all_layers)
+    row = plan_row(c, target, mesh, batch, seq_len, predictions, policy, accum, state, teacher)
+    best = propose(c, target, mesh, batch, seq_len, predictions, state, teacher)
     results.update(chosen=row, proposed=best, load_average_after=load_average())
     print(f"target {FLAGS.target}: {target.devices} devices x {_gib(target.bytes_per_device)} GiB "
           f"({target.source}); usable {USABLE_FRACTION:.0%}; mesh {mesh}")
     print(f"{c.num_hidden_layers}-layer model, {c.dtype}, batch {batch} x seq {seq_len}; "
           "analytic estimate, GiB per device:")
+    if teacher:
+        print(f"  with the frozen teacher ({FLAGS.teacher_preset}, {teacher.config.dtype}; "
+              "'teacher' = its params + activations) at the larger of the last transfer stage "
+              "and pre-training distillation ('stage')")
+    extra = f"{'teacher':>8}{'stage':>10}" if teacher else ""
     print(f"  {'remat':<15}{'accum':>6}{'micro/dev':>10}{'params':>8}{'LAMB':>8}{'grads':>8}"
-          f"{'activ.':>8}{'total':>8}  fits")
+          f"{'activ.':>8}{extra}{'total':>8}  fits")
     for r, what in ((row, "chosen"), (best, "proposed")):
         if r is None:
             print(f"  proposed: nothing fits up to {batch // (mesh[0] * mesh[1])} micro-batches")
             continue
+        extra = (f"{_gib(r['teacher_params'] + r['teacher_activations']):>8}{r['stage']:>10}"
+                 if teacher else "")
         print(f"  {r['remat']:<15}{r['grad_accum_steps']:>6}{r['micro_batch_per_device']:>10}"
               f"{_gib(r['params']):>8}{_gib(r['opt_state']):>8}{_gib(r['grads_and_updates']):>8}"
-              f"{_gib(r['activations']):>8}{_gib(r['total']):>8}  {r['fits']} ({what})")
+              f"{_gib(r['activations']):>8}{extra}{_gib(r['total']):>8}  {r['fits']} ({what})")
     print(f"load average {results['load_average_before']} -> {results['load_average_after']}")
     write_json(FLAGS.json, results)
 
@@ -297,6 +373,8 @@ if __name__ == "__main__":
                          "Micro-batches per step (default: the config's).")
     flags.DEFINE_integer("batch_size", None, "Global batch (default: the config's).")
     flags.DEFINE_integer("seq_len", None, "Sequence length (default: the config's data.seq_len).")
+    flags.DEFINE_enum("teacher_preset", "ibbert_large", list(PRESETS),
+                      "The teacher of a distillation config's plan.")
     flags.DEFINE_bool("check", True, "Also compare the analytic count with XLA on a check config.")
     flags.DEFINE_string("json", None, "Also write the results to this JSON file.")
     sys.exit(app.run(main, flags_parser=cli.parse_flags))

@@ -6,7 +6,9 @@
 For each model: one full pretraining step (MLM at the gathered positions + NSP, forward, backward,
 LAMB update) — step time, tokens/s and MFU against a matmul peak measured here. Then the same
 MobileBERT step in HF transformers (PyTorch eager, `MobileBertForPreTraining` encoder with the
-MLM head applied at the gathered positions, AdamW since torch has no LAMB) and the ratio.
+MLM head applied at the gathered positions, AdamW since torch has no LAMB) and the ratio, the
+two steps timed in turn (JAX, PyTorch, JAX, ...: the median of the per-pair ratios with its
+range and the load average), and the fusion count of each compiled JAX step.
 `--dtype` sets the JAX compute dtype (params, norms, softmax and losses stay float32); `--split`
 also times the parts of each JAX step on their own (forward, `jax.grad`, LAMB update);
 `--json` writes every figure printed to a file.
@@ -15,19 +17,21 @@ from __future__ import annotations
 
 
 import os
+import statistics
 
 import jax
 from absl import app, flags
 
-from mobilebert_jax.bench.common import (jax_step_seconds, jax_step_split, load_average,
-                                         synthetic_batch, time_calls, write_json)
+from mobilebert_jax.bench.common import (alternate, jax_step_runner, jax_step_split,
+                                         load_average, synthetic_batch, time_calls, write_json)
 from mobilebert_jax.metrics import throughput
 from mobilebert_jax.models import get_config, to_hf_config
 
 flags.DEFINE_integer("batch", 8, "Batch size.")
 flags.DEFINE_integer("seq", 128, "Sequence length.")
 flags.DEFINE_integer("predictions", 20, "Masked positions per sequence.")
-flags.DEFINE_integer("steps", 5, "Timed steps (median reported), after one warm-up step.")
+flags.DEFINE_integer("steps", 5, "Timed steps (median reported), after one warm-up step; "
+                     "for MobileBERT with --torch, alternating JAX/PyTorch pairs.")
 flags.DEFINE_list("models", ["mobilebert", "ibbert_large"], "Presets to time in JAX.")
 flags.DEFINE_bool("torch", True, "Also time the HF PyTorch MobileBERT step.")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "JAX compute dtype.")
@@ -36,7 +40,8 @@ flags.DEFINE_string("json", None, "Also write the results to this JSON file.")
 FLAGS = flags.FLAGS
 
 
-def torch_step_seconds(batch: int, seq: int, predictions: int, steps: int) -> float:
+def torch_step_runner(batch: int, seq: int, predictions: int):
+    """The HF PyTorch MobileBERT pretraining step (AdamW) as a callable."""
     import torch
     import transformers
 
@@ -66,7 +71,7 @@ def torch_step_seconds(batch: int, seq: int, predictions: int, steps: int) -> fl
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
 
-    return time_calls(run, steps)
+    return run
 
 
 def main(argv):
@@ -88,24 +93,32 @@ def main(argv):
                                     mfu=flops / seconds / peak, **extra))
         print(f"{name:<16}{runtime:<16}{seconds * 1e3:>10.1f}{b * s / seconds:>11.0f}"
               f"{flops / 1e9:>12.1f}{flops / seconds / peak:>8.1%}", flush=True)
+        return results["rows"][-1]
 
-    jax_seconds = {}
     for name in FLAGS.models:
-        seconds, flops = jax_step_seconds(name, b, s, p, FLAGS.steps, FLAGS.dtype)
-        jax_seconds[name] = seconds
-        split = jax_step_split(name, b, s, p, FLAGS.steps, FLAGS.dtype) if FLAGS.split else {}
-        row(name, "jax (LAMB)", seconds, flops,
-            **{f"{k}_ms": v * 1e3 for k, v in split.items()})
-        if split:
+        run, flops, fusions = jax_step_runner(name, b, s, p, FLAGS.dtype)
+        if name == "mobilebert" and FLAGS.torch:
+            # JAX and PyTorch steps in turn, so that a shared machine's load hits both alike.
+            pairs = alternate(run, torch_step_runner(b, s, p), FLAGS.steps)
+            seconds = statistics.median(j for j, _ in pairs)
+            ratios = sorted(t / j for j, t in pairs)
+            jax_row = row(name, "jax (LAMB)", seconds, flops, fusions=fusions)
+            row(name, "torch (AdamW)", statistics.median(t for _, t in pairs), flops)
+            results.update(jax_over_torch_throughput=statistics.median(ratios),
+                           jax_over_torch_min=ratios[0], jax_over_torch_max=ratios[-1],
+                           pairs=len(pairs))
+            print(f"MobileBERT step: JAX is {statistics.median(ratios):.2f}x the PyTorch "
+                  f"throughput (median of {len(pairs)} alternating pairs; range "
+                  f"{ratios[0]:.2f}-{ratios[-1]:.2f}; load average {load_average()})")
+        else:
+            jax_row = row(name, "jax (LAMB)", time_calls(run, FLAGS.steps), flops,
+                          fusions=fusions)
+        print(f"  {name}: {fusions} XLA fusions in the compiled step", flush=True)
+        if FLAGS.split:
+            split = jax_step_split(name, b, s, p, FLAGS.steps, FLAGS.dtype)
+            jax_row.update({f"{k}_ms": v * 1e3 for k, v in split.items()})
             print("  split: " + ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in split.items())
                   + " (each jitted alone; grad = forward + backward)", flush=True)
-    if FLAGS.torch and "mobilebert" in jax_seconds:
-        t = torch_step_seconds(b, s, p, FLAGS.steps)
-        row("mobilebert", "torch (AdamW)", t,
-            throughput.pretraining_step_flops(get_config("mobilebert"), b, s, p))
-        results["jax_over_torch_throughput"] = t / jax_seconds["mobilebert"]
-        print(f"MobileBERT step: JAX is {results['jax_over_torch_throughput']:.2f}x the PyTorch "
-              "throughput")
     results["load_average_after"] = load_average()
     print(f"load average after {results['load_average_after']}")
     write_json(FLAGS.json, results)

@@ -123,7 +123,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         f"{plan.strategy}: {', '.join(s.name for s in plan.stages)}")
 
     # -- input -----------------------------------------------------------------------------------
-    info = inputs.prepare_if_needed(config, workdir, student_cfg.vocab_size)
+    info, tokenizer = inputs.prepare_if_needed(config, workdir, student_cfg.vocab_size)
     train_iter = inputs.train_loader(config, info)
     log(f"data: {info.num_examples} examples at seq {info.seq_len} in {info.data_dir}")
 
@@ -165,7 +165,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
                              out_shardings=shardings.params)(state.params, teacher_params)
         state = state.replace(params=params)
         log("student embeddings and MLM/NSP heads copied from the teacher")
-    state_lib.record_run(workdir, config, student_cfg)
+    state_lib.record_run(workdir, config, student_cfg, tokenizer.path)
 
     # -- step functions: one per (stage kind, layers, depth), compiled when first needed -----------
     batch_sh = parallel.batch_sharding(mesh)

@@ -48,9 +48,7 @@ def _prepare_workdir(config, workdir: str, model_config, tokenizer) -> None:
     files.makedirs(workdir)
     state_lib.check_workdir_model(workdir, model_config)
     if jax.process_index() == 0:
-        name = "spm.model" if tokenizer.path.endswith(".model") else "vocab.txt"
-        if tokenizer.path != files.join(workdir, name):
-            files.copy_file(tokenizer.path, files.join(workdir, name))
+        checkpoint.store_tokenizer(workdir, tokenizer.path)
 
 
 def _run(config, workdir: str, model, train_features, train_keys, loss_fn, evaluate,

@@ -44,9 +44,11 @@ def check_dataset_settings(info, config, tokenizer) -> None:
                      "the config's settings (or set the config to the dataset's)")
 
 
-def prepare_if_needed(config, workdir: str, vocab_size: int) -> loader_lib.PretrainingDatasetInfo:
+def prepare_if_needed(config, workdir: str, vocab_size: int
+                      ) -> tuple[loader_lib.PretrainingDatasetInfo, tokenizers.Tokenizer]:
     """Checks the tokenizer against the model, prepares the dataset unless `data.dataset_dir`
-    already holds one, and checks its settings against the config.
+    already holds one, and checks its settings against the config; returns the dataset's info
+    and the tokenizer (the trainer stores it in the workdir).
 
     Process 0 alone looks for the dataset and prepares it; every process then reaches the same
     collective with process 0's outcome, so hosts never wait on each other in different
@@ -85,7 +87,7 @@ def prepare_if_needed(config, workdir: str, vocab_size: int) -> loader_lib.Pretr
                                 "every process needs the same (shared) dataset path")
     loader_lib.check_vocab_size(info, vocab_size)
     check_dataset_settings(info, config, tokenizer)
-    return info
+    return info, tokenizer
 
 
 def all_processes_agree(ok: bool) -> bool:

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import optax
 from flax import linen as nn
 
-from mobilebert_jax import checkpoint, files, parallel
+from mobilebert_jax import checkpoint, compile_cache, files, parallel
 from mobilebert_jax.metrics import throughput
 from mobilebert_jax.metrics.writers import MetricsWriter, log
 from mobilebert_jax.models.config import MobileBertConfig
@@ -116,19 +116,20 @@ def evaluate(eval_fn, params, loader, mesh, max_steps: int) -> dict[str, float]:
 
 def compile_step(step_fn, args, name: str):
     """AOT-compiles `step_fn` for `args`; prints compile time and the memory analysis."""
-    start = time.perf_counter()
+    start, hits = time.perf_counter(), compile_cache.hits()
     compiled = step_fn.lower(*args).compile()
     seconds = time.perf_counter() - start
+    how = "loaded from the compilation cache" if compile_cache.hits() > hits else "compiled"
     mem = compiled.memory_analysis()
     if mem is not None:
         gib = 1 / 2 ** 30
-        log(f"{name}: compiled in {seconds:.1f}s; per-device memory: arguments "
+        log(f"{name}: {how} in {seconds:.1f}s; per-device memory: arguments "
             f"{mem.argument_size_in_bytes * gib:.3f} GiB, outputs "
             f"{mem.output_size_in_bytes * gib:.3f} GiB, temporaries "
             f"{mem.temp_size_in_bytes * gib:.3f} GiB, generated code "
             f"{mem.generated_code_size_in_bytes * gib:.3f} GiB")
     else:
-        log(f"{name}: compiled in {seconds:.1f}s")
+        log(f"{name}: {how} in {seconds:.1f}s")
     return compiled
 
 
@@ -168,7 +169,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         f"({jax.process_count()} processes, {jax.devices()[0].device_kind})")
 
     # -- input -----------------------------------------------------------------------------------
-    info = inputs.prepare_if_needed(config, workdir, model_config.vocab_size)
+    info, tokenizer = inputs.prepare_if_needed(config, workdir, model_config.vocab_size)
     train_iter = inputs.train_loader(config, info)
     log(f"data: {info.num_examples} examples at seq {info.seq_len} in {info.data_dir}")
 
@@ -194,7 +195,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         state = state.replace(params=checkpoint.load_params(config.init_checkpoint,
                                                             target=target))
         log(f"initialised params from {config.init_checkpoint}")
-    state_lib.record_run(workdir, config, model_config)
+    state_lib.record_run(workdir, config, model_config, tokenizer.path)
 
     # -- step functions --------------------------------------------------------------------------
     batch_sh = parallel.batch_sharding(mesh)

@@ -87,11 +87,15 @@ def check_workdir_model(workdir: str, model_config: MobileBertConfig) -> None:
                              f"use a new --workdir")
 
 
-def record_run(workdir: str, config, model_config: MobileBertConfig) -> None:
-    """Writes the run's `config.json` and `model_config.json` (atomically, on process 0): called
-    once the workdir's state is restored or known to be new, so that a start that fails any
-    check leaves the workdir as it was."""
+def record_run(workdir: str, config, model_config: MobileBertConfig,
+               tokenizer_path: str | None = None) -> None:
+    """Writes the run's `config.json` and `model_config.json` (atomically, on process 0), and
+    stores the tokenizer file beside them, so that the workdir is a self-contained checkpoint
+    directory: called once the workdir's state is restored or known to be new, so that a start
+    that fails any check leaves the workdir as it was."""
     if jax.process_index() == 0:
+        if tokenizer_path:
+            checkpoint.store_tokenizer(workdir, tokenizer_path)
         files.write_text(files.join(workdir, "config.json"),
                          config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
         model_config.to_json(files.join(workdir, checkpoint.MODEL_CONFIG))
