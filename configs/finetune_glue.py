@@ -38,6 +38,8 @@ def get_config(task: str = "") -> ml_collections.ConfigDict:
     config.bias_correction = False  # the official AdamW has none
     config.clip_norm = 1.0
     config.classifier_dropout = 0.1
+    # int8 fake quantization of the dense layers (models/qat.py), for an int8 TFLite export
+    config.qat = False
     config.best_metric = ""  # empty: the task's first metric (accuracy_matched for MNLI)
     config.keep_checkpoints = 1  # the best N evaluated checkpoints are kept
     config.train_subset = 0  # first N training examples only (0: all)

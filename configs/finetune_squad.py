@@ -44,6 +44,8 @@ def get_config(version: str = "") -> ml_collections.ConfigDict:
     config.adam_eps = 1e-6
     config.bias_correction = False
     config.clip_norm = 1.0
+    # int8 fake quantization of the dense layers (models/qat.py), for an int8 TFLite export
+    config.qat = False
     config.best_metric = ""  # empty: f1
     config.keep_checkpoints = 1
     config.train_subset = 0  # N training windows drawn at random with the seed (0: all)

@@ -2,7 +2,7 @@
 
     python -m mobilebert_jax.bench.transfer --teacher=runs/teacher_long --workdir=runs/claims \
         [--seeds=0,1] [--steps_per_layer=100] [--pd_steps=600] [--batch_size=32] \
-        [--runs=scratch,pkt,jkt,akt]
+        [--runs=scratch,pkt,jkt,akt] [--distill_flags=KEY=VALUE,...]
 
 From one teacher workdir (a `configs/teacher.py:smoke`-shaped run), every run trains the student
 of `configs/distill.py:smoke` for the same number of steps (num_layers * steps_per_layer +
@@ -66,8 +66,10 @@ def run_flags(kind: str, args, seed: int) -> list[str]:
         optimizer = [flag(f"optimizer.{k}", distill.optimizer[k])
                      for k in ("learning_rate", "warmup_steps", "end_learning_rate")]
         return ["--config=configs/teacher.py:smoke", *model, *optimizer, *common]
+    extra = [flag(*item.split("=", 1)) for item in getattr(args, "distill_flags", "").split(",")
+             if item]
     return [f"--config=configs/distill.py:smoke,{kind}", flag("teacher_checkpoint", args.teacher),
-            flag("steps_per_layer", args.steps_per_layer), *common]
+            flag("steps_per_layer", args.steps_per_layer), *common, *extra]
 
 
 def final_eval(workdir: str, step: int) -> dict | None:
@@ -100,11 +102,19 @@ def main(argv=None) -> int:
     p.add_argument("--batch_size", type=int, default=0,
                    help="Per-step batch of every run (0: that of configs/distill.py:smoke).")
     p.add_argument("--runs", default=",".join(RUNS))
+    p.add_argument("--distill_flags", default="",
+                   help="Config overrides of the distillation runs, KEY=VALUE,... (e.g. "
+                        "transfer.all_teacher_layers=false,"
+                        "transfer.reset_optimizer_each_stage=false: the earlier defaults).")
     args = p.parse_args(argv)
     kinds = [k for k in args.runs.split(",") if k]
     unknown = sorted(set(kinds) - set(RUNS))
     seeds = [int(s) for s in args.seeds.split(",") if s]
     teacher_eval = final_eval(args.teacher, None)
+    bad_flags = [i for i in args.distill_flags.split(",") if i and "=" not in i]
+    if bad_flags:
+        print(f"error: --distill_flags: {bad_flags[0]!r} is not KEY=VALUE", file=sys.stderr)
+        return 1
     if (unknown or not seeds or args.steps_per_layer < 0 or args.pd_steps < 1
             or args.batch_size < 0):
         print(f"error: bad arguments (unknown runs {unknown}, seeds {seeds}, steps_per_layer "

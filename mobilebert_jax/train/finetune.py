@@ -32,6 +32,7 @@ from mobilebert_jax.data import squad as squad_data
 from mobilebert_jax.metrics.glue import glue_metrics
 from mobilebert_jax.metrics.squad import squad_scores
 from mobilebert_jax.metrics.writers import MetricsWriter, log
+from mobilebert_jax.models import qat
 from mobilebert_jax.models.heads import (MobileBertForQuestionAnswering,
                                          MobileBertForSequenceClassification)
 from mobilebert_jax.train import finetune_data as fd
@@ -49,6 +50,14 @@ def _prepare_workdir(config, workdir: str, model_config, tokenizer) -> None:
     state_lib.check_workdir_model(workdir, model_config)
     if jax.process_index() == 0:
         checkpoint.store_tokenizer(workdir, tokenizer.path)
+
+
+def _maybe_qat(config, model):
+    """The model with int8 fake quantization when `config.qat` (models/qat.py)."""
+    if not config.get("qat", False):
+        return model
+    log("quantization-aware training: int8 weights and activations in every dense layer")
+    return qat.quantization_aware(model)
 
 
 def _run(config, workdir: str, model, train_features, train_keys, loss_fn, evaluate,
@@ -154,8 +163,8 @@ def train_glue(config, workdir: str) -> dict:
     tokenizer = fd.resolve_tokenizer(config, model_config.vocab_size)
     data = fd.load_glue_data(config, tokenizer)
     _prepare_workdir(config, workdir, model_config, tokenizer)
-    model = MobileBertForSequenceClassification(model_config, task.num_labels,
-                                                float(config.classifier_dropout))
+    model = _maybe_qat(config, MobileBertForSequenceClassification(
+        model_config, task.num_labels, float(config.classifier_dropout)))
     regression = task.is_regression
     best_metric = config.best_metric or (
         "accuracy_matched" if task.name == "mnli" else task.metrics[0])
@@ -201,7 +210,7 @@ def train_squad(config, workdir: str) -> dict:
     tokenizer = fd.resolve_tokenizer(config, model_config.vocab_size)
     data = fd.load_squad_data(config, tokenizer)
     _prepare_workdir(config, workdir, model_config, tokenizer)
-    model = MobileBertForQuestionAnswering(model_config)
+    model = _maybe_qat(config, MobileBertForQuestionAnswering(model_config))
     trainer, best, results = _run(
         config, workdir, model, data.train.features,
         fd.MODEL_INPUTS + ("start_positions", "end_positions"),
