@@ -15,8 +15,9 @@
              the full train set, the dev metrics), for each seed;
 4. int8      the fine-tuned PKT student of the first task and seed exported to TFLite: float,
              post-training int8 as `mobilebert_jax.export` makes it (its default float ops)
-             and full int8; dev accuracy of each, the drop against the float JAX model, and
-             the latency of one sequence.
+             and full int8; the same student fine-tuned with quantization-aware training
+             (`--config.qat=true`) exported to int8; dev accuracy of each, the drop against
+             the float JAX model, and the latency of one sequence.
 
 Every stage is `python -m mobilebert_jax.main ...` (or, for int8, the export functions) in
 WORKDIR/<run>; a finished run is not repeated and an interrupted one resumes from its
@@ -77,15 +78,12 @@ def finetune_result(workdir: str) -> dict | None:
     return results if results.get("finished") else None
 
 
-def tflite_latency_ms(model: bytes, seq_len: int) -> float:
-    """Median milliseconds of one sequence through the TFLite model (XNNPACK, 2 threads)."""
-    import numpy as np
-
+def tflite_latency_ms(model: bytes, features: dict) -> float:
+    """Median milliseconds of one sequence (the first of `features`) through the TFLite model
+    (XNNPACK, 2 threads)."""
     from mobilebert_jax import export
     runner = export.TFLiteModel(model, num_threads=2)
-    feed = {"input_ids": np.full((1, seq_len), 1000, np.int32),
-            "attention_mask": np.ones((1, seq_len), np.int32),
-            "token_type_ids": np.zeros((1, seq_len), np.int32)}
+    feed = {k: features[k][:1] for k in export.INPUT_NAMES}
     runner(**feed)
     times = []
     for _ in range(LATENCY_RUNS):
@@ -95,31 +93,36 @@ def tflite_latency_ms(model: bytes, seq_len: int) -> float:
     return 1e3 * statistics.median(times)
 
 
-def int8_rows(checkpoint_dir: str, task_dir: str, seq_len: int) -> list[dict]:
-    """Dev accuracy and latency of the float JAX model and of its TFLite exports."""
+def int8_rows(float_dir: str, qat_dir: str, task_dir: str, seq_len: int) -> list[dict]:
+    """Dev accuracy and latency of the float JAX model (fine-tuned without QAT) and of the TFLite
+    exports of it and of the QAT-fine-tuned model; every drop is against that float model."""
     import numpy as np
 
     from mobilebert_jax import checkpoint, export
     from mobilebert_jax.bench import quantization
     from mobilebert_jax.data.tokenizers import load_tokenizer
-    config, params = checkpoint.load_pretrained(checkpoint_dir)
-    tokenizer = load_tokenizer(checkpoint.tokenizer_file(checkpoint_dir))
+    tokenizer = load_tokenizer(checkpoint.tokenizer_file(float_dir))
     dev = quantization.glue_features(task_dir, "dev", tokenizer, seq_len)
+    calib = export.representative_inputs(tokenizer, seq_len, 100, task_dir)
+    config, params = checkpoint.load_pretrained(float_dir)
     reference = quantization.jax_logits(config, params, dev)
     ref_acc = float((reference.argmax(-1) == dev["labels"]).mean())
     rows = [{"model": "JAX float32", "accuracy": ref_acc}]
-    calib = export.representative_inputs(tokenizer, seq_len, 100, task_dir)
-    for name, quantize, float_ops in (
-            ("TFLite float32", "none", ()),
-            ("TFLite int8, post-training (export default)", "int8", export.INT8_FLOAT_OPS),
-            ("TFLite int8, post-training, every op", "int8", ())):
+    for name, source, quantize, float_ops in (
+            ("TFLite float32", float_dir, "none", ()),
+            ("TFLite int8, post-training (export default)", float_dir, "int8",
+             export.INT8_FLOAT_OPS),
+            ("TFLite int8, post-training, every op", float_dir, "int8", ()),
+            ("TFLite int8, QAT fine-tuning + export default", qat_dir, "int8",
+             export.INT8_FLOAT_OPS)):
+        config, params = checkpoint.load_pretrained(source)
         model = export.to_tflite(config, params, seq_len, quantize,
                                  calib if quantize == "int8" else None, float_ops=float_ops)
         logits = export.TFLiteModel(model, num_threads=2).predict(dev)["logits"]
         acc = float((logits.argmax(-1) == dev["labels"]).mean())
         rows.append({"model": name, "accuracy": acc, "drop_points": 100 * (ref_acc - acc),
                      "max_abs_logit_diff": float(np.abs(logits - reference).max()),
-                     "bytes": len(model), "latency_ms": tflite_latency_ms(model, seq_len)})
+                     "bytes": len(model), "latency_ms": tflite_latency_ms(model, dev)})
         print(rows[-1], flush=True)
     return rows
 
@@ -241,13 +244,20 @@ def main(argv=None) -> int:
                     out["finetune"].setdefault(name, {}).setdefault(task, []).append(result)
 
     student_ft = os.path.join(args.workdir, f"ft_pkt_s0_{tasks[0]}_s{seeds[0]}")
+    student_qat = student_ft + "_qat"
     int8_file = os.path.join(args.workdir, "int8.json")
     if finetune_result(student_ft) is not None:
-        if not os.path.isfile(int8_file) and "int8" in stages:
-            rows = int8_rows(student_ft, os.path.join(args.glue_dir, TASK_DIRS[tasks[0]]),
-                             args.seq_len)
+        if finetune_result(student_qat) is None and "int8" in stages:
+            main_run([f"--config=configs/finetune_glue.py:{tasks[0]}",
+                      f"--config.init_checkpoint={models['PKT + PD student']}",
+                      f"--config.data_dir={args.glue_dir}", f"--config.seed={seeds[0]}",
+                      "--config.predict_test=false", "--config.qat=true"], student_qat)
+        if not os.path.isfile(int8_file) and finetune_result(student_qat) is not None:
+            rows = int8_rows(student_ft, student_qat,
+                             os.path.join(args.glue_dir, TASK_DIRS[tasks[0]]), args.seq_len)
             with open(int8_file + ".tmp", "w") as f:
-                json.dump({"task": tasks[0], "checkpoint": student_ft, "rows": rows}, f, indent=2)
+                json.dump({"task": tasks[0], "checkpoint": student_ft, "qat_checkpoint":
+                           student_qat, "rows": rows}, f, indent=2)
             os.replace(int8_file + ".tmp", int8_file)
         if os.path.isfile(int8_file):
             out["int8"] = json.load(open(int8_file))
