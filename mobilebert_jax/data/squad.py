@@ -115,6 +115,15 @@ def _read_squad_tfds(version: str, split: str, data_dir: str | None) -> list[Squ
     return examples
 
 
+def read_squad_json(path: os.PathLike | str) -> dict:
+    """The loaded official SQuAD JSON file, with one-line errors for a missing or malformed
+    file."""
+    data = files.read_json(str(path), "SQuAD file")
+    if not isinstance(data, dict) or not isinstance(data.get("data"), list):
+        raise ValueError(f"{path}: SQuAD JSON needs a top-level 'data' list of articles")
+    return data
+
+
 def read_squad(path: os.PathLike | str, version: str | None = None, split: str = "validation",
                tfds_data_dir: str | None = None) -> list[SquadExample]:
     """Reads SQuAD from the official JSON file at `path`, or from TFDS when `path` is "tfds".
@@ -125,7 +134,7 @@ def read_squad(path: os.PathLike | str, version: str | None = None, split: str =
     """
     if str(path) == "tfds":
         return _read_squad_tfds(_normalize_version(version) or "1.1", split, tfds_data_dir)
-    return parse_squad_json(files.read_json(str(path), "SQuAD file"), version)
+    return parse_squad_json(read_squad_json(path), version)
 
 
 def to_squad_json(examples: Sequence[SquadExample], version: str = "1.1") -> dict:

@@ -156,14 +156,6 @@ def squad_version(version: Any) -> str:
     return text
 
 
-def read_squad_json(path: str) -> dict:
-    """The loaded official JSON, with one-line errors for a missing or malformed file."""
-    data = files.read_json(path, "SQuAD file")
-    if not isinstance(data, dict) or not isinstance(data.get("data"), list):
-        raise ValueError(f"{path}: SQuAD JSON needs a top-level 'data' list of articles")
-    return data
-
-
 def _articles(squad_json: dict, start: int, stop: int | None) -> dict:
     return {"version": squad_json.get("version", "1.1"), "data": squad_json["data"][start:stop]}
 
@@ -199,7 +191,7 @@ def load_squad_data(config, tokenizer) -> SquadData:
     data_dir = files.resolve(config.data_dir)
     train_file = files.resolve(config.train_file or files.join(data_dir, f"train-v{version}.json"))
     eval_file = files.resolve(config.eval_file or files.join(data_dir, f"dev-v{version}.json"))
-    train_json = read_squad_json(train_file)
+    train_json = squad_data.read_squad_json(train_file)
     n_train, n_eval = int(config.train_articles), int(config.eval_articles)
     if n_train > 0:
         if n_train >= len(train_json["data"]):
@@ -209,7 +201,7 @@ def load_squad_data(config, tokenizer) -> SquadData:
         train_json = _articles(train_json, 0, n_train)
         eval_file = f"{train_file} (articles {n_train}..)"
     else:
-        eval_json = read_squad_json(eval_file)
+        eval_json = squad_data.read_squad_json(eval_file)
     train = _squad_split(train_json, version, tokenizer, config, True, str(train_file))
     keep = int(config.get("train_subset", 0))
     if 0 < keep < len(train.features["input_ids"]):
@@ -221,5 +213,6 @@ def load_squad_data(config, tokenizer) -> SquadData:
     test = None
     if config.get("predict_file", ""):
         path = files.resolve(config.predict_file)
-        test = _squad_split(read_squad_json(path), version, tokenizer, config, False, path)
+        test = _squad_split(squad_data.read_squad_json(path), version, tokenizer, config, False,
+                            path)
     return SquadData(version, train, evaluation, test)
