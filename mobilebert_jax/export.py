@@ -470,9 +470,8 @@ def export_checkpoint(checkpoint_dir: str, out: str, quantize: str = "none", seq
     if not 1 <= seq_len <= 512:
         raise ValueError(f"seq_len must be in [1, 512], got {seq_len}")
     out = files.resolve(out)
-    if files.is_remote(out):
-        files.check_can_create(out)
-    elif not os.path.isdir(os.path.dirname(out)):
+    files.check_can_create(out)
+    if not files.is_remote(out) and not os.path.isdir(os.path.dirname(out)):
         raise FileNotFoundError(f"output directory does not exist: {os.path.dirname(out)}")
     config, params = checkpoint.load_pretrained(checkpoint_dir)
     representative = None
@@ -526,7 +525,6 @@ def main(argv=None) -> int:
     try:
         if not args.checkpoint or not args.out:
             raise ValueError("--checkpoint and --out are required")
-        files.check_can_create(args.out)
         summary = export_checkpoint(args.checkpoint, args.out, args.quantize, args.seq_len,
                                     args.calibration_data, args.num_calibration,
                                     args.tokenizer,
