@@ -182,7 +182,7 @@ def _tfds_builder(name: str, data_dir: str | None):
     return builder
 
 
-def check_text_file(path: str, sample_bytes: int = 1 << 20) -> None:
+def check_text_file(path: str, sample_bytes: int = 64 << 10) -> None:
     """Refuses a file whose first `sample_bytes` are not text (more than
     `MAX_BAD_LINE_FRACTION` of their lines not UTF-8, or holding NUL bytes): a binary file."""
     with files.open_binary(path) as f:
