@@ -196,10 +196,13 @@ def test_unreadable_files_are_named_by_the_metrics_cli(tmp_path, content, expect
 
 # -- every entry point, malformed files: one line naming the file, nothing written or changed --
 def snapshot(root) -> dict:
-    """Every path under `root` with its bytes (None for a directory)."""
+    """Every path under `root` with its bytes (None for a directory), but JAX's compilation
+    cache of a workdir: not run state (a program compiled before a failure may be stored)."""
+    from mobilebert_jax.compile_cache import CACHE_SUBDIR
+
     root = pathlib.Path(root)
     return {str(p.relative_to(root)): None if p.is_dir() else p.read_bytes()
-            for p in sorted(root.rglob("*"))}
+            for p in sorted(root.rglob("*")) if p.relative_to(root).parts[0] != CACHE_SUBDIR}
 
 
 @pytest.fixture(scope="module")
