@@ -34,6 +34,7 @@ import sys
 import time
 
 from mobilebert_jax.bench.common import load_average, write_json
+from mobilebert_jax.bench.transfer import load_config
 
 STEP_LINE = re.compile(r"^step \d+/\d+")
 TEACHER_STEPS = 200  # never reached: the teacher runs are stopped after their first step
@@ -76,9 +77,7 @@ def main(argv=None) -> int:
     results = {"cpus": os.cpu_count(), "load_average_before": load_average(), "repeats": []}
     if not os.path.isfile(os.path.join(data, "pretraining_meta.json")):
         print("preparing the smoke teacher's dataset once ...", flush=True)
-        sys.path.insert(0, os.path.join(os.getcwd(), "configs"))
-        import teacher  # noqa: E402  (configs/ on the path)
-        d = teacher.get_config("smoke").data
+        d = load_config("teacher", "smoke").data
         subprocess.run([sys.executable, "-m", "mobilebert_jax.data.prepare",
                         f"--corpus={d.corpus}", f"--tokenizer={d.tokenizer}", f"--out={data}",
                         f"--seq_len={d.seq_len}",
