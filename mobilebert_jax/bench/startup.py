@@ -34,7 +34,7 @@ import sys
 import time
 
 from mobilebert_jax.bench.common import load_average, write_json
-from mobilebert_jax.bench.transfer import load_config
+from mobilebert_jax.bench.transfer import REPO, load_config
 
 STEP_LINE = re.compile(r"^step \d+/\d+")
 TEACHER_STEPS = 200  # never reached: the teacher runs are stopped after their first step
@@ -48,7 +48,7 @@ def run(args: list[str], env: dict, stop_after_first_step: bool) -> dict:
     start = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, "-m", "mobilebert_jax.main", *args, "--config.log_every=1"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
     first, lines, how = None, [], []
     for line in proc.stdout:
         lines.append(line)
@@ -71,6 +71,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--json", default="")
     args = p.parse_args(argv)
+    args.workdir = os.path.abspath(args.workdir)
     os.makedirs(args.workdir, exist_ok=True)
     data = os.path.join(args.workdir, "data")
     base = dict(os.environ)
