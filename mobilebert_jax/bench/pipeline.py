@@ -127,14 +127,6 @@ def int8_rows(float_dir: str, qat_dir: str, task_dir: str, seq_len: int) -> list
     return rows
 
 
-def mean_std(values: list[float]) -> str:
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
-
-
 def write_table(args, out: dict) -> str:
     lines = ["## Teacher (held-out MLM accuracy by step)", "",
              "| step | MLM accuracy (%) | MLM loss |", "|---:|---:|---:|"]
@@ -143,8 +135,8 @@ def write_table(args, out: dict) -> str:
     lines += ["", "## Students (held-out MLM after the same steps, batch and data)", "",
               "| model | MLM accuracy (%) | MLM loss |", "|---|---:|---:|"]
     for kind, rows in out["students"].items():
-        lines.append(f"| {kind} | {mean_std([100 * r['eval_mlm_accuracy'] for r in rows])} | "
-                     f"{mean_std([r['eval_mlm_loss'] for r in rows])} |")
+        lines.append(f"| {kind} | {transfer.mean_std([100 * r['eval_mlm_accuracy'] for r in rows])} | "
+                     f"{transfer.mean_std([r['eval_mlm_loss'] for r in rows])} |")
     tasks = list(out["finetune"].get("teacher", {}))
     if tasks:
         lines += ["", "## Fine-tuned (dev, best epoch; mean ± std over seeds)", "",
@@ -154,7 +146,7 @@ def write_table(args, out: dict) -> str:
             for task in tasks:
                 runs = by_task.get(task, [])
                 metric = runs[0]["best_metric"] if runs else ""
-                cells.append(f"{mean_std([100 * r['best']['metrics'][metric] for r in runs])}"
+                cells.append(f"{transfer.mean_std([100 * r['best']['metrics'][metric] for r in runs])}"
                              + (f" ({metric}, {len(runs)})" if runs else ""))
             lines.append(f"| {model} | " + " | ".join(cells) + " |")
     if out.get("int8"):

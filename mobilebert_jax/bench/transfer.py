@@ -87,6 +87,9 @@ def final_eval(workdir: str, step: int) -> dict | None:
 
 
 def mean_std(values: list[float]) -> str:
+    """Mean ± sample std for a table cell; the value alone for one run, "-" for none."""
+    if not values:
+        return "-"
     if len(values) == 1:
         return f"{values[0]:.2f}"
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
