@@ -190,12 +190,78 @@ def test_adamw_matches_official_update(bias_correction):
 
 def test_adam_no_bias_correction_first_step_by_hand():
     # m = 0.1 g, v = 0.001 g^2 -> u = 0.1 g / (sqrt(0.001) |g| + eps).
-    tx = optim.scale_by_adam_no_bias_correction()
-    g = jnp.array([2.0, -0.5, 0.0])
-    u, state = tx.update(g, tx.init(g))
+    tx = optim.adamw_direction(weight_decay=0.0)
+    g = {"w": jnp.array([2.0, -0.5, 0.0])}
+    u, state = tx.update(g, tx.init(g), g)
     want = 0.1 * np.array([2.0, -0.5, 0.0]) / (np.sqrt(0.001) * np.array([2.0, 0.5, 0.0]) + 1e-6)
-    np.testing.assert_allclose(u, want, rtol=1e-6)
-    np.testing.assert_allclose(state.nu, 0.001 * np.array([4.0, 0.25, 0.0]), rtol=1e-6)
+    np.testing.assert_allclose(u["w"], want, rtol=1e-6)
+    np.testing.assert_allclose(state.nu["w"], 0.001 * np.array([[4.0, 0.25, 0.0]]), rtol=1e-6)
+
+
+def _layered_flat(seed=0, layers=3):
+    """Three layers of one block: every role stacks, with zero, decayed and undecayed tensors."""
+    rng = np.random.default_rng(seed)
+    flat = {}
+    for i in range(layers):
+        for name, shape in (("attention/self/query/kernel", (3, 4)),
+                            ("attention/self/query/bias", (4,)),
+                            ("ffn_0/intermediate/kernel", (4, 6)),
+                            ("ffn_1/intermediate/kernel", (4, 6)),
+                            ("output/FakeLayerNorm/gamma", (4,))):
+            flat[f"bert/encoder/layer_{i}/{name}"] = rng.normal(size=shape).astype(np.float32)
+    flat["bert/encoder/layer_1/ffn_0/intermediate/kernel"][:] = 0.0
+    flat["cls/predictions/output_bias"] = rng.normal(size=(5,)).astype(np.float32)
+    return flat
+
+
+@pytest.mark.parametrize("name,bias_correction", [("lamb", False), ("lamb", True),
+                                                  ("adamw", False)])
+def test_stacked_update_matches_optax_per_tensor(name, bias_correction):
+    """The stacked update against a per-tensor one (optax for decay and trust ratio), step
+    after step, within 1e-6."""
+    flat = _layered_flat()
+    params = _nest({k: jnp.asarray(v) for k, v in flat.items()})
+    grads_seq = _grads_seq(flat, 3, scale=0.5)
+    # Reference per tensor: Adam by hand, then optax's decay and trust ratio on each tensor.
+    reference = optax.chain(
+        optax.masked(optax.add_decayed_weights(0.3), optim.decay_mask),
+        *([optax.masked(optax.scale_by_trust_ratio(), optim.decay_mask)] if name == "lamb"
+          else []))
+    tx = optim.direction(name, weight_decay=0.3, bias_correction=bias_correction)
+    state = tx.init(params)
+    ref_m, ref_v = jax.tree.map(jnp.zeros_like, params), jax.tree.map(jnp.zeros_like, params)
+    for t, grads in enumerate(grads_seq, start=1):
+        g = _nest({k: jnp.asarray(v) for k, v in grads.items()})
+        upd, state = tx.update(g, state, params)
+        ref_m = jax.tree.map(lambda m, x: 0.9 * m + 0.1 * x, ref_m, g)
+        ref_v = jax.tree.map(lambda v, x: 0.999 * v + 0.001 * x * x, ref_v, g)
+        c1, c2 = (1 - 0.9 ** t, 1 - 0.999 ** t) if bias_correction else (1.0, 1.0)  # float64
+        want = jax.tree.map(lambda m, v: (m / c1) / (jnp.sqrt(v / c2) + 1e-6), ref_m, ref_v)
+        want, _ = reference.update(want, reference.init(params), params)
+        got, want = _flatten(upd), _flatten(want)
+        for key in flat:
+            np.testing.assert_allclose(got[key], want[key], rtol=1e-6, atol=1e-7,
+                                       err_msg=f"{key} step {t}")
+        params = optax.apply_updates(params, jax.tree.map(lambda u: -0.01 * u, upd))
+    moved = _flatten(params)
+    # The moments are stored one stack per role: 3 layers of query kernels in one [3, 3, 4].
+    assert state.mu["bert"]["encoder"]["layer_n"]["attention"]["self"]["query"]["kernel"].shape \
+        == (3, 3, 4)
+    assert state.nu["bert"]["encoder"]["layer_n"]["ffn_n"]["intermediate"]["kernel"].shape \
+        == (6, 4, 6)
+    assert np.abs(moved["bert/encoder/layer_1/ffn_0/intermediate/kernel"]).max() > 0
+
+
+def test_stack_plan_groups_roles_and_tells_shapes_apart():
+    tree = {"layer_0": {"k": jnp.zeros((2, 3)), "b": jnp.zeros(3)},
+            "layer_1": {"k": jnp.zeros((2, 3)), "b": jnp.zeros(3)},
+            "layer_2": {"k": jnp.zeros((3, 3)), "b": jnp.zeros(3)}}
+    plan = dict(optim.stack_plan(tree))
+    leaves = [p for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+    names = {k: ["/".join(optim.path_names(leaves[i])) for i in v] for k, v in plan.items()}
+    assert names == {("layer_n", "b"): ["layer_0/b", "layer_1/b", "layer_2/b"],
+                     ("layer_n", "k"): ["layer_0/k", "layer_1/k"],
+                     ("layer_n", "k_1"): ["layer_2/k"]}
 
 
 def test_unknown_optimizer_and_bad_config_raise():
@@ -330,8 +396,8 @@ def test_transfer_step_restore_and_reset():
     fresh = optim.reset_opt_state(tx, params, step=21)
     assert int(optim.layer_multiplier_step(fresh)) == 21
     adam = [s for s in jax.tree.leaves(
-        fresh, is_leaf=lambda s: isinstance(s, optim.ScaleByAdamNoBiasCorrectionState))
-        if isinstance(s, optim.ScaleByAdamNoBiasCorrectionState)]
+        fresh, is_leaf=lambda s: isinstance(s, optim.StackedAdamState))
+        if isinstance(s, optim.StackedAdamState)]
     assert len(adam) == 1 and all(float(jnp.abs(m).max()) == 0 for m in jax.tree.leaves(adam))
 
 

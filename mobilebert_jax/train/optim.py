@@ -2,10 +2,11 @@
 
 What lives here:
 
-* ``scale_by_adam_no_bias_correction``, ``lamb_direction`` and ``adamw_direction`` (by name:
-  ``direction``): the update directions of the official TF1 MobileBERT optimizers (Adam
-  moments *without* bias correction, weight decay added to the Adam direction, LAMB trust
-  ratio ||w|| / ||u||), built from optax transformations; the learning rate scales them.
+* ``lamb_direction`` and ``adamw_direction`` (by name: ``direction``): the update directions of
+  the official TF1 MobileBERT optimizers (Adam moments *without* bias correction, weight decay
+  added to the Adam direction, LAMB trust ratio ||w|| / ||u||); the learning rate scales them.
+  Both are ``stacked_adam``, which updates the same tensor of every layer as one stack
+  (``stack_plan``; the moments are stored stacked, ``stacked_slot_shardings`` shards them).
 * ``decay_mask``: which parameters get weight decay (and LAMB layer adaptation).
 * ``warmup_linear_decay_schedule``, ``make_optimizer`` and ``default_optimizer_config``: the
   optax chain (global-norm clipping, optimizer, gradient accumulation) built from a config.
@@ -19,6 +20,7 @@ dicts, ``FrozenDict`` and trees whose leaves are boxed in ``nn.Partitioned``.
 """
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
 
@@ -115,66 +117,158 @@ def layer_index_of_path(path: Sequence[Any]) -> Optional[int]:
 # --------------------------------------------------------------------------------------------
 
 
-class ScaleByAdamNoBiasCorrectionState(NamedTuple):
-    """First and second moments (float32), as the official TF1 ``adam_m``/``adam_v`` slots."""
+def stack_plan(tree: Any) -> list[tuple[tuple[str, ...], list[int]]]:
+    """How the optimizer stacks parameters: [(name of the stack, indices of its leaves)].
+
+    One stack per role, shape and dtype, where a role is a leaf's path with its numbers left
+    out (``layer_3/ffn_2/kernel`` and ``layer_7/ffn_0/kernel`` are both ``layer_n/ffn_n/
+    kernel``): the same tensor in every layer, which has one shape and one sharding. The name
+    is that role's path (a suffix tells apart one role of two shapes). Leaves are arrays or
+    ``ShapeDtypeStruct``.
+    """
+    path_leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    groups: dict[Any, list[int]] = {}
+    for i, (path, leaf) in enumerate(path_leaves):
+        role = tuple(re.sub(r"\d+", "n", name) for name in path_names(path)) or ("value",)
+        groups.setdefault((role, tuple(leaf.shape), str(leaf.dtype)), []).append(i)
+    plan, taken = [], set()
+    for (role, _, _), index in groups.items():
+        name, k = role, 1
+        while name in taken:
+            name, k = role[:-1] + (f"{role[-1]}_{k}",), k + 1
+        taken.add(name)
+        plan.append((name, index))
+    return plan
+
+
+def _nest(plan, values) -> dict:
+    out: dict = {}
+    for (name, _), value in zip(plan, values):
+        node = out
+        for part in name[:-1]:
+            node = node.setdefault(part, {})
+        node[name[-1]] = value
+    return out
+
+
+def _lookup(tree: dict, name: tuple[str, ...]) -> Any:
+    for part in name:
+        tree = tree[part]
+    return tree
+
+
+class StackedAdamState(NamedTuple):
+    """Adam's moments (float32; the official ``adam_m``/``adam_v`` slots), one ``[n, *shape]``
+    stack per entry of ``stack_plan(params)`` (a nested dict named after the stacks), and the
+    update count (for bias correction)."""
+    count: jax.Array
     mu: Any
     nu: Any
 
 
-def scale_by_adam_no_bias_correction(b1: float = 0.9, b2: float = 0.999,
-                                     eps: float = 1e-6) -> optax.GradientTransformation:
-    """Adam direction without bias correction: m/(sqrt(v)+eps) with
-    m = b1 m + (1-b1) g and v = b2 v + (1-b2) g^2 (the official AdamW and LAMB)."""
+def _mask_flags(mask: MaskOrFn, params: Any, n: int) -> list[bool]:
+    """The leaves of a mask (True, False, a tree of bools or a function of the params) as
+    Python bools, known when the update is traced."""
+    if mask is True or mask is False:
+        return [mask] * n
+    tree = mask(params) if callable(mask) else mask
+    flags = [bool(x) for x in jax.tree.leaves(tree)]
+    if len(flags) != n:
+        raise ValueError(f"optimizer mask has {len(flags)} leaves, the parameters {n}")
+    return flags
+
+
+def _per_slice(flags: list[bool], ndim: int):
+    """Static True/False when every slice of a stack agrees, else a [n, 1, ...] float mask."""
+    if all(flags) or not any(flags):
+        return flags[0]
+    return jnp.asarray(flags, jnp.float32).reshape((len(flags),) + (1,) * (ndim - 1))
+
+
+def stacked_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-6,
+                 bias_correction: bool = False, weight_decay: float = 0.0,
+                 weight_decay_mask: MaskOrFn = False,
+                 trust_ratio_mask: MaskOrFn = False) -> optax.GradientTransformation:
+    """The Adam direction + decoupled weight decay (where ``weight_decay_mask``) + LAMB's
+    per-tensor trust ratio ||w|| / ||u|| (where ``trust_ratio_mask``), many tensors at a time.
+
+    Per tensor this is ``chain(scale_by_adam, masked(add_decayed_weights), masked(
+    scale_by_trust_ratio))``, with the official TF1 Adam (no bias correction) by default. The
+    update stacks the gradients and parameters of each ``stack_plan`` entry and updates each
+    stack in one go, the trust ratio from norms over each slice, and keeps the moments stacked:
+    on the 24-layer models some 25 times fewer (and larger) kernels than one update per tensor.
+    """
     if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
         raise ValueError(f"Adam betas must lie in [0, 1), got b1={b1}, b2={b2}")
+    if weight_decay < 0:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
 
     def init_fn(params):
-        zeros = lambda p: jnp.zeros(jnp.shape(p), jnp.float32)  # noqa: E731
-        return ScaleByAdamNoBiasCorrectionState(mu=jax.tree.map(zeros, params),
-                                                nu=jax.tree.map(zeros, params))
+        plan = stack_plan(params)
+        leaves = jax.tree.leaves(params)
+        zeros = [jnp.zeros((len(index),) + tuple(leaves[index[0]].shape), jnp.float32)
+                 for _, index in plan]
+        return StackedAdamState(count=jnp.zeros([], jnp.int32), mu=_nest(plan, zeros),
+                                nu=_nest(plan, zeros))
 
     def update_fn(updates, state, params=None):
-        del params
-        mu = jax.tree.map(lambda g, m: b1 * m + (1.0 - b1) * g.astype(jnp.float32),
-                          updates, state.mu)
-        nu = jax.tree.map(
-            lambda g, v: b2 * v + (1.0 - b2) * jnp.square(g.astype(jnp.float32)),
-            updates, state.nu)
-        new_updates = jax.tree.map(
-            lambda g, m, v: (m / (jnp.sqrt(v) + eps)).astype(g.dtype), updates, mu, nu)
-        return new_updates, ScaleByAdamNoBiasCorrectionState(mu=mu, nu=nu)
+        if params is None:
+            raise ValueError("this optimizer needs the params: tx.update(grads, state, params)")
+        grads, treedef = jax.tree.flatten(updates)
+        weights = treedef.flatten_up_to(params)
+        n = len(grads)
+        decay = _mask_flags(weight_decay_mask, params, n) if weight_decay else [False] * n
+        trust = _mask_flags(trust_ratio_mask, params, n)
+        count = optax.safe_increment(state.count)
+        new_updates = [None] * n
+        plan = stack_plan(updates)
+        mus, nus = [], []
+        for name, index in plan:
+            g = jnp.stack([grads[i] for i in index]).astype(jnp.float32)
+            mu = b1 * _lookup(state.mu, name) + (1.0 - b1) * g
+            nu = b2 * _lookup(state.nu, name) + (1.0 - b2) * jnp.square(g)
+            mus.append(mu)
+            nus.append(nu)
+            if bias_correction:  # 1 - b^t as -expm1(t log b): float32's 1 - b ** t is off by
+                # up to 1e-4 relative for b2 = 0.999 in the first steps
+                t = count.astype(jnp.float32)
+                c1, c2 = -jnp.expm1(t * math.log(b1)), -jnp.expm1(t * math.log(b2))
+                u = (mu / c1) / (jnp.sqrt(nu / c2) + eps)
+            else:
+                u = mu / (jnp.sqrt(nu) + eps)
+            decays_ = _per_slice([decay[i] for i in index], u.ndim)
+            trusts = _per_slice([trust[i] for i in index], u.ndim)
+            if decays_ is not False or trusts is not False:
+                w = jnp.stack([weights[i] for i in index]).astype(jnp.float32)
+            if decays_ is not False:
+                u = u + (weight_decay if decays_ is True else weight_decay * decays_) * w
+            if trusts is not False:
+                axes = tuple(range(1, u.ndim))
+                w_norm = jnp.sqrt(jnp.sum(jnp.square(w), axis=axes, keepdims=True))
+                u_norm = jnp.sqrt(jnp.sum(jnp.square(u), axis=axes, keepdims=True))
+                ratio = jnp.where((w_norm == 0) | (u_norm == 0), 1.0, w_norm / u_norm)
+                u = u * (ratio if trusts is True else jnp.where(trusts > 0, ratio, 1.0))
+            for j, i in enumerate(index):
+                new_updates[i] = u[j].astype(grads[i].dtype)
+        return treedef.unflatten(new_updates), StackedAdamState(
+            count=count, mu=_nest(plan, mus), nu=_nest(plan, nus))
 
     return optax.GradientTransformation(init_fn, update_fn)
 
 
-def _adam_direction(b1: float, b2: float, eps: float,
-                    bias_correction: bool) -> optax.GradientTransformation:
-    if bias_correction:
-        return optax.scale_by_adam(b1=b1, b2=b2, eps=eps)
-    return scale_by_adam_no_bias_correction(b1=b1, b2=b2, eps=eps)
+def stacked_slot_shardings(params: Any, param_shardings: Any, replicated: Any
+                           ) -> StackedAdamState:
+    """The shardings of a ``StackedAdamState`` of ``params``: each moment stack sharded like
+    the parameters in it, the stacking axis unsharded; the count ``replicated``."""
+    members = jax.tree.leaves(param_shardings)
 
+    def stacked(sharding):
+        spec = jax.sharding.PartitionSpec(None, *sharding.spec)
+        return jax.sharding.NamedSharding(sharding.mesh, spec)
 
-def _maybe_masked(tx: optax.GradientTransformation,
-                  mask: MaskOrFn) -> Optional[optax.GradientTransformation]:
-    """``tx`` restricted to ``mask``; ``True`` means everywhere, ``False`` means nowhere."""
-    if mask is True:
-        return tx
-    if mask is False:
-        return None
-    return optax.masked(tx, mask)
-
-
-def _decoupled_weight_decay(weight_decay: float,
-                            mask: MaskOrFn) -> Optional[optax.GradientTransformation]:
-    if weight_decay < 0:
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
-    if weight_decay == 0:
-        return None
-    return _maybe_masked(optax.add_decayed_weights(weight_decay), mask)
-
-
-def _chain(*parts: Optional[optax.GradientTransformation]) -> optax.GradientTransformation:
-    return optax.chain(*[p for p in parts if p is not None])
+    plan = stack_plan(params)
+    slots = _nest(plan, [stacked(members[index[0]]) for _, index in plan])
+    return StackedAdamState(count=replicated, mu=slots, nu=slots)
 
 
 def lamb_direction(weight_decay: float = 0.01, b1: float = 0.9, b2: float = 0.999,
@@ -188,11 +282,8 @@ def lamb_direction(weight_decay: float = 0.01, b1: float = 0.9, b2: float = 0.99
     """
     weight_decay_mask = decay_mask if weight_decay_mask is None else weight_decay_mask
     trust_ratio_mask = weight_decay_mask if trust_ratio_mask is None else trust_ratio_mask
-    return _chain(
-        _adam_direction(b1, b2, eps, bias_correction),
-        _decoupled_weight_decay(weight_decay, weight_decay_mask),
-        _maybe_masked(optax.scale_by_trust_ratio(), trust_ratio_mask),
-    )
+    return stacked_adam(b1, b2, eps, bias_correction, weight_decay, weight_decay_mask,
+                        trust_ratio_mask)
 
 
 def adamw_direction(weight_decay: float = 0.01, b1: float = 0.9, b2: float = 0.999,
@@ -200,8 +291,7 @@ def adamw_direction(weight_decay: float = 0.01, b1: float = 0.9, b2: float = 0.9
                     weight_decay_mask: MaskOrFn = None) -> optax.GradientTransformation:
     """AdamW without the learning rate: u = adam + wd * w (decay masked by ``decay_mask``)."""
     weight_decay_mask = decay_mask if weight_decay_mask is None else weight_decay_mask
-    return _chain(_adam_direction(b1, b2, eps, bias_correction),
-                  _decoupled_weight_decay(weight_decay, weight_decay_mask))
+    return stacked_adam(b1, b2, eps, bias_correction, weight_decay, weight_decay_mask, False)
 
 
 _DIRECTIONS = {"lamb": lamb_direction, "adamw": adamw_direction}
@@ -289,6 +379,10 @@ def make_schedule(cfg: ml_collections.ConfigDict) -> optax.Schedule:
     if decay == "constant":
         return warmup_constant_schedule(get("learning_rate"), int(get("warmup_steps")))
     raise ValueError(f"unknown learning-rate decay {decay!r}; expected 'linear' or 'constant'")
+
+
+def _chain(*parts: Optional[optax.GradientTransformation]) -> optax.GradientTransformation:
+    return optax.chain(*[p for p in parts if p is not None])
 
 
 def make_optimizer(
