@@ -206,10 +206,11 @@ def stacked_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-6,
     def init_fn(params):
         plan = stack_plan(params)
         leaves = jax.tree.leaves(params)
-        zeros = [jnp.zeros((len(index),) + tuple(leaves[index[0]].shape), jnp.float32)
-                 for _, index in plan]
-        return StackedAdamState(count=jnp.zeros([], jnp.int32), mu=_nest(plan, zeros),
-                                nu=_nest(plan, zeros))
+        def zeros():  # new arrays for each moment: a donated state may not share buffers
+            return _nest(plan, [jnp.zeros((len(index),) + tuple(leaves[index[0]].shape),
+                                          jnp.float32) for _, index in plan])
+
+        return StackedAdamState(count=jnp.zeros([], jnp.int32), mu=zeros(), nu=zeros())
 
     def update_fn(updates, state, params=None):
         if params is None:
