@@ -18,7 +18,6 @@ from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
-import optax
 from flax import linen as nn
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P

@@ -217,22 +217,25 @@ def _layered_flat(seed=0, layers=3):
 @pytest.mark.parametrize("name,bias_correction", [("lamb", False), ("lamb", True),
                                                   ("adamw", False)])
 def test_stacked_update_matches_optax_per_tensor(name, bias_correction):
-    """The stacked update against a per-tensor one (optax for decay and trust ratio), step
-    after step, within 1e-6."""
+    """The stacked update against a per-tensor one (optax for clipping, decay and trust ratio),
+    step after step, within 1e-6."""
     flat = _layered_flat()
     params = _nest({k: jnp.asarray(v) for k, v in flat.items()})
     grads_seq = _grads_seq(flat, 3, scale=0.5)
-    # Reference per tensor: Adam by hand, then optax's decay and trust ratio on each tensor.
+    # Reference per tensor: optax's clipping, Adam by hand, optax's decay and trust ratio.
     reference = optax.chain(
         optax.masked(optax.add_decayed_weights(0.3), optim.decay_mask),
         *([optax.masked(optax.scale_by_trust_ratio(), optim.decay_mask)] if name == "lamb"
           else []))
-    tx = optim.direction(name, weight_decay=0.3, bias_correction=bias_correction)
+    tx = optim.direction(name, weight_decay=0.3, bias_correction=bias_correction, clip_norm=1.0)
+    clip = optax.clip_by_global_norm(1.0)
     state = tx.init(params)
     ref_m, ref_v = jax.tree.map(jnp.zeros_like, params), jax.tree.map(jnp.zeros_like, params)
     for t, grads in enumerate(grads_seq, start=1):
         g = _nest({k: jnp.asarray(v) for k, v in grads.items()})
         upd, state = tx.update(g, state, params)
+        assert float(optax.global_norm(g)) > 1.0  # clipping is active
+        g, _ = clip.update(g, clip.init(g))
         ref_m = jax.tree.map(lambda m, x: 0.9 * m + 0.1 * x, ref_m, g)
         ref_v = jax.tree.map(lambda v, x: 0.999 * v + 0.001 * x * x, ref_v, g)
         c1, c2 = (1 - 0.9 ** t, 1 - 0.999 ** t) if bias_correction else (1.0, 1.0)  # float64
@@ -262,6 +265,8 @@ def test_stack_plan_groups_roles_and_tells_shapes_apart():
     assert names == {("layer_n", "b"): ["layer_0/b", "layer_1/b", "layer_2/b"],
                      ("layer_n", "k"): ["layer_0/k", "layer_1/k"],
                      ("layer_n", "k_1"): ["layer_2/k"]}
+    tree = jax.tree.map(lambda x: x + jnp.arange(x.size).reshape(x.shape), tree)
+    np.testing.assert_allclose(optim.global_norm(tree), optax.global_norm(tree), rtol=1e-6)
 
 
 def test_unknown_optimizer_and_bad_config_raise():

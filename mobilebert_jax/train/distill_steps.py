@@ -183,12 +183,11 @@ def transfer_multipliers(transfer_cfg, strategy: str, num_layers: int,
 
 def transfer_optimizer(transfer_cfg, multipliers) -> optax.GradientTransformation:
     """clip → LAMB/AdamW direction → layer multipliers (embeddings and heads: 0) → −lr."""
-    clip = transfer_cfg.clip_norm
-    return optax.chain(*[t for t in (
-        optax.clip_by_global_norm(clip) if clip else None,
-        optim.direction(transfer_cfg.optimizer, weight_decay=transfer_cfg.weight_decay),
+    return optax.chain(
+        optim.direction(transfer_cfg.optimizer, weight_decay=transfer_cfg.weight_decay,
+                        clip_norm=transfer_cfg.clip_norm),
         optim.scale_by_layer_multipliers(None, multipliers, other_multiplier=0.0),
-        optax.scale_by_learning_rate(transfer_cfg.learning_rate)) if t is not None])
+        optax.scale_by_learning_rate(transfer_cfg.learning_rate))
 
 
 def pd_optimizer(opt_cfg, total_steps: int, pd_start: int):
@@ -292,8 +291,8 @@ def make_train_step(stage: Stage, teacher_cfg, student_cfg, settings: LossSettin
         metrics.update(learning_rates(state))
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics["grad_norm"] = optax.global_norm(grads)
-        metrics["update_norm"] = optax.global_norm(updates)
+        metrics["grad_norm"] = optim.global_norm(grads)
+        metrics["update_norm"] = optim.global_norm(updates)
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return train_step

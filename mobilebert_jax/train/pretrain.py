@@ -77,8 +77,8 @@ def make_train_step(model, tx, schedule, accum_steps: int):
         grads, metrics = accumulate_gradients(loss_fn, state.params, batch, rng, accum_steps)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics["grad_norm"] = optax.global_norm(grads)
-        metrics["update_norm"] = optax.global_norm(updates)  # non-finite: the params broke
+        metrics["grad_norm"] = optim.global_norm(grads)
+        metrics["update_norm"] = optim.global_norm(updates)  # non-finite: the params broke
         metrics["learning_rate"] = schedule(state.step)
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
         return new_state, metrics
