@@ -214,20 +214,30 @@ def _layered_flat(seed=0, layers=3):
     return flat
 
 
-@pytest.mark.parametrize("name,bias_correction", [("lamb", False), ("lamb", True),
-                                                  ("adamw", False)])
-def test_stacked_update_matches_optax_per_tensor(name, bias_correction):
+def _all_but_layer_1_query(params):
+    """A custom mask that splits a stack: layer 1's query kernel neither decays nor adapts."""
+    def keep(path, _):
+        names = "/".join(optim.path_names(path))
+        return optim.decays(optim.path_names(path)) and "layer_1/attention" not in names
+    return jax.tree_util.tree_map_with_path(keep, params)
+
+
+@pytest.mark.parametrize("name,bias_correction,mask", [
+    ("lamb", False, None), ("lamb", True, None), ("adamw", False, None),
+    ("lamb", False, _all_but_layer_1_query), ("adamw", True, _all_but_layer_1_query)])
+def test_stacked_update_matches_optax_per_tensor(name, bias_correction, mask):
     """The stacked update against a per-tensor one (optax for clipping, decay and trust ratio),
-    step after step, within 1e-6."""
+    step after step, within 1e-6; also with a mask that differs inside one stack."""
     flat = _layered_flat()
     params = _nest({k: jnp.asarray(v) for k, v in flat.items()})
     grads_seq = _grads_seq(flat, 3, scale=0.5)
+    ref_mask = optim.decay_mask if mask is None else mask
     # Reference per tensor: optax's clipping, Adam by hand, optax's decay and trust ratio.
     reference = optax.chain(
-        optax.masked(optax.add_decayed_weights(0.3), optim.decay_mask),
-        *([optax.masked(optax.scale_by_trust_ratio(), optim.decay_mask)] if name == "lamb"
-          else []))
-    tx = optim.direction(name, weight_decay=0.3, bias_correction=bias_correction, clip_norm=1.0)
+        optax.masked(optax.add_decayed_weights(0.3), ref_mask),
+        *([optax.masked(optax.scale_by_trust_ratio(), ref_mask)] if name == "lamb" else []))
+    tx = optim.direction(name, weight_decay=0.3, bias_correction=bias_correction, clip_norm=1.0,
+                         weight_decay_mask=mask)
     clip = optax.clip_by_global_norm(1.0)
     state = tx.init(params)
     ref_m, ref_v = jax.tree.map(jnp.zeros_like, params), jax.tree.map(jnp.zeros_like, params)

@@ -36,6 +36,7 @@ import time
 from types import SimpleNamespace
 
 from mobilebert_jax.bench import transfer
+from mobilebert_jax.bench.transfer import mean_std
 
 STAGES = ("teacher", "students", "finetune", "int8")
 TASK_DIRS = {"sst2": "SST-2", "mrpc": "MRPC", "rte": "RTE", "cola": "CoLA", "stsb": "STS-B",
@@ -135,8 +136,8 @@ def write_table(args, out: dict) -> str:
     lines += ["", "## Students (held-out MLM after the same steps, batch and data)", "",
               "| model | MLM accuracy (%) | MLM loss |", "|---|---:|---:|"]
     for kind, rows in out["students"].items():
-        lines.append(f"| {kind} | {transfer.mean_std([100 * r['eval_mlm_accuracy'] for r in rows])} | "
-                     f"{transfer.mean_std([r['eval_mlm_loss'] for r in rows])} |")
+        lines.append(f"| {kind} | {mean_std([100 * r['eval_mlm_accuracy'] for r in rows])} | "
+                     f"{mean_std([r['eval_mlm_loss'] for r in rows])} |")
     tasks = list(out["finetune"].get("teacher", {}))
     if tasks:
         lines += ["", "## Fine-tuned (dev, best epoch; mean ± std over seeds)", "",
@@ -146,7 +147,7 @@ def write_table(args, out: dict) -> str:
             for task in tasks:
                 runs = by_task.get(task, [])
                 metric = runs[0]["best_metric"] if runs else ""
-                cells.append(f"{transfer.mean_std([100 * r['best']['metrics'][metric] for r in runs])}"
+                cells.append(f"{mean_std([100 * r['best']['metrics'][metric] for r in runs])}"
                              + (f" ({metric}, {len(runs)})" if runs else ""))
             lines.append(f"| {model} | " + " | ".join(cells) + " |")
     if out.get("int8"):

@@ -222,6 +222,7 @@ def stacked_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-6,
     def init_fn(params):
         plan = stack_plan(params)
         leaves = jax.tree.leaves(params)
+
         def zeros():  # new arrays for each moment: a donated state may not share buffers
             return _nest(plan, [jnp.zeros((len(index),) + tuple(leaves[index[0]].shape),
                                           jnp.float32) for _, index in plan])
@@ -237,6 +238,10 @@ def stacked_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-6,
         decay = _mask_flags(weight_decay_mask, params, n) if weight_decay else [False] * n
         trust = _mask_flags(trust_ratio_mask, params, n)
         count = optax.safe_increment(state.count)
+        if bias_correction:  # 1 - b^t as -expm1(t log b): float32's 1 - b ** t is off by up to
+            # 1e-4 relative for b2 = 0.999 in the first steps
+            t = count.astype(jnp.float32)
+            c1, c2 = -jnp.expm1(t * math.log(b1)), -jnp.expm1(t * math.log(b2))
         new_updates = [None] * n
         plan = stack_plan(updates)
         stacks = [g.astype(jnp.float32) for g in _stacks(updates, plan)]
@@ -249,10 +254,7 @@ def stacked_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-6,
             nu = b2 * _lookup(state.nu, name) + (1.0 - b2) * jnp.square(g)
             mus.append(mu)
             nus.append(nu)
-            if bias_correction:  # 1 - b^t as -expm1(t log b): float32's 1 - b ** t is off by
-                # up to 1e-4 relative for b2 = 0.999 in the first steps
-                t = count.astype(jnp.float32)
-                c1, c2 = -jnp.expm1(t * math.log(b1)), -jnp.expm1(t * math.log(b2))
+            if bias_correction:
                 u = (mu / c1) / (jnp.sqrt(nu / c2) + eps)
             else:
                 u = mu / (jnp.sqrt(nu) + eps)
