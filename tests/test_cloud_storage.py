@@ -125,7 +125,8 @@ def test_an_upload_cut_short_is_never_taken_for_a_dataset(gcs_emulator, gcs_dir,
 
 def test_the_prepare_command_writes_to_gcs(gcs_emulator, gcs_dir, corpus, tmp_path):
     """The Beam pipeline with 2 worker processes writing its shards straight to gs://: the
-    same bytes as a local preparation, and no marker or per-shard counts left behind."""
+    same bytes as a local preparation, and no marker, per-shard counts or staged token ids left
+    behind."""
     from mobilebert_jax.data import prepare
 
     out = f"{gcs_dir}/prepared"
@@ -144,7 +145,8 @@ def test_the_prepare_command_writes_to_gcs(gcs_emulator, gcs_dir, corpus, tmp_pa
     names = sorted(n[len(prefix) + 1:] for n in gcs_emulator.objects(prefix + "/"))
     shards = [n for n in names if ".array_record-" in n]
     assert len(shards) == meta["num_shards"]["train"] + meta["num_shards"]["validation"]
-    assert not [n for n in names if prepare.INCOMPLETE_FILE in n or prepare.SHARD_STATS_DIR in n]
+    leftovers = (prepare.INCOMPLETE_FILE, prepare.SHARD_STATS_DIR, prepare.DOCUMENTS_DIR)
+    assert not [n for n in names if any(f"{x}" in n for x in leftovers)]
     for name in shards:
         with open(os.path.join(local, name), "rb") as f:
             assert read_object(gcs_emulator, f"{out}/{name}") == f.read(), name

@@ -107,6 +107,10 @@ def test_same_bytes_with_two_workers_and_other_read_tasks(reference, corpus_spec
     for key in ("num_examples", "num_documents", "num_shards", "text_bytes", "num_tokens"):
         assert again[key] == meta[key], key
     assert again["num_workers"] == 2
+    # What the stages stage (token ids by read task, per-shard counts) does not stay.
+    for data_dir in (reference, other):
+        assert sorted(os.listdir(data_dir)) == sorted(
+            [prepare.META_FILE, prepare.VOCAB_ARRAYS_FILE, prepare.DATASET_NAME])
     reseeded = _prepare(corpus_spec, tmp_path / "seed", seed=1)
     assert _dataset_files(reseeded) != _dataset_files(reference)
 

@@ -1,7 +1,13 @@
 """The Beam pipeline of `prepare.py` (its stages are described there): read tasks -> tokenized
 documents -> hash layout -> one ArrayRecord file per (split, shard). Runs on any Beam runner:
 the DoFns carry what they need (the tokenizer's file bytes, the settings) and write through
-`files`, so remote workers need nothing local."""
+`files`, so remote workers need nothing local.
+
+The token ids never travel through Beam: a read task writes its documents' ids to one file in
+the staging directory and emits a small reference per document (hash, key, text bytes, file,
+offset, length); the shard writer reads the ids of its documents back from those files. The
+shuffle and the runner's buffers then hold about 100 bytes per document whatever the corpus,
+and a worker holds one read task or one shard."""
 from __future__ import annotations
 
 import bisect
@@ -41,21 +47,38 @@ def num_eval_documents(num_docs: int, eval_fraction: float) -> int:
     return min(n_eval, num_docs - 1)
 
 
-def shard_layout(hashes: list[int], num_train_shards: int, eval_fraction: float
+def _shard_starts(sizes: Sequence[int], count: int) -> list[int]:
+    """Where shards 1..count-1 of a split begin (document indices in hash order): equal shares
+    of the split's text bytes, each shard keeping at least two documents (`count` is at most
+    half the documents)."""
+    n, total = len(sizes), float(sum(sizes))
+    before = np.cumsum(sizes, dtype=np.float64) - np.asarray(sizes, dtype=np.float64)
+    starts, prev = [], 0
+    for i in range(1, count):
+        j = int(np.searchsorted(before, i * total / count, side="left"))
+        j = min(max(j, prev + 2), n - 2 * (count - i))
+        starts.append(j)
+        prev = j
+    return starts
+
+
+def shard_layout(docs: list[tuple[int, int]], num_train_shards: int, eval_fraction: float
                  ) -> dict[str, Any]:
-    """From every document's hash: the largest held-out hash and, per split, the shard count
-    (at most half the split's documents, so a shard has two for random next segments) and
-    the hash where each shard after the first begins."""
-    h = sorted(hashes)
-    n_eval = num_eval_documents(len(h), eval_fraction)
-    layout: dict[str, Any] = {"eval_max": h[n_eval - 1] if n_eval else -1, "splits": {}}
-    for name, part in ((prepare.EVAL_SPLIT, h[:n_eval]), (prepare.TRAIN_SPLIT, h[n_eval:])):
+    """From every document's (hash, text bytes): the largest held-out hash and, per split, the
+    shard count (at most half the split's documents, so a shard has two for random next
+    segments) and the hash where each shard after the first begins, the shards cut at equal
+    shares of the text (documents differ in size by orders of magnitude, so equal document
+    counts would leave some workers with several times the work of others)."""
+    docs = sorted(docs)
+    n_eval = num_eval_documents(len(docs), eval_fraction)
+    layout: dict[str, Any] = {"eval_max": docs[n_eval - 1][0] if n_eval else -1, "splits": {}}
+    for name, part in ((prepare.EVAL_SPLIT, docs[:n_eval]), (prepare.TRAIN_SPLIT, docs[n_eval:])):
         wanted = (num_train_shards if name == prepare.TRAIN_SPLIT
                   else math.ceil(num_train_shards * eval_fraction))
         count = max(1, min(wanted, len(part) // 2))
         layout["splits"][name] = {
             "num_docs": len(part), "num_shards": count,
-            "bounds": [part[i * len(part) // count] for i in range(1, count)]}
+            "bounds": [part[j][0] for j in _shard_starts([d[1] for d in part], count)]}
     return layout
 
 
@@ -108,10 +131,12 @@ def _read_and_tokenize_fn():
     from apache_beam.metrics import Metrics
 
     class ReadAndTokenize(beam.DoFn):
-        """Read task -> (hash, key, text bytes, encoded token ids) per non-empty document."""
+        """(index, read task) -> the task's documents' token ids in one staging file, and per
+        non-empty document (hash, key, text bytes, file name, offset, length) of its ids."""
 
-        def __init__(self, tokenizer_name: str, tokenizer_bytes: bytes, lower_case: bool,
-                     seed: int, num_tasks: int, progress: bool):
+        def __init__(self, staging: str, tokenizer_name: str, tokenizer_bytes: bytes,
+                     lower_case: bool, seed: int, num_tasks: int, progress: bool):
+            self.staging = staging
             self.tokenizer_name, self.tokenizer_bytes = tokenizer_name, tokenizer_bytes
             self.lower_case, self.seed = lower_case, seed
             self.num_tasks, self.progress = num_tasks, progress
@@ -130,7 +155,7 @@ def _read_and_tokenize_fn():
         def teardown(self):
             shutil.rmtree(getattr(self, "_dir", ""), ignore_errors=True)
 
-        def _encode(self, batch):
+        def _encode(self, batch, name, chunks, refs, offset):
             encoded = self.tokenizer.encode_batch([s for _, doc in batch for s in doc])
             pos = 0
             for key, doc in batch:
@@ -140,19 +165,33 @@ def _read_and_tokenize_fn():
                     continue
                 self.tokenized.inc()
                 text_bytes = sum(len(s.encode("utf-8")) + 1 for s in doc)
-                yield (doc_hash(self.seed, key), key, text_bytes,
-                       _encode_document(ids, self.tokenizer.vocab_size > 65535))
+                payload = _encode_document(ids, self.tokenizer.vocab_size > 65535)
+                chunks.append(payload)
+                refs.append((doc_hash(self.seed, key), key, text_bytes, name, offset,
+                             len(payload)))
+                offset += len(payload)
+            return offset
 
-        def process(self, task):
+        def process(self, indexed_task):
+            index, task = indexed_task
+            name = f"{index:06d}.ids"
             batch, sentences, count, stats = [], 0, 0, {}
+            chunks, refs, offset = [], [], 0
             for key, doc in corpus_lib.task_documents(task, stats):
                 batch.append((key, doc))
                 count += 1
                 sentences += len(doc)
                 if sentences >= _ENCODE_BATCH_SENTENCES:
-                    yield from self._encode(batch)
+                    offset = self._encode(batch, name, chunks, refs, offset)
                     batch, sentences = [], 0
-            yield from self._encode(batch)
+            self._encode(batch, name, chunks, refs, offset)
+            if refs:  # written whole before any reference to it leaves (a retry rewrites it)
+                directory = files.join(self.staging, prepare.DOCUMENTS_DIR)
+                if not files.is_remote(directory):
+                    os.makedirs(directory, exist_ok=True)
+                files.write_bytes(files.join(directory, name), b"".join(chunks))
+            del chunks
+            yield from refs
             self.documents.inc(count)
             self.skipped_lines.inc(stats.get("skipped_lines", 0))
             prepare.progress_line(self.progress, f"read {task.describe()}: {count} documents "
@@ -185,7 +224,7 @@ def _write_shard_fn():
                      "num_documents": len(docs), "text_bytes": sum(d[2] for d in docs),
                      "num_examples": 0, "num_bytes": 0, "num_tokens": 0, "random_next": 0}
             if len(docs) >= 2:
-                token_docs = [_decode_document(d[3], self.wide) for d in docs]
+                token_docs = [_decode_document(p, self.wide) for p in self._payloads(docs)]
                 stats["num_tokens"] = int(sum(len(s) for doc in token_docs for s in doc))
                 pairs = pretraining.create_pairs(
                     token_docs, self.seq_len, self.cls_id, self.sep_id,
@@ -223,6 +262,24 @@ def _write_shard_fn():
                                                  f"{num_shards}: {stats['num_examples']} "
                                                  f"examples from {len(docs)} documents")
             yield stats
+
+        def _payloads(self, docs) -> list[bytes]:
+            """The token-id bytes of the documents' references, read from the read stage's
+            files (each file opened once, read in offset order)."""
+            out: list[bytes] = [b""] * len(docs)
+            by_file: dict[str, list[int]] = {}
+            for i, d in enumerate(docs):
+                by_file.setdefault(d[3], []).append(i)
+            directory = files.join(self.staging, prepare.DOCUMENTS_DIR)
+            for name, members in sorted(by_file.items()):
+                with files.open_binary(files.join(directory, name)) as f:
+                    for i in sorted(members, key=lambda i: docs[i][4]):
+                        f.seek(docs[i][4])
+                        out[i] = f.read(docs[i][5])
+                        if len(out[i]) != docs[i][5]:
+                            raise OSError(f"staging file {name} is truncated (a document's "
+                                          f"ids end past its {f.tell()} bytes)")
+            return out
 
         def _serialize(self, ex, split, shard, index) -> bytes:
             record = {"token_ids": ex.token_ids, "segment_ids": ex.segment_ids,
@@ -299,7 +356,7 @@ def run(tasks, tokenizer, staging, settings, static_cfg, options,
 
     with open(tokenizer.path, "rb") as f:
         tokenizer_bytes = f.read()
-    read = _read_and_tokenize_fn()(os.path.basename(tokenizer.path), tokenizer_bytes,
+    read = _read_and_tokenize_fn()(staging, os.path.basename(tokenizer.path), tokenizer_bytes,
                                    settings["lower_case"], settings["seed"], len(tasks),
                                    progress)
     write = _write_shard_fn()(staging, settings["seq_len"], tokenizer.cls_id, tokenizer.sep_id,
@@ -310,11 +367,11 @@ def run(tasks, tokenizer, staging, settings, static_cfg, options,
     with _quiet_beam():
         pipeline = beam.Pipeline(options=options)
         docs = (pipeline
-                | "tasks" >> beam.Create(tasks, reshuffle=False)
+                | "tasks" >> beam.Create(list(enumerate(tasks)), reshuffle=False)
                 | "spread" >> beam.Reshuffle()
                 | "read and tokenize" >> beam.ParDo(read))
         layout = (docs
-                  | "hashes" >> beam.Map(lambda d: d[0])
+                  | "hashes" >> beam.Map(lambda d: (d[0], d[2]))
                   | "all hashes" >> beam.combiners.ToList()
                   | "layout" >> beam.Map(shard_layout, num_shards, eval_fraction))
         _ = (docs

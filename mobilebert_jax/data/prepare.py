@@ -10,15 +10,19 @@ processes); Beam pipeline options after `--` choose another runner (Dataflow, Fl
 its settings, passed through unchanged. The stages:
 
 1. read: the corpus is cut into read tasks (`corpus.read_tasks`: byte ranges of text files,
-   example ranges of TFDS splits); a worker reads a task and tokenizes its documents (the
-   tokenizer travels inside the pipeline as its file's bytes, so any runner's workers build it).
+   example ranges of TFDS splits); a worker reads a task, tokenizes its documents (the
+   tokenizer travels inside the pipeline as its file's bytes, so any runner's workers build it)
+   and writes their token ids to one file under the staging directory's `.documents/`; what
+   travels on through Beam is a reference per document (hash, key, file, offset), about 100
+   bytes, so the shuffle and the runner's buffers do not grow with the token ids.
 2. layout: each document's 64-bit hash (blake2b of the seed and the document's key) is all
-   that is gathered in one place: the sorted hashes fix the held-out documents (the
-   `eval_fraction` with the smallest hashes) and the shard boundaries (equal document counts).
-3. shard: the documents of a (split, shard) are grouped, sorted by hash, cut into NSP pairs
-   (random next segments and `dupe_factor` passes drawn within the shard, as BERT's
-   create_pretraining_data did per input file), serialized as TFDS examples and written as one
-   ArrayRecord file. A worker holds one shard at a time: memory follows the shard size
+   that is gathered in one place, with its text size: the sorted hashes fix the held-out
+   documents (the `eval_fraction` with the smallest hashes) and the shard boundaries (equal
+   shares of the text, at least two documents a shard).
+3. shard: the references of a (split, shard) are grouped and sorted by hash, their ids read
+   back from the read stage's files and cut into NSP pairs (random next segments and
+   `dupe_factor` passes drawn within the shard, as BERT's create_pretraining_data did per
+   input file), serialized as TFDS examples and written as one ArrayRecord file. A worker holds one shard at a time: memory follows the shard size
    (`shard_mb` of text), not the corpus size.
 4. finish (this process): the TFDS metadata from the shards' counts, the vocabulary arrays, and
    last `pretraining_meta.json`, whose presence marks the dataset complete.
@@ -65,6 +69,7 @@ META_FILE = "pretraining_meta.json"
 VOCAB_ARRAYS_FILE = "vocab_arrays.npz"
 INCOMPLETE_FILE = ".incomplete"
 SHARD_STATS_DIR = ".shards"
+DOCUMENTS_DIR = ".documents"  # the read stage's token ids, read back by the shard writers
 TRAIN_SPLIT = "train"
 EVAL_SPLIT = "validation"
 SHARD_MB = 4.0  # text per shard by default: bounds a worker's memory
@@ -232,6 +237,7 @@ def _finish(staging: str, tokenizer, settings: dict, by_split: dict[str, list[di
              continuation_mask=tokenizer.continuation_mask())
     files.write_bytes(files.join(staging, VOCAB_ARRAYS_FILE), buf.getvalue())
     files.remove_tree(files.join(staging, SHARD_STATS_DIR))
+    files.remove_tree(files.join(staging, DOCUMENTS_DIR))
     train = by_split[TRAIN_SPLIT]
     examples = {name: sum(s["num_examples"] for s in shards)
                 for name, shards in by_split.items()}
