@@ -190,6 +190,33 @@ def test_dropout_and_determinism():
     assert not np.allclose(a.sequence_output, b.sequence_output)
 
 
+@pytest.mark.parametrize("rate", [0.1, 0.5, 0.9])
+@pytest.mark.parametrize("shape", [(64, 128, 129), (3, 5)])  # even and odd element counts
+def test_dropout_layer_drops_the_rate_and_keeps_the_expectation(rate, shape):
+    from mobilebert_jax.models.layers import Dropout
+
+    x = jnp.ones(shape, jnp.float32)
+    layer = Dropout(rate)
+    y = np.asarray(layer.apply({}, x, deterministic=False,
+                               rngs={"dropout": jax.random.PRNGKey(3)}))
+    dropped = (y == 0).mean()
+    n = x.size
+    tol = 5 * math.sqrt(rate * (1 - rate) / n) + 1e-4
+    assert abs(dropped - rate) < tol, (dropped, rate)
+    kept = y[y != 0]
+    np.testing.assert_allclose(kept, 1.0 / (1.0 - rate), rtol=1e-4)  # inverted scaling
+    if n > 1000:
+        assert abs(y.mean() - 1.0) < 0.01  # the expectation is kept
+    again = layer.apply({}, x, deterministic=False, rngs={"dropout": jax.random.PRNGKey(3)})
+    other = layer.apply({}, x, deterministic=False, rngs={"dropout": jax.random.PRNGKey(4)})
+    np.testing.assert_array_equal(np.asarray(again), y)  # a pure function of the key
+    if n > 1000:
+        assert not np.array_equal(np.asarray(other), y)
+    assert layer.apply({}, x, deterministic=True) is x
+    np.testing.assert_array_equal(np.asarray(Dropout(0.0).apply(
+        {}, x, deterministic=False, rngs={"dropout": jax.random.PRNGKey(3)})), np.asarray(x))
+
+
 def test_remat_and_bf16_options():
     c = get_config("mobilebert_tiny", **TINY)
     params = init(c)

@@ -16,6 +16,12 @@ dropout 0.1; the PyTorch classifier starts from the JAX run's initial classifier
 two runs differ only in their dropout draws and float rounding. Each evaluates the dev set after
 every epoch. Prints dev metrics (last epoch and best epoch, in points) and wall times, and writes
 `WORKDIR/bench_results.json`.
+
+The whole runs are timed one after the other, so on a shared machine their wall times carry
+the load of their own minutes. `--step_pairs=N` (default 10) then times one training step of
+each side on the same first batch in turn (JAX, PyTorch, JAX, ...) after a warm-up of each, and
+prints the median of the per-pair throughput ratios with their range and the load average:
+the side-by-side figure. `--frameworks= --step_pairs=N` times only the steps.
 """
 from __future__ import annotations
 
@@ -137,22 +143,17 @@ def jax_classifier_init(checkpoint_dir: str, num_labels: int, seed: int, seq_len
     return head["kernel"], head["bias"]
 
 
-def run_hf(args) -> dict:
+def hf_setup(args, data):
+    """The HF model (the JAX run's initial classifier), its AdamW over the JAX run's schedule,
+    and `step(batch, index)`: one training step on a batch of `finetune_data` features."""
     import torch
     import transformers
 
-    from mobilebert_jax.data import glue as glue_data
-    from mobilebert_jax.data import tokenizers
-    from mobilebert_jax.metrics.glue import glue_metrics
     from mobilebert_jax.train import finetune_data, finetune_steps, optim
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(os.cpu_count() or 1)
-    start = time.perf_counter()
     task = finetune_data.glue_task(args.task)
-    config = glue_config(args)
-    tokenizer = tokenizers.load_tokenizer(os.path.join(args.hf_dir, "vocab.txt"))
-    data = finetune_data.load_glue_data(config, tokenizer)
     model = transformers.BertForSequenceClassification.from_pretrained(
         args.hf_dir, num_labels=task.num_labels, classifier_dropout=0.1)
     kernel, bias = jax_classifier_init(args.checkpoint, task.num_labels, args.seed,
@@ -160,10 +161,9 @@ def run_hf(args) -> dict:
     with torch.no_grad():  # the JAX run's initial classifier, so only dropout draws differ
         model.classifier.weight.copy_(torch.from_numpy(np.array(kernel.T)))
         model.classifier.bias.copy_(torch.from_numpy(np.array(bias)))
-    features = data.train.features
-    n = len(features["input_ids"])
+    n = len(data.train.features["input_ids"])
     steps = finetune_data.num_batches(n, args.batch_size) * args.num_epochs
-    opt_cfg = finetune_steps.optimizer_config(config, steps)
+    opt_cfg = finetune_steps.optimizer_config(glue_config(args), steps)
     schedule = optim.make_schedule(opt_cfg)
     no_decay = [p for name, p in model.named_parameters() if "bias" in name or "LayerNorm" in name]
     decay = [p for name, p in model.named_parameters()
@@ -172,9 +172,51 @@ def run_hf(args) -> dict:
                              {"params": no_decay, "weight_decay": 0.0}], args.learning_rate,
                             opt_cfg["weight_decay"], opt_cfg["eps"], args.bias_correction)
 
-    def tensors(batch, keys):
-        real = int(batch["weights"].sum())
-        return {k: torch.from_numpy(np.asarray(batch[k][:real])).long() for k in keys}
+    def step(batch, index: int):
+        inputs = hf_tensors(batch, finetune_data.MODEL_INPUTS + ("labels",))
+        if task.is_regression:
+            inputs["labels"] = inputs["labels"].float()
+        for group in optimizer.param_groups:
+            group["lr"] = float(schedule(index))
+        loss = model(**inputs).loss
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_norm)
+        optimizer.step()
+        return loss
+
+    return model, steps, step
+
+
+def hf_tensors(batch, keys):
+    """The real rows of a padded `finetune_data` batch as torch int64 tensors."""
+    import torch
+
+    real = int(batch["weights"].sum())
+    return {k: torch.from_numpy(np.asarray(batch[k][:real])).long() for k in keys}
+
+
+def load_data(args):
+    from mobilebert_jax.data import tokenizers
+    from mobilebert_jax.train import finetune_data
+
+    tokenizer = tokenizers.load_tokenizer(os.path.join(args.hf_dir, "vocab.txt"))
+    return finetune_data.load_glue_data(glue_config(args), tokenizer)
+
+
+def run_hf(args) -> dict:
+    import torch
+
+    from mobilebert_jax.data import glue as glue_data
+    from mobilebert_jax.metrics.glue import glue_metrics
+    from mobilebert_jax.train import finetune_data
+
+    start = time.perf_counter()
+    task = finetune_data.glue_task(args.task)
+    data = load_data(args)
+    model, steps, train_step = hf_setup(args, data)
+    features = data.train.features
+    n = len(features["input_ids"])
 
     def evaluate():
         model.eval()
@@ -185,7 +227,7 @@ def run_hf(args) -> dict:
                 f = split.features
                 for batch in finetune_data.batches(f, np.arange(len(f["input_ids"])), 64,
                                                    finetune_data.MODEL_INPUTS):
-                    logits.append(model(**tensors(batch, finetune_data.MODEL_INPUTS)).logits)
+                    logits.append(model(**hf_tensors(batch, finetune_data.MODEL_INPUTS)).logits)
                 logits = torch.cat(logits).numpy()
                 preds = logits[:, 0] if task.is_regression else logits.argmax(-1)
                 metrics.update(glue_metrics(task.name, preds, f["labels"]))
@@ -198,16 +240,7 @@ def run_hf(args) -> dict:
         order = finetune_data.epoch_order(n, epoch, args.seed)
         for batch in finetune_data.batches(features, order, args.batch_size,
                                            finetune_data.MODEL_INPUTS + ("labels",)):
-            inputs = tensors(batch, finetune_data.MODEL_INPUTS + ("labels",))
-            if task.is_regression:
-                inputs["labels"] = inputs["labels"].float()
-            for group in optimizer.param_groups:
-                group["lr"] = float(schedule(step))
-            loss = model(**inputs).loss
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_norm)
-            optimizer.step()
+            loss = train_step(batch, step)
             step += 1
             if step % 20 == 0:
                 print(f"hf epoch {epoch + 1} step {step}/{steps} loss={loss.item():.4f}",
@@ -221,6 +254,50 @@ def run_hf(args) -> dict:
     best = max(history, key=lambda m: m[best_key])
     return {"wall_seconds": wall, "train_seconds": train_seconds, "last": points(history[-1]),
             "best": points(best), "per_epoch": [points(h) for h in history]}
+
+
+# -- One step, side by side ----------------------------------------------------------------------
+def compare_steps(args, pairs: int) -> dict:
+    """The fine-tuning step of each side on the same first training batch, timed in turn
+    (JAX, PyTorch, JAX, ...; `bench.common.alternate`) after a warm-up (compilation) of each:
+    the median of the per-pair ratios, their range, the load average and the fusion count of
+    the compiled JAX step."""
+    import jax
+
+    from mobilebert_jax import checkpoint
+    from mobilebert_jax.bench.common import alternate, fusion_count, load_average
+    from mobilebert_jax.models import MobileBertForSequenceClassification
+    from mobilebert_jax.train import finetune_data, finetune_steps
+
+    task = finetune_data.glue_task(args.task)
+    data = load_data(args)
+    config = glue_config(args)
+    keys = finetune_data.MODEL_INPUTS + ("labels",)
+    model = MobileBertForSequenceClassification(checkpoint.load_config(args.checkpoint),
+                                                task.num_labels,
+                                                float(config.classifier_dropout))
+    trainer = finetune_steps.Trainer(
+        config, model, data.train.features, keys,
+        lambda out, b: finetune_steps.glue_loss(out.logits, b, task.is_regression))
+    trainer.load_encoder(args.checkpoint)
+    batch = trainer.batch_at(0)
+    compiled = trainer.train_step.lower(trainer.state, batch).compile()
+
+    def jax_step():
+        trainer.state, metrics = compiled(trainer.state, batch)
+        jax.block_until_ready(metrics["loss"])
+
+    hf_model, _, hf_step = hf_setup(args, data)
+    hf_model.train()
+    order = finetune_data.epoch_order(len(data.train.features["input_ids"]), 0, args.seed)
+    hf_batch = finetune_data.batch_at(data.train.features, order, 0, args.batch_size, keys)
+    times = alternate(jax_step, lambda: hf_step(hf_batch, 0), pairs)
+    ratios = sorted(t / j for j, t in times)
+    median = lambda xs: float(np.median(xs))  # noqa: E731
+    return {"pairs": pairs, "jax_ms": 1e3 * median([j for j, _ in times]),
+            "hf_ms": 1e3 * median([t for _, t in times]),
+            "jax_over_hf_throughput": median(ratios), "min": ratios[0], "max": ratios[-1],
+            "fusions": fusion_count(compiled), "load_average": load_average()}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -238,10 +315,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train_subset", type=int, default=0)
     p.add_argument("--bias_correction", action="store_true")
     p.add_argument("--frameworks", default="jax,hf")
+    p.add_argument("--step_pairs", type=int, default=10,
+                   help="Also time one training step of each side in turn on the same batch, "
+                        "this many JAX/PyTorch pairs (0: skip).")
     return p
 
 
 def main(argv=None) -> int:
+    from mobilebert_jax import host_memory
+
+    host_memory.keep_freed_memory()  # as every entry point (cli.guarded) does
     args = build_parser().parse_args(argv)
     frameworks = [f for f in args.frameworks.split(",") if f]
     unknown = sorted(set(frameworks) - {"jax", "hf"})
@@ -258,18 +341,30 @@ def main(argv=None) -> int:
             results[name] = run_jax(args) if name == "jax" else run_hf(args)
             with open(os.path.join(args.workdir, "bench_results.json"), "w") as f:
                 json.dump(results, f, indent=2)
+        if args.step_pairs > 0:
+            results["step"] = compare_steps(args, args.step_pairs)
+            with open(os.path.join(args.workdir, "bench_results.json"), "w") as f:
+                json.dump(results, f, indent=2)
     except cli.EXPECTED as e:
         return cli.fail(e)
     print(f"\n{args.task}: lr {args.learning_rate}, {args.num_epochs} epochs, batch "
           f"{args.batch_size}, seq {args.max_seq_length}, seed {args.seed}"
           f"{f', first {args.train_subset} train examples' if args.train_subset else ''}")
-    print("| framework | dev (last epoch) | dev (best epoch) | train s | wall s |")
-    print("|---|---|---|---:|---:|")
+    if frameworks:
+        print("| framework | dev (last epoch) | dev (best epoch) | train s | wall s |")
+        print("|---|---|---|---:|---:|")
     for name in frameworks:
         r = results[name]
         fmt = lambda m: ", ".join(f"{k} {v:.2f}" for k, v in m.items())  # noqa: E731
         print(f"| {name} | {fmt(r['last'])} | {fmt(r['best'])} | {r['train_seconds']:.0f} | "
               f"{r['wall_seconds']:.0f} |")
+    if "step" in results:
+        r = results["step"]
+        print(f"\nfine-tuning step, batch {args.batch_size} x seq {args.max_seq_length}: JAX "
+              f"{r['jax_ms']:.0f} ms, PyTorch {r['hf_ms']:.0f} ms; JAX is "
+              f"{r['jax_over_hf_throughput']:.2f}x the PyTorch throughput (median of "
+              f"{r['pairs']} alternating pairs; range {r['min']:.2f}-{r['max']:.2f}; load "
+              f"average {r['load_average']}); {r['fusions']} fusions in the compiled JAX step")
     return 0
 
 

@@ -55,7 +55,7 @@ class Embeddings(nn.Module):
         h = (e.astype(jnp.float32) + positions[None, :seq_len]
              + jnp.take(types, token_type_ids, axis=0))
         h = L.make_norm(c, L.EMBED, c.embedding_and_output_norm_eps)(h)
-        h = nn.Dropout(c.hidden_dropout_prob)(h, deterministic=deterministic)
+        h = L.Dropout(c.hidden_dropout_prob)(h, deterministic=deterministic)
         return nn.with_logical_constraint(h, (L.BATCH, L.LENGTH, L.ACT_EMBED))
 
 

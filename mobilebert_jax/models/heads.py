@@ -146,7 +146,7 @@ class MobileBertForSequenceClassification(nn.Module):
                  deterministic: bool = True) -> ClassificationOutput:
         out = MobileBertModel(self.config, name="bert")(input_ids, token_type_ids,
                                                         attention_mask, deterministic)
-        x = nn.Dropout(self.classifier_dropout)(out.pooled_output, deterministic=deterministic)
+        x = L.Dropout(self.classifier_dropout)(out.pooled_output, deterministic=deterministic)
         logits = L.dense(self.config, self.num_labels, (L.EMBED, L.CLASSES), "classifier")(x)
         return ClassificationOutput(logits.astype(jnp.float32), out.pooled_output)
 
