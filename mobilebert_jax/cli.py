@@ -56,13 +56,9 @@ def fail(error: BaseException) -> int:
 
 def guarded(main: Callable[..., int | None]) -> Callable[..., int]:
     """`main` with the error boundary: an expected failure is reported in one line and
-    returns 1; otherwise `main`'s own return code (0 when it returns None). The process's
-    malloc first keeps the memory it frees (`host_memory`), before JAX starts its threads."""
+    returns 1; otherwise `main`'s own return code (0 when it returns None)."""
     @functools.wraps(main)
     def wrapper(*args, **kwargs) -> int:
-        from mobilebert_jax import host_memory
-
-        host_memory.keep_freed_memory()
         try:
             return main(*args, **kwargs) or 0
         except EXPECTED as e:

@@ -1,5 +1,5 @@
-"""How a job's process keeps host memory it has freed (glibc's malloc settings, set once by every
-entry point before JAX starts its threads).
+"""How a training process keeps host memory it has freed (glibc's malloc settings, set once by
+the trainers' entry point `main` and the step benchmarks, before JAX starts its threads).
 
 XLA's CPU runtime allocates one temporary buffer per executed program, as large as the step's
 live intermediates (1.7 GB for a MiniLM fine-tuning step at batch 32 x seq 128), and frees it

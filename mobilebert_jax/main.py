@@ -66,6 +66,10 @@ def main(argv):
     del argv
     import importlib
 
+    from mobilebert_jax import host_memory
+
+    host_memory.keep_freed_memory()  # before JAX starts its threads
+
     from absl import logging
 
     # Library INFO chatter (tfds, gensim, orbax) off; the trainers print their own progress.

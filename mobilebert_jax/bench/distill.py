@@ -135,7 +135,7 @@ def run_benchmark(sizes: str, batch: int, seq: int, predictions: int, steps: int
 
 def main(argv):
     del argv
-    host_memory.keep_freed_memory()  # as every entry point (cli.guarded) does
+    host_memory.keep_freed_memory()  # as the trainers' entry point (main.py) does
     r = run_benchmark(FLAGS.sizes, FLAGS.batch, FLAGS.seq, FLAGS.predictions, FLAGS.steps)
     ms = lambda s: f"{1000 * s:9.1f} ms"  # noqa: E731
     print(f"{FLAGS.sizes} sizes, batch {FLAGS.batch} x seq {FLAGS.seq}, "

@@ -324,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     from mobilebert_jax import host_memory
 
-    host_memory.keep_freed_memory()  # as every entry point (cli.guarded) does
+    host_memory.keep_freed_memory()  # as the trainers' entry point (main.py) does
     args = build_parser().parse_args(argv)
     frameworks = [f for f in args.frameworks.split(",") if f]
     unknown = sorted(set(frameworks) - {"jax", "hf"})

@@ -77,7 +77,7 @@ def torch_step_runner(batch: int, seq: int, predictions: int):
 
 def main(argv):
     del argv
-    host_memory.keep_freed_memory()  # as every entry point (cli.guarded) does
+    host_memory.keep_freed_memory()  # as the trainers' entry point (main.py) does
     b, s, p = FLAGS.batch, FLAGS.seq, FLAGS.predictions
     peak = throughput.measure_matmul_peak(size=1536, repeats=20)
     results = {"device": jax.devices()[0].device_kind, "device_count": jax.device_count(),
