@@ -22,8 +22,9 @@ its settings, passed through unchanged. The stages:
 3. shard: the references of a (split, shard) are grouped and sorted by hash, their ids read
    back from the read stage's files and cut into NSP pairs (random next segments and
    `dupe_factor` passes drawn within the shard, as BERT's create_pretraining_data did per
-   input file), serialized as TFDS examples and written as one ArrayRecord file. A worker holds one shard at a time: memory follows the shard size
-   (`shard_mb` of text), not the corpus size.
+   input file), serialized as TFDS examples and written as one ArrayRecord file. A worker
+   holds one read task or one shard at a time: memory follows the shard size (`shard_mb` of
+   text), not the corpus size.
 4. finish (this process): the TFDS metadata from the shards' counts, the vocabulary arrays, and
    last `pretraining_meta.json`, whose presence marks the dataset complete.
 
