@@ -46,11 +46,14 @@ class Dropout(nn.Module):
             return x
         if threshold >= levels:
             return jnp.zeros_like(x)
-        size = x.size
-        words = jax.random.bits(self.make_rng("dropout"), ((size + 1) // 2,), jnp.uint32)
-        draws = jax.lax.bitcast_convert_type(words, jnp.uint16).reshape(-1)
-        if draws.shape[0] != size:
-            draws = draws[:size]
+        # The words keep every leading axis of `x` (batch, heads, ...), so they shard as `x`
+        # does; only the last axis is halved and split back.
+        shape = x.shape if x.ndim else (1,)
+        half = (shape[-1] + 1) // 2
+        words = jax.random.bits(self.make_rng("dropout"), shape[:-1] + (half,), jnp.uint32)
+        draws = jax.lax.bitcast_convert_type(words, jnp.uint16).reshape(shape[:-1] + (2 * half,))
+        if 2 * half != shape[-1]:
+            draws = draws[..., :shape[-1]]
         keep = draws.reshape(x.shape) >= threshold
         scale = jnp.asarray(levels / (levels - threshold), x.dtype)
         return jnp.where(keep, x * scale, jnp.zeros((), x.dtype))
