@@ -146,7 +146,7 @@ def test_the_prepare_command_writes_to_gcs(gcs_emulator, gcs_dir, corpus, tmp_pa
     shards = [n for n in names if ".array_record-" in n]
     assert len(shards) == meta["num_shards"]["train"] + meta["num_shards"]["validation"]
     leftovers = (prepare.INCOMPLETE_FILE, prepare.SHARD_STATS_DIR, prepare.DOCUMENTS_DIR)
-    assert not [n for n in names if any(f"{x}" in n for x in leftovers)]
+    assert not [n for n in names if any(x in n for x in leftovers)]
     for name in shards:
         with open(os.path.join(local, name), "rb") as f:
             assert read_object(gcs_emulator, f"{out}/{name}") == f.read(), name

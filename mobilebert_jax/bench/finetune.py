@@ -337,12 +337,11 @@ def main(argv=None) -> int:
         os.makedirs(args.workdir, exist_ok=True)
         args.checkpoint = import_checkpoint(args.hf_dir, os.path.join(args.workdir, "checkpoint"))
         results = {"settings": {k: v for k, v in vars(args).items()}}
-        for name in frameworks:
-            results[name] = run_jax(args) if name == "jax" else run_hf(args)
-            with open(os.path.join(args.workdir, "bench_results.json"), "w") as f:
-                json.dump(results, f, indent=2)
+        parts = [(name, run_jax if name == "jax" else run_hf) for name in frameworks]
         if args.step_pairs > 0:
-            results["step"] = compare_steps(args, args.step_pairs)
+            parts.append(("step", lambda a: compare_steps(a, a.step_pairs)))
+        for name, run in parts:  # the results file rewritten after each part
+            results[name] = run(args)
             with open(os.path.join(args.workdir, "bench_results.json"), "w") as f:
                 json.dump(results, f, indent=2)
     except cli.EXPECTED as e:
