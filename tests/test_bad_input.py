@@ -194,6 +194,21 @@ def test_unreadable_files_are_named_by_the_metrics_cli(tmp_path, content, expect
     assert last.startswith(f"error: {data}: ") and expected in last, last
 
 
+
+@pytest.mark.parametrize("args, expected", [
+    (["--finetune_flags=cola:num_epochs=1"], "--finetune_flags: 'cola:num_epochs=1' is not"),
+    (["--finetune_flags=num_epochs"], "--finetune_flags: 'num_epochs' is not [TASK:]KEY=VALUE"),
+    (["--tasks=mrpc", "--finetune_flags=mrpc:num_epochs=1"], "MRPC/train.tsv, MRPC/dev.tsv"),
+])
+def test_pipeline_arguments_are_checked_before_any_run(tmp_path, args, expected):
+    workdir = tmp_path / "pipeline"
+    r = run_module("mobilebert_jax.bench.pipeline", f"--workdir={workdir}",
+                   f"--glue_dir={tmp_path}", *args)
+    assert r.returncode == 1 and "Traceback" not in r.stdout + r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and expected in last, last
+    assert not workdir.exists()
+
 # -- every entry point, malformed files: one line naming the file, nothing written or changed --
 def snapshot(root) -> dict:
     """Every path under `root` with its bytes (None for a directory), but JAX's compilation

@@ -2,7 +2,8 @@
 
     python -m mobilebert_jax.bench.pipeline --workdir=runs/pipeline --glue_dir=GLUE_DIR \
         [--teacher_steps=3000] [--steps_per_layer=100] [--pd_steps=600] [--batch_size=32] \
-        [--tasks=sst2,mrpc] [--seeds=0] [--stages=teacher,students,finetune,int8]
+        [--tasks=sst2,mrpc] [--seeds=0] [--stages=teacher,students,finetune,int8] \
+        [--finetune_flags=[TASK:]KEY=VALUE,...] [--seq_len=128]
 
 1. teacher   `configs/teacher.py:smoke` (a small IB-BERT-shaped teacher on the gensim Wikipedia
              sample) for `--teacher_steps`, evaluated on the held-out split every 250 steps
@@ -12,7 +13,8 @@
              from scratch with MLM + NSP for the same steps, batch and data
              (`mobilebert_jax.bench.transfer`'s runs);
 3. finetune  teacher, PKT student and scratch student on each task (`configs/finetune_glue.py`,
-             the full train set, the dev metrics), for each seed;
+             the full train set, the dev metrics), for each seed; `--finetune_flags`
+             overrides its fields for every task (`KEY=VALUE`) or one (`TASK:KEY=VALUE`);
 4. int8      the fine-tuned PKT student of the first task and seed exported to TFLite: float,
              post-training int8 as `mobilebert_jax.export` makes it (its default float ops)
              and full int8; the same student fine-tuned with quantization-aware training
@@ -60,6 +62,19 @@ def teacher_flags(args) -> list[str]:
     return ["--config=configs/teacher.py:smoke", f"--config.total_steps={args.teacher_steps}",
             f"--config.eval_every={EVAL_EVERY}", f"--config.checkpoint_every={EVAL_EVERY}",
             "--config.eval_steps=10", "--config.optimizer.warmup_steps=150"]
+
+
+def parse_finetune_flags(text: str, tasks: list[str]) -> dict[str, list[str]] | str:
+    """'num_epochs=1,sst2:max_seq_length=64' -> {task: [--config.KEY=VALUE flags]}, or the
+    item that is not [TASK:]KEY=VALUE with TASK one of `tasks`."""
+    flags: dict[str, list[str]] = {task: [] for task in tasks}
+    for item in filter(None, text.split(",")):
+        scope, _, assignment = item.rpartition(":")
+        if "=" not in assignment or (scope and scope not in tasks):
+            return item
+        for task in [scope] if scope else tasks:
+            flags[task].append(f"--config.{assignment}")
+    return flags
 
 
 def teacher_curve(workdir: str) -> list[dict]:
@@ -177,6 +192,9 @@ def main(argv=None) -> int:
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--tasks", default="sst2,mrpc")
     p.add_argument("--seeds", default="0")
+    p.add_argument("--finetune_flags", default="",
+                   help="Fine-tuning config overrides, [TASK:]KEY=VALUE,... (e.g. "
+                        "sst2:num_epochs=1,sst2:max_seq_length=64).")
     p.add_argument("--seq_len", type=int, default=128, help="int8: exported sequence length.")
     p.add_argument("--stages", default=",".join(STAGES))
     args = p.parse_args(argv)
@@ -187,6 +205,11 @@ def main(argv=None) -> int:
     if bad or not seeds or args.teacher_steps < EVAL_EVERY:
         print(f"error: bad arguments: {bad or ''} seeds {seeds} teacher_steps "
               f"{args.teacher_steps} (at least {EVAL_EVERY})", file=sys.stderr)
+        return 1
+    finetune_flags = parse_finetune_flags(args.finetune_flags, tasks)
+    if isinstance(finetune_flags, str):
+        print(f"error: --finetune_flags: {finetune_flags!r} is not [TASK:]KEY=VALUE with TASK "
+              f"one of {','.join(tasks)}", file=sys.stderr)
         return 1
     missing = [f"{TASK_DIRS[t]}/{split}.tsv" for t in tasks for split in ("train", "dev")
                if not os.path.isfile(os.path.join(args.glue_dir, TASK_DIRS[t], f"{split}.tsv"))]
@@ -231,7 +254,7 @@ def main(argv=None) -> int:
                     main_run([f"--config=configs/finetune_glue.py:{task}",
                               f"--config.init_checkpoint={init}",
                               f"--config.data_dir={args.glue_dir}", f"--config.seed={seed}",
-                              "--config.predict_test=false"], workdir)
+                              "--config.predict_test=false", *finetune_flags[task]], workdir)
                 result = finetune_result(workdir)
                 if result is not None:
                     out["finetune"].setdefault(name, {}).setdefault(task, []).append(result)
@@ -244,7 +267,8 @@ def main(argv=None) -> int:
             main_run([f"--config=configs/finetune_glue.py:{tasks[0]}",
                       f"--config.init_checkpoint={models['PKT + PD student']}",
                       f"--config.data_dir={args.glue_dir}", f"--config.seed={seeds[0]}",
-                      "--config.predict_test=false", "--config.qat=true"], student_qat)
+                      "--config.predict_test=false", *finetune_flags[tasks[0]],
+                      "--config.qat=true"], student_qat)
         if not os.path.isfile(int8_file) and finetune_result(student_qat) is not None:
             rows = int8_rows(student_ft, student_qat,
                              os.path.join(args.glue_dir, TASK_DIRS[tasks[0]]), args.seq_len)
