@@ -16,10 +16,12 @@
              the full train set, the dev metrics), for each seed; `--finetune_flags`
              overrides its fields for every task (`KEY=VALUE`) or one (`TASK:KEY=VALUE`);
 4. int8      the fine-tuned PKT student of the first task and seed exported to TFLite: float,
-             post-training int8 as `mobilebert_jax.export` makes it (its default float ops)
-             and full int8; the same student fine-tuned with quantization-aware training
-             (`--config.qat=true`) exported to int8; dev accuracy of each, the drop against
-             the float JAX model, and the latency of one sequence.
+             post-training int8 as `mobilebert_jax.export` makes it (`export.default_options`:
+             its default float ops and, for an additive-mask model, the fill mask) and int8
+             with every op quantized (same mask); the same student fine-tuned with
+             quantization-aware training (`--config.qat=true`) exported to int8; dev
+             accuracy of each, the drop against the float JAX model, and the latency of one
+             sequence.
 
 Every stage is `python -m mobilebert_jax.main ...` (or, for int8, the export functions) in
 WORKDIR/<run>; a finished run is not repeated and an interrupted one resumes from its
@@ -125,15 +127,15 @@ def int8_rows(float_dir: str, qat_dir: str, task_dir: str, seq_len: int) -> list
     ref_acc = float((reference.argmax(-1) == dev["labels"]).mean())
     rows = [{"model": "JAX float32", "accuracy": ref_acc}]
     for name, source, quantize, float_ops in (
-            ("TFLite float32", float_dir, "none", ()),
-            ("TFLite int8, post-training (export default)", float_dir, "int8",
-             export.INT8_FLOAT_OPS),
+            ("TFLite float32", float_dir, "none", None),
+            ("TFLite int8, post-training (export default)", float_dir, "int8", None),
             ("TFLite int8, post-training, every op", float_dir, "int8", ()),
-            ("TFLite int8, QAT fine-tuning + export default", qat_dir, "int8",
-             export.INT8_FLOAT_OPS)):
+            ("TFLite int8, QAT fine-tuning + export default", qat_dir, "int8", None)):
         config, params = checkpoint.load_pretrained(source)
+        float_ops, mask_mode = export.default_options(config, quantize, float_ops)
         model = export.to_tflite(config, params, seq_len, quantize,
-                                 calib if quantize == "int8" else None, float_ops=float_ops)
+                                 calib if quantize == "int8" else None, float_ops=float_ops,
+                                 export_mask_mode=mask_mode)
         logits = export.TFLiteModel(model, num_threads=2).predict(dev)["logits"]
         acc = float((logits.argmax(-1) == dev["labels"]).mean())
         rows.append({"model": name, "accuracy": acc, "drop_points": 100 * (ref_acc - acc),
