@@ -198,7 +198,8 @@ def test_unreadable_files_are_named_by_the_metrics_cli(tmp_path, content, expect
 @pytest.mark.parametrize("args, expected", [
     (["--finetune_flags=cola:num_epochs=1"], "--finetune_flags: 'cola:num_epochs=1' is not"),
     (["--finetune_flags=num_epochs"], "--finetune_flags: 'num_epochs' is not [TASK:]KEY=VALUE"),
-    (["--tasks=mrpc", "--finetune_flags=mrpc:num_epochs=1"], "MRPC/train.tsv, MRPC/dev.tsv"),
+    (["--tasks=mrpc", "--finetune_flags=mrpc:num_epochs=1,tokenizer=gs://b/vocab.txt"],
+     "MRPC/train.tsv, MRPC/dev.tsv"),
 ])
 def test_pipeline_arguments_are_checked_before_any_run(tmp_path, args, expected):
     workdir = tmp_path / "pipeline"

@@ -71,11 +71,12 @@ def parse_finetune_flags(text: str, tasks: list[str]) -> dict[str, list[str]] | 
     item that is not [TASK:]KEY=VALUE with TASK one of `tasks`."""
     flags: dict[str, list[str]] = {task: [] for task in tasks}
     for item in filter(None, text.split(",")):
-        scope, _, assignment = item.rpartition(":")
-        if "=" not in assignment or (scope and scope not in tasks):
+        key, eq, value = item.partition("=")  # a value may hold ':' (gs://...)
+        scope, _, key = key.rpartition(":")
+        if not eq or not key or (scope and scope not in tasks):
             return item
         for task in [scope] if scope else tasks:
-            flags[task].append(f"--config.{assignment}")
+            flags[task].append(f"--config.{key}={value}")
     return flags
 
 
