@@ -194,7 +194,6 @@ def test_unreadable_files_are_named_by_the_metrics_cli(tmp_path, content, expect
     assert last.startswith(f"error: {data}: ") and expected in last, last
 
 
-
 @pytest.mark.parametrize("args, expected", [
     (["--finetune_flags=cola:num_epochs=1"], "--finetune_flags: 'cola:num_epochs=1' is not"),
     (["--finetune_flags=num_epochs"], "--finetune_flags: 'num_epochs' is not [TASK:]KEY=VALUE"),
@@ -209,6 +208,7 @@ def test_pipeline_arguments_are_checked_before_any_run(tmp_path, args, expected)
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and expected in last, last
     assert not workdir.exists()
+
 
 # -- every entry point, malformed files: one line naming the file, nothing written or changed --
 def snapshot(root) -> dict:

@@ -245,6 +245,11 @@ def main(argv=None) -> int:
             if row is not None:
                 out["students"].setdefault(name, []).append(row)
 
+    def finetune_run(task: str, init: str, seed: int) -> list[str]:
+        return [f"--config=configs/finetune_glue.py:{task}", f"--config.init_checkpoint={init}",
+                f"--config.data_dir={args.glue_dir}", f"--config.seed={seed}",
+                "--config.predict_test=false", *finetune_flags[task]]
+
     models = {"teacher": teacher, "PKT + PD student": os.path.join(args.workdir, "pkt_s0"),
               "student from scratch": os.path.join(args.workdir, "scratch_s0")}
     for name, init in models.items():
@@ -254,10 +259,7 @@ def main(argv=None) -> int:
             for seed in seeds:
                 workdir = os.path.join(args.workdir, f"ft_{os.path.basename(init)}_{task}_s{seed}")
                 if finetune_result(workdir) is None and "finetune" in stages:
-                    main_run([f"--config=configs/finetune_glue.py:{task}",
-                              f"--config.init_checkpoint={init}",
-                              f"--config.data_dir={args.glue_dir}", f"--config.seed={seed}",
-                              "--config.predict_test=false", *finetune_flags[task]], workdir)
+                    main_run(finetune_run(task, init, seed), workdir)
                 result = finetune_result(workdir)
                 if result is not None:
                     out["finetune"].setdefault(name, {}).setdefault(task, []).append(result)
@@ -267,11 +269,8 @@ def main(argv=None) -> int:
     int8_file = os.path.join(args.workdir, "int8.json")
     if finetune_result(student_ft) is not None:
         if finetune_result(student_qat) is None and "int8" in stages:
-            main_run([f"--config=configs/finetune_glue.py:{tasks[0]}",
-                      f"--config.init_checkpoint={models['PKT + PD student']}",
-                      f"--config.data_dir={args.glue_dir}", f"--config.seed={seeds[0]}",
-                      "--config.predict_test=false", *finetune_flags[tasks[0]],
-                      "--config.qat=true"], student_qat)
+            main_run(finetune_run(tasks[0], models["PKT + PD student"], seeds[0])
+                     + ["--config.qat=true"], student_qat)
         if not os.path.isfile(int8_file) and finetune_result(student_qat) is not None:
             rows = int8_rows(student_ft, student_qat,
                              os.path.join(args.glue_dir, TASK_DIRS[tasks[0]]), args.seq_len)
