@@ -23,7 +23,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from mobilebert_jax import files
-from mobilebert_jax.metrics.writers import log
+from mobilebert_jax.console import log
 from mobilebert_jax.models.config import MobileBertConfig
 
 MODEL_CONFIG = "model_config.json"

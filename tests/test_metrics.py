@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from mobilebert_jax.data.glue import get_task
 from mobilebert_jax.metrics.glue import glue_metrics
 from mobilebert_jax.metrics.squad import (exact_score, f1_score_v1, f1_score_v2,
                                           normalize_answer, squad_scores, squad_v1_scores,
@@ -134,44 +135,44 @@ PREDS = [1, 1, 0, 0, 0, 1, 1, 0]
 
 def test_matthews_on_hand_worked_table():
     # MCC = (TP*TN - FP*FN) / sqrt((TP+FP)(TP+FN)(TN+FP)(TN+FN)) = (9 - 1) / 16.
-    assert glue_metrics("cola", PREDS, LABELS) == {"matthews_corrcoef": pytest.approx(0.5)}
+    assert glue_metrics(get_task("cola"), PREDS, LABELS) == {"matthews_corrcoef": pytest.approx(0.5)}
 
 
 def test_accuracy_and_f1():
-    result = glue_metrics("mrpc", PREDS, LABELS)
+    result = glue_metrics(get_task("mrpc"), PREDS, LABELS)
     assert result["accuracy"] == pytest.approx(6 / 8)
     assert result["f1"] == pytest.approx(0.75)  # precision 3/4, recall 3/4
-    assert glue_metrics("SST-2", PREDS, LABELS) == {"accuracy": pytest.approx(0.75)}
+    assert glue_metrics(get_task("SST-2"), PREDS, LABELS) == {"accuracy": pytest.approx(0.75)}
     # Logits are reduced by argmax.
     logits = [[0.0, 1.0] if p else [1.0, 0.0] for p in PREDS]
-    assert glue_metrics("rte", logits, LABELS)["accuracy"] == pytest.approx(0.75)
+    assert glue_metrics(get_task("rte"), logits, LABELS)["accuracy"] == pytest.approx(0.75)
 
 
 def test_stsb_correlations():
     # Deviations (-1.5, -.5, .5, 1.5) and (-1.5, .5, -.5, 1.5): r = 4 / 5.
-    result = glue_metrics("stsb", [1.0, 2.0, 3.0, 4.0], [1.0, 3.0, 2.0, 4.0])
+    result = glue_metrics(get_task("stsb"), [1.0, 2.0, 3.0, 4.0], [1.0, 3.0, 2.0, 4.0])
     assert result["pearson"] == pytest.approx(0.8)
     assert result["spearman"] == pytest.approx(0.8)
-    monotone = glue_metrics("stsb", [1.0, 2.0, 3.0, 10.0], [1.0, 2.0, 3.0, 4.0])
+    monotone = glue_metrics(get_task("stsb"), [1.0, 2.0, 3.0, 10.0], [1.0, 2.0, 3.0, 4.0])
     assert monotone["spearman"] == pytest.approx(1.0)
     assert monotone["pearson"] < 0.99
 
 
 def test_mnli_matched_and_mismatched():
     labels, preds = [0, 1, 2, 2], [0, 1, 2, 0]
-    assert glue_metrics("mnli", preds, labels, split="dev_matched") == {
+    assert glue_metrics(get_task("mnli"), preds, labels, split="dev_matched") == {
         "accuracy_matched": pytest.approx(0.75)}
-    assert glue_metrics("mnli", preds, labels, split="dev_mismatched") == {
+    assert glue_metrics(get_task("mnli"), preds, labels, split="dev_mismatched") == {
         "accuracy_mismatched": pytest.approx(0.75)}
 
 
 def test_glue_metrics_bad_input():
     with pytest.raises(ValueError, match="unknown GLUE task"):
-        glue_metrics("squad", PREDS, LABELS)
+        glue_metrics(get_task("squad"), PREDS, LABELS)
     with pytest.raises(ValueError, match="outside"):
-        glue_metrics("sst2", [0, 2], [0, 1])
+        glue_metrics(get_task("sst2"), [0, 2], [0, 1])
     with pytest.raises(ValueError, match="2 predictions for 3 labels"):
-        glue_metrics("sst2", [0, 1], [0, 1, 1])
+        glue_metrics(get_task("sst2"), [0, 1], [0, 1, 1])
 
 
 # --- CLI -----------------------------------------------------------------------------------

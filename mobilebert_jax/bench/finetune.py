@@ -230,7 +230,7 @@ def run_hf(args) -> dict:
                     logits.append(model(**hf_tensors(batch, finetune_data.MODEL_INPUTS)).logits)
                 logits = torch.cat(logits).numpy()
                 preds = logits[:, 0] if task.is_regression else logits.argmax(-1)
-                metrics.update(glue_metrics(task.name, preds, f["labels"]))
+                metrics.update(glue_metrics(task, preds, f["labels"]))
         return metrics
 
     history, train_seconds, step = [], 0.0, 0

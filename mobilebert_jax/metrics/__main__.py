@@ -59,7 +59,7 @@ def _score_glue(args: argparse.Namespace) -> dict:
     if any(ex.label is None for ex in examples):
         raise ValueError(f"{args.data} has no labels (split {split!r}); score a dev file")
     predictions = read_glue_predictions(args.predictions, task, examples)
-    return glue_metrics(task.name, predictions, [ex.label for ex in examples], split=split)
+    return glue_metrics(task, predictions, [ex.label for ex in examples], split=split)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,8 +21,6 @@ import numpy as np
 from scipy import stats
 from sklearn import metrics as skm
 
-from mobilebert_jax.data.glue import get_task
-
 
 def _as_class_ids(values: Any, num_labels: int, what: str) -> np.ndarray:
     array = np.asarray(values)
@@ -41,14 +39,17 @@ def _as_class_ids(values: Any, num_labels: int, what: str) -> np.ndarray:
     return array
 
 
-def glue_metrics(task: str, predictions: Sequence[Any], labels: Sequence[Any],
+def glue_metrics(task, predictions: Sequence[Any], labels: Sequence[Any],
                  split: str | None = None) -> dict[str, float]:
     """The task's metrics of `predictions` against `labels` (see the module docstring).
+
+    `task` describes the task (`data.glue.GlueTask`: `name`, `metrics`, `num_labels`,
+    `is_regression`).
 
     `split` only matters for MNLI: "dev_matched"/"test_matched" and
     "dev_mismatched"/"test_mismatched" name the accuracy key.
     """
-    spec = get_task(task)
+    spec = task
     if len(predictions) != len(labels):
         raise ValueError(f"{len(predictions)} predictions for {len(labels)} labels")
     if len(labels) == 0:

@@ -14,24 +14,15 @@ each changed event file is uploaded whole after every flush.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import tempfile
-import time
 from typing import Any
 
 import jax
 
 from mobilebert_jax import files
-
-
-def _plain(value: Any):
-    if hasattr(value, "item"):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return value
+from mobilebert_jax.console import plain_value
 
 
 class MetricsWriter:
@@ -58,7 +49,7 @@ class MetricsWriter:
         if not self.active:
             return
         record = {"step": int(step)}
-        record.update({prefix + k: _plain(v) for k, v in scalars.items()})
+        record.update({prefix + k: plain_value(v) for k, v in scalars.items()})
         self._text += json.dumps(record) + "\n"
         files.write_text(self._path, self._text)
         numeric = {k: v for k, v in record.items()
@@ -84,24 +75,3 @@ class MetricsWriter:
             self._upload_events()
             if self._tb_remote is not None:
                 shutil.rmtree(self._tb_dir, ignore_errors=True)
-
-
-def format_scalars(scalars: dict[str, Any]) -> str:
-    parts = []
-    for k, v in scalars.items():
-        v = _plain(v)
-        parts.append(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}")
-    return " ".join(parts)
-
-
-def format_eta(seconds: float) -> str:
-    if not math.isfinite(seconds) or seconds < 0:
-        return "?"
-    return time.strftime("%H:%M:%S", time.gmtime(seconds)) if seconds < 86400 \
-        else f"{seconds / 86400:.1f}d"
-
-
-def log(message: str) -> None:
-    """Console line from process 0 only."""
-    if jax.process_index() == 0:
-        print(message, flush=True)

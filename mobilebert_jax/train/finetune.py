@@ -31,7 +31,8 @@ from mobilebert_jax.data import glue as glue_data
 from mobilebert_jax.data import squad as squad_data
 from mobilebert_jax.metrics.glue import glue_metrics
 from mobilebert_jax.metrics.squad import squad_scores
-from mobilebert_jax.metrics.writers import MetricsWriter, log
+from mobilebert_jax.console import log
+from mobilebert_jax.metrics.writers import MetricsWriter
 from mobilebert_jax.models import qat
 from mobilebert_jax.models.heads import (MobileBertForQuestionAnswering,
                                          MobileBertForSequenceClassification)
@@ -150,7 +151,7 @@ def evaluate_glue(trainer: fs.Trainer, params, task, dev_splits) -> dict[str, fl
     for split in dev_splits:
         logits = trainer.predict(params, split.features)["logits"]
         labels = split.features["labels"]
-        metrics.update(glue_metrics(task.name, glue_predictions(task, logits), labels,
+        metrics.update(glue_metrics(task, glue_predictions(task, logits), labels,
                                     split=split.name if len(dev_splits) > 1 else None))
     return metrics
 

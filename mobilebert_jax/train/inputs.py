@@ -11,7 +11,7 @@ from mobilebert_jax import files
 from mobilebert_jax.data import loader as loader_lib
 from mobilebert_jax.data import prepare as prepare_lib
 from mobilebert_jax.data import tokenizers
-from mobilebert_jax.metrics.writers import log
+from mobilebert_jax.console import log
 
 
 def dataset_dir(config, workdir: str) -> str:

@@ -16,7 +16,8 @@ from flax import linen as nn
 
 from mobilebert_jax import checkpoint, compile_cache, files, parallel
 from mobilebert_jax.metrics import throughput
-from mobilebert_jax.metrics.writers import MetricsWriter, log
+from mobilebert_jax.console import log
+from mobilebert_jax.metrics.writers import MetricsWriter
 from mobilebert_jax.models.config import MobileBertConfig
 from mobilebert_jax.models.heads import MobileBertForPreTraining
 from mobilebert_jax.train import inputs, loop, losses, optim
