@@ -105,14 +105,14 @@ def test_an_upload_cut_short_is_never_taken_for_a_dataset(gcs_emulator, gcs_dir,
     """A prepared dataset copied without its metadata (an upload killed before the end): the
     trainer refuses it, and with a corpus given it prepares the dataset again."""
     from mobilebert_jax import files
-    from mobilebert_jax.data import prepare
+    from mobilebert_jax.data import dataset_layout, prepare
 
     local = prepare.prepare_dataset(f"text:{corpus}", "bert-base-uncased", str(tmp_path / "d"),
                                     seq_len=64, max_predictions_per_seq=10, seed=0,
                                     eval_fraction=0.2, progress=False)
     data = f"{gcs_dir}/data"
     files.copy_tree(local, data)
-    files.remove_tree(f"{data}/{prepare.META_FILE}")
+    files.remove_tree(f"{data}/{dataset_layout.META_FILE}")
     overrides = settings(corpus, data, 2)
     overrides["data"]["corpus"] = ""
     workdir = f"{gcs_dir}/run"
@@ -127,7 +127,7 @@ def test_the_prepare_command_writes_to_gcs(gcs_emulator, gcs_dir, corpus, tmp_pa
     """The Beam pipeline with 2 worker processes writing its shards straight to gs://: the
     same bytes as a local preparation, and no marker, per-shard counts or staged token ids left
     behind."""
-    from mobilebert_jax.data import prepare
+    from mobilebert_jax.data import dataset_layout, prepare
 
     out = f"{gcs_dir}/prepared"
     env = dict(os.environ, JAX_PLATFORMS="cpu")
@@ -145,7 +145,7 @@ def test_the_prepare_command_writes_to_gcs(gcs_emulator, gcs_dir, corpus, tmp_pa
     names = sorted(n[len(prefix) + 1:] for n in gcs_emulator.objects(prefix + "/"))
     shards = [n for n in names if ".array_record-" in n]
     assert len(shards) == meta["num_shards"]["train"] + meta["num_shards"]["validation"]
-    leftovers = (prepare.INCOMPLETE_FILE, prepare.SHARD_STATS_DIR, prepare.DOCUMENTS_DIR)
+    leftovers = (dataset_layout.INCOMPLETE_FILE, dataset_layout.SHARD_STATS_DIR, dataset_layout.DOCUMENTS_DIR)
     assert not [n for n in names if any(x in n for x in leftovers)]
     for name in shards:
         with open(os.path.join(local, name), "rb") as f:
@@ -157,7 +157,7 @@ def test_a_corpus_on_gcs_prepares_like_the_local_files(gcs_emulator, gcs_dir, co
     """Text sources read from gs:// (a glob, cut into read tasks by byte ranges): the same
     shards as from the local files."""
     from mobilebert_jax import files
-    from mobilebert_jax.data import prepare
+    from mobilebert_jax.data import dataset_layout, prepare
 
     text = open(corpus, encoding="utf-8").read().split("\n\n")
     half = len(text) // 2
@@ -171,11 +171,11 @@ def test_a_corpus_on_gcs_prepares_like_the_local_files(gcs_emulator, gcs_dir, co
                                      str(tmp_path / "from_gcs"), **kwargs)
     local = prepare.prepare_dataset(f"text:{local_dir}/part*.txt", "bert-base-uncased",
                                     str(tmp_path / "from_local"), **kwargs)
-    shards = sorted(n for n in os.listdir(prepare.tfds_dir(local)) if ".array_record-" in n)
+    shards = sorted(n for n in os.listdir(dataset_layout.tfds_dir(local)) if ".array_record-" in n)
     assert len(shards) >= 3
     for name in shards:
-        with open(os.path.join(prepare.tfds_dir(local), name), "rb") as a, \
-                open(os.path.join(prepare.tfds_dir(remote), name), "rb") as b:
+        with open(os.path.join(dataset_layout.tfds_dir(local), name), "rb") as a, \
+                open(os.path.join(dataset_layout.tfds_dir(remote), name), "rb") as b:
             assert a.read() == b.read(), name
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from mobilebert_jax.data import loader as loader_lib
+from mobilebert_jax.data import dataset_layout
 from mobilebert_jax.data import prepare
 from mobilebert_jax.data import tokenizers
 
@@ -82,7 +83,7 @@ def test_prepared_layout_and_metadata(data_dir):
     assert (info.seq_len, info.max_predictions_per_seq, info.vocab_size) == (SEQ_LEN, MAX_PRED,
                                                                              30522)
     assert info.num_examples["train"] > 300 and info.num_examples["validation"] > 10
-    assert glob.glob(os.path.join(prepare.tfds_dir(data_dir), "*.array_record-*"))
+    assert glob.glob(os.path.join(dataset_layout.tfds_dir(data_dir), "*.array_record-*"))
     assert not [p for p in os.listdir(os.path.dirname(data_dir)) if ".tmp-" in p]
     loader_lib.check_vocab_size(info, 30522)
     with pytest.raises(ValueError, match="vocab_size=30000 but the pretraining data"):
@@ -119,8 +120,8 @@ def test_prepare_is_deterministic(tmp_path, data_dir, corpus_file, vocab_path):
     assert _records(again) == _records(data_dir)
     assert _records(again, "validation") == _records(data_dir, "validation")
     for name in ("mobilebert_pretraining-train.array_record-00000-of-00001",):
-        a = os.path.join(prepare.tfds_dir(data_dir), name)
-        b = os.path.join(prepare.tfds_dir(again), name)
+        a = os.path.join(dataset_layout.tfds_dir(data_dir), name)
+        b = os.path.join(dataset_layout.tfds_dir(again), name)
         with open(a, "rb") as fa, open(b, "rb") as fb:
             assert fa.read() == fb.read()
     other = _prepare(corpus_file, vocab_path, tmp_path / "other", seed=99)
@@ -242,7 +243,7 @@ def test_static_masking(tmp_path, corpus_file, vocab_path):
 
 def test_reuse_and_overwrite(tmp_path, corpus_file, vocab_path):
     out = _prepare(corpus_file, vocab_path, tmp_path / "ds", eval_fraction=0.0)
-    meta = os.path.join(out, prepare.META_FILE)
+    meta = os.path.join(out, dataset_layout.META_FILE)
     stamp = os.stat(meta).st_mtime_ns
     assert _prepare(corpus_file, vocab_path, out, eval_fraction=0.0) == out
     assert os.stat(meta).st_mtime_ns == stamp  # same settings: reused, not rewritten
@@ -267,12 +268,12 @@ def test_bad_data_dirs(tmp_path, data_dir):
         loader_lib.make_pretraining_loader(data_dir, "train", 9, seed=0, process_count=2)
     broken = tmp_path / "broken"
     subprocess.run(["cp", "-r", data_dir, str(broken)], check=True)
-    (broken / prepare.META_FILE).write_text("{not json")
+    (broken / dataset_layout.META_FILE).write_text("{not json")
     with pytest.raises(ValueError, match="corrupt metadata"):
         loader_lib.make_pretraining_loader(str(broken), "train", 8, seed=0)
     truncated = tmp_path / "truncated"
     subprocess.run(["cp", "-r", data_dir, str(truncated)], check=True)
-    shard = glob.glob(os.path.join(prepare.tfds_dir(str(truncated)), "*train.array_record*"))[0]
+    shard = glob.glob(os.path.join(dataset_layout.tfds_dir(str(truncated)), "*train.array_record*"))[0]
     with open(shard, "r+b") as f:
         f.truncate(os.path.getsize(shard) // 2)
     with pytest.raises(ValueError, match="corrupt pretraining dataset"):

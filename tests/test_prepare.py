@@ -12,6 +12,7 @@ import pytest
 
 from mobilebert_jax.data import corpus
 from mobilebert_jax.data import loader as loader_lib
+from mobilebert_jax.data import dataset_layout
 from mobilebert_jax.data import prepare
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,7 +64,7 @@ def _prepare(spec, out, **kwargs):
 
 
 def _dataset_files(data_dir):
-    d = prepare.tfds_dir(data_dir)
+    d = dataset_layout.tfds_dir(data_dir)
     out = {}
     for name in sorted(os.listdir(d)):
         with open(os.path.join(d, name), "rb") as f:
@@ -98,19 +99,19 @@ def test_any_cut_into_read_tasks_yields_each_document_once(tmp_path, chunk):
 
 
 def test_same_bytes_with_two_workers_and_other_read_tasks(reference, corpus_spec, tmp_path):
-    meta = prepare.read_meta(reference)
+    meta = dataset_layout.read_meta(reference)
     assert meta["num_shards"]["train"] >= 3  # several shards, so the grouping is exercised
     assert sum(meta["num_documents"].values()) == NUM_TEXT_DOCS + NUM_ARTICLES + NUM_TFDS_DOCS
     other = _prepare(corpus_spec, tmp_path / "two", num_workers=2, read_chunk_mb=0.003)
     assert _dataset_files(other) == _dataset_files(reference)
-    again = prepare.read_meta(other)
+    again = dataset_layout.read_meta(other)
     for key in ("num_examples", "num_documents", "num_shards", "text_bytes", "num_tokens"):
         assert again[key] == meta[key], key
     assert again["num_workers"] == 2
     # What the stages stage (token ids by read task, per-shard counts) does not stay.
     for data_dir in (reference, other):
         assert sorted(os.listdir(data_dir)) == sorted(
-            [prepare.META_FILE, prepare.VOCAB_ARRAYS_FILE, prepare.DATASET_NAME])
+            [dataset_layout.META_FILE, dataset_layout.VOCAB_ARRAYS_FILE, dataset_layout.DATASET_NAME])
     reseeded = _prepare(corpus_spec, tmp_path / "seed", seed=1)
     assert _dataset_files(reseeded) != _dataset_files(reference)
 
@@ -178,7 +179,7 @@ def test_a_killed_run_is_not_a_dataset_and_a_rerun_finishes(corpus_spec, referen
     assert proc.returncode == -signal.SIGKILL
     staging = [p for p in os.listdir(tmp_path) if p.startswith(".ds.tmp-")]
     assert staging and not out.exists()
-    assert prepare.read_meta(str(out)) is None
+    assert dataset_layout.read_meta(str(out)) is None
     with pytest.raises(FileNotFoundError):
         loader_lib.load_dataset_info(str(out))
     done = _prepare(corpus_spec, out)
@@ -226,7 +227,7 @@ def test_serialize_record_gives_the_bytes_of_the_tfds_serializer():
 
     rng = np.random.default_rng(0)
     for static in (False, True):
-        features = prepare._features(static)
+        features = dataset_layout.features(static)
         reference = example_serializer.ExampleSerializer(features.get_serialized_info())
         for n in (5, 64):
             record = {"token_ids": rng.integers(0, 30522, n).astype(np.int32),
@@ -236,5 +237,5 @@ def test_serialize_record_gives_the_bytes_of_the_tfds_serializer():
                 record.update(masked_lm_positions=np.arange(3, dtype=np.int32),
                               masked_lm_ids=rng.integers(0, 30522, 3).astype(np.int32))
             expected = reference.get_tf_example(features.encode_example(record))
-            assert prepare.serialize_record(record) == expected.SerializeToString(
+            assert dataset_layout.serialize_record(record) == expected.SerializeToString(
                 deterministic=True)

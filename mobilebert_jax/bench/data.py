@@ -141,9 +141,9 @@ def run_prepare(corpus_path: str, out_dir: str, workers: int) -> dict:
     memory.stop()
     if proc.returncode:
         raise ValueError(f"preparation failed: {err.strip().splitlines()[-1] if err else out}")
-    from mobilebert_jax.data import prepare
+    from mobilebert_jax.data import dataset_layout
 
-    meta = prepare.read_meta(out_dir)
+    meta = dataset_layout.read_meta(out_dir)
     mb = meta["text_bytes"] / 1e6
     # In-process (1 worker) the runner is the worker; with N the workers are its children.
     worker_peak = memory.root_peak if workers == 1 else memory.child_peak

@@ -1,4 +1,4 @@
-"""grain loader of a prepared pretraining dataset (see `prepare.py`), with exact resume.
+"""grain loader of a prepared pretraining dataset (see `dataset_layout.py`), with exact resume.
 
 The global example stream of a split is fixed by the seed alone: `range(N)`, shuffled (a new
 permutation each epoch), repeated. Global batch k is stream elements [k*B, (k+1)*B); process p
@@ -27,7 +27,7 @@ import grain
 import numpy as np
 
 from mobilebert_jax import files
-from mobilebert_jax.data import prepare
+from mobilebert_jax.data import dataset_layout as layout
 from mobilebert_jax.data import pretraining
 
 _MASK_SEED_OFFSET = 0x6D61736B  # keeps mask draws independent of the shuffle's seed
@@ -54,10 +54,10 @@ def load_dataset_info(data_dir: str) -> PretrainingDatasetInfo:
     data_dir = files.resolve(data_dir)
     if not files.isdir(data_dir):
         raise FileNotFoundError(f"pretraining data directory {data_dir} does not exist")
-    meta_path = files.join(data_dir, prepare.META_FILE)
+    meta_path = files.join(data_dir, layout.META_FILE)
     if not files.isfile(meta_path):
         raise ValueError(f"{data_dir} is not a prepared pretraining dataset (no "
-                         f"{prepare.META_FILE}; run python -m mobilebert_jax.data.prepare)")
+                         f"{layout.META_FILE}; run python -m mobilebert_jax.data.prepare)")
     try:
         meta = json.loads(files.read_bytes(meta_path))
         settings = meta["settings"]
@@ -71,12 +71,12 @@ def load_dataset_info(data_dir: str) -> PretrainingDatasetInfo:
             whole_word_masking=bool(settings["whole_word_masking"]), meta=meta)
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise ValueError(f"corrupt metadata {meta_path}: {type(e).__name__}: {e}") from None
-    if settings.get("format_version") != prepare.FORMAT_VERSION:
+    if settings.get("format_version") != layout.FORMAT_VERSION:
         raise ValueError(f"{data_dir} was prepared in format {settings.get('format_version')}, "
-                         f"this code reads format {prepare.FORMAT_VERSION}; prepare it again")
-    if not files.isfile(files.join(prepare.tfds_dir(data_dir), "dataset_info.json")):
+                         f"this code reads format {layout.FORMAT_VERSION}; prepare it again")
+    if not files.isfile(files.join(layout.tfds_dir(data_dir), "dataset_info.json")):
         raise ValueError(f"corrupt pretraining dataset {data_dir}: TFDS files missing under "
-                         f"{prepare.tfds_dir(data_dir)}")
+                         f"{layout.tfds_dir(data_dir)}")
     return info
 
 
@@ -91,7 +91,7 @@ def check_vocab_size(info: PretrainingDatasetInfo, vocab_size: int) -> None:
 def masking_config(info: PretrainingDatasetInfo,
                    whole_word_masking: bool | None = None) -> pretraining.MaskingConfig:
     """The masking config of a prepared dataset (its vocabulary arrays and shapes)."""
-    path = files.join(info.data_dir, prepare.VOCAB_ARRAYS_FILE)
+    path = files.join(info.data_dir, layout.VOCAB_ARRAYS_FILE)
     try:
         with np.load(io.BytesIO(files.read_bytes(path))) as arrays:
             replacement_ids = arrays["replacement_ids"].astype(np.int32)
@@ -119,7 +119,7 @@ def open_source(info: PretrainingDatasetInfo, split: str):
     if info.num_examples[split] == 0:
         raise ValueError(f"split {split!r} of {info.data_dir} has no examples")
     try:
-        source = tfds.builder_from_directory(prepare.tfds_dir(info.data_dir)).as_data_source(
+        source = tfds.builder_from_directory(layout.tfds_dir(info.data_dir)).as_data_source(
             split)
         n = len(source)
         if n:

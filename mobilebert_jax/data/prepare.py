@@ -1,6 +1,7 @@
 """Pretraining data preparation, an Apache Beam pipeline: corpus -> tokenized documents ->
 NSP sentence pairs per shard -> a TFDS ArrayRecord dataset. This module holds the dataset's
-layout, settings, staging and CLI; `pipeline.py` the Beam stages.
+settings, staging and CLI; `beam_job.py` the Beam stages, `dataset_layout.py` the files they
+write.
 
     python -m mobilebert_jax.data.prepare --corpus=gensim_wiki --tokenizer=bert-base-uncased \\
         --seq_len=128 --out=/tmp/pretrain_data [--num_workers=2] [-- BEAM PIPELINE OPTIONS]
@@ -46,85 +47,22 @@ reuses a complete dataset prepared with the same settings.
 from __future__ import annotations
 
 import io
-import json
 import math
 import os
 import re
 import shutil
-import sys
 import tempfile
 import time
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from mobilebert_jax import cli, files
+from mobilebert_jax.data import beam_job
 from mobilebert_jax.data import corpus as corpus_lib
+from mobilebert_jax.data import dataset_layout as layout
 from mobilebert_jax.data import pretraining
 from mobilebert_jax.data import tokenizers
-
-FORMAT_VERSION = 2
-DATASET_NAME = "mobilebert_pretraining"
-DATASET_VERSION = "1.0.0"
-META_FILE = "pretraining_meta.json"
-VOCAB_ARRAYS_FILE = "vocab_arrays.npz"
-INCOMPLETE_FILE = ".incomplete"
-SHARD_STATS_DIR = ".shards"
-DOCUMENTS_DIR = ".documents"  # the read stage's token ids, read back by the shard writers
-TRAIN_SPLIT = "train"
-EVAL_SPLIT = "validation"
-SHARD_MB = 4.0  # text per shard by default: bounds a worker's memory
-READ_CHUNK_MB = 1.0  # a read task's share of a text file (the output does not depend on it)
-# The settings that change the examples: a prepared dataset records them, a trainer
-# refuses a dataset whose values differ from its config's.
-EXAMPLE_SETTINGS = ("tokenizer_fingerprint", "seq_len", "max_predictions_per_seq",
-                    "dupe_factor", "short_seq_prob", "masked_lm_prob", "whole_word_masking",
-                    "static_masking", "eval_fraction", "seed")
-
-
-def tfds_dir(data_dir: str) -> str:
-    """The TFDS builder directory inside a prepared dataset directory."""
-    return files.join(data_dir, DATASET_NAME, DATASET_VERSION)
-
-
-def shard_file_name(split: str, shard: int, num_shards: int) -> str:
-    return f"{DATASET_NAME}-{split}.array_record-{shard:05d}-of-{num_shards:05d}"
-
-
-def _features(static_masking: bool):
-    import tensorflow_datasets as tfds
-
-    def ids():
-        return tfds.features.Tensor(shape=(None,), dtype=np.int32,
-                                    encoding=tfds.features.Encoding.BYTES)
-
-    spec = {"token_ids": ids(), "segment_ids": ids(),
-            "next_sentence_label": tfds.features.Scalar(dtype=np.int32)}
-    if static_masking:
-        spec.update(masked_lm_positions=ids(), masked_lm_ids=ids())
-    return tfds.features.FeaturesDict(spec)
-
-
-def serialize_record(record: dict[str, Any]) -> bytes:
-    """A record as the `tf.train.Example` bytes of `_features` (int32 arrays as raw bytes,
-    scalars as int64), the bytes TFDS's own serializer gives with deterministic map order
-    (tested), in under half its time: it is the inner loop of writing a shard."""
-    from tensorflow_datasets.proto import tf_example_pb2
-
-    example = tf_example_pb2.Example()
-    feature = example.features.feature
-    for key, value in record.items():
-        if np.ndim(value) == 0:
-            feature[key].int64_list.value.append(int(value))
-        else:
-            feature[key].bytes_list.value.append(np.asarray(value, dtype=np.int32).tobytes())
-    # Deterministic: a proto map's order otherwise differs between processes.
-    return example.SerializeToString(deterministic=True)
-
-
-def progress_line(enabled: bool, message: str) -> None:
-    if enabled:
-        print(f"prepare: {message}", file=sys.stderr, flush=True)
 
 
 def _check_settings(seq_len, max_predictions_per_seq, dupe_factor, short_seq_prob,
@@ -148,39 +86,8 @@ def _check_settings(seq_len, max_predictions_per_seq, dupe_factor, short_seq_pro
         raise ValueError(f"shard_mb={shard_mb} must be > 0")
 
 
-def read_meta(data_dir: str) -> dict[str, Any] | None:
-    """The metadata of a complete prepared dataset in `data_dir`, or None if there is none."""
-    path = files.join(data_dir, META_FILE)
-    if not files.isfile(path):
-        return None
-    try:
-        meta = json.loads(files.read_bytes(path))
-    except (OSError, ValueError):
-        return None
-    if not files.isfile(files.join(tfds_dir(data_dir), "dataset_info.json")):
-        return None
-    return meta
-
-
-def settings_mismatch(meta: dict[str, Any], expected: dict[str, Any]) -> str | None:
-    """The first of `EXAMPLE_SETTINGS` in `expected` whose value in a dataset's metadata
-    differs; None when they all agree."""
-    stored = meta.get("settings", {})
-    for field in EXAMPLE_SETTINGS:
-        if field not in expected:
-            continue
-        a, b = stored.get(field), expected[field]
-        if isinstance(b, float) and isinstance(a, (int, float)) and not isinstance(a, bool):
-            same = math.isclose(float(a), b, rel_tol=0, abs_tol=1e-12)
-        else:
-            same = a == b
-        if not same:
-            return field
-    return None
-
-
 def _shard_stats(staging: str) -> list[dict]:
-    stats_dir = files.join(staging, SHARD_STATS_DIR)
+    stats_dir = files.join(staging, layout.SHARD_STATS_DIR)
     return [files.read_json(files.join(stats_dir, name))
             for name in sorted(files.listdir(stats_dir)) if name.endswith(".json")]
 
@@ -195,7 +102,7 @@ def _check_splits(stats: list[dict], counters: dict, corpus_spec: str
     if not counters.get("documents_with_tokens"):
         raise ValueError(f"corpus {corpus_spec!r} tokenizes to no tokens")
     total = sum(s["num_documents"] for s in stats)
-    for name in (TRAIN_SPLIT, EVAL_SPLIT):
+    for name in (layout.TRAIN_SPLIT, layout.EVAL_SPLIT):
         shards = sorted(by_split.get(name, []), key=lambda s: s["shard"])
         if [s["shard"] for s in shards] != list(range(shards[0]["num_shards"] if shards
                                                      else 0)):
@@ -207,8 +114,8 @@ def _check_splits(stats: list[dict], counters: dict, corpus_spec: str
                 f"corpus {corpus_spec!r} has {total} document(s), so its {name} split has 1: "
                 "next-sentence pairs draw a random next segment from another document of the "
                 "split (give more documents, separated by blank lines"
-                f"{', or eval_fraction=0' if name == EVAL_SPLIT else ''})")
-    if not sum(s["num_examples"] for s in by_split[TRAIN_SPLIT]):
+                f"{', or eval_fraction=0' if name == layout.EVAL_SPLIT else ''})")
+    if not sum(s["num_examples"] for s in by_split[layout.TRAIN_SPLIT]):
         raise ValueError(f"corpus {corpus_spec!r} yields no training pairs")
     return by_split
 
@@ -224,7 +131,8 @@ def _write_tfds_metadata(staging: str, by_split: dict[str, list[dict]],
                    sum(s["num_examples"] for s in shards)]
     # TFDS reads the dataset's name, version and file format off the shard files beside it.
     tfds.folder_dataset.write_metadata(
-        data_dir=tfds_dir(staging), features=_features(static_masking), split_infos=split_infos,
+        data_dir=layout.tfds_dir(staging), features=layout.features(static_masking),
+        split_infos=split_infos,
         filename_template="{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_INDEX}-of-{NUM_SHARDS}",
         check_data=False,
         description="MobileBERT MLM+NSP pretraining pairs (BERT create_pretraining_data).")
@@ -236,10 +144,10 @@ def _finish(staging: str, tokenizer, settings: dict, by_split: dict[str, list[di
     buf = io.BytesIO()
     np.savez(buf, replacement_ids=tokenizer.replacement_ids(),
              continuation_mask=tokenizer.continuation_mask())
-    files.write_bytes(files.join(staging, VOCAB_ARRAYS_FILE), buf.getvalue())
-    files.remove_tree(files.join(staging, SHARD_STATS_DIR))
-    files.remove_tree(files.join(staging, DOCUMENTS_DIR))
-    train = by_split[TRAIN_SPLIT]
+    files.write_bytes(files.join(staging, layout.VOCAB_ARRAYS_FILE), buf.getvalue())
+    files.remove_tree(files.join(staging, layout.SHARD_STATS_DIR))
+    files.remove_tree(files.join(staging, layout.DOCUMENTS_DIR))
+    train = by_split[layout.TRAIN_SPLIT]
     examples = {name: sum(s["num_examples"] for s in shards)
                 for name, shards in by_split.items()}
     meta = {
@@ -252,12 +160,12 @@ def _finish(staging: str, tokenizer, settings: dict, by_split: dict[str, list[di
         "text_bytes": sum(s["text_bytes"] for ss in by_split.values() for s in ss),
         "num_tokens": sum(s["num_tokens"] for ss in by_split.values() for s in ss),
         "next_sentence_random_fraction": (sum(s["random_next"] for s in train)
-                                          / max(1, examples[TRAIN_SPLIT])),
+                                          / max(1, examples[layout.TRAIN_SPLIT])),
         "skipped_lines": int(counters.get("skipped_lines", 0)),
         **extra,
     }
     # The metadata goes last: its presence marks the dataset complete.
-    files.write_json(files.join(staging, META_FILE), meta)
+    files.write_json(files.join(staging, layout.META_FILE), meta)
 
 
 def _remove_stale_staging(parent: str, name: str) -> None:
@@ -278,7 +186,7 @@ def _staging_dir(out_dir: str) -> str:
     """Where the pipeline writes: a new directory beside a local output (renamed into place
     at the end), or the remote output itself, marked incomplete until its metadata is there."""
     if files.is_remote(out_dir):
-        files.write_json(files.join(out_dir, INCOMPLETE_FILE), {"pid": os.getpid()})
+        files.write_json(files.join(out_dir, layout.INCOMPLETE_FILE), {"pid": os.getpid()})
         return out_dir
     parent, name = os.path.dirname(out_dir), os.path.basename(out_dir)
     os.makedirs(parent, exist_ok=True)
@@ -290,7 +198,7 @@ def _staging_dir(out_dir: str) -> str:
 
 def _install(staging: str, out_dir: str) -> None:
     if files.is_remote(out_dir):
-        files.remove_tree(files.join(out_dir, INCOMPLETE_FILE))
+        files.remove_tree(files.join(out_dir, layout.INCOMPLETE_FILE))
         return
     old = None
     if os.path.lexists(out_dir):
@@ -305,7 +213,7 @@ def _clear_output(out_dir: str) -> None:
     """Empties an output directory, its metadata first (a reader never sees a dataset whose
     files are going)."""
     if files.is_remote(out_dir):
-        files.remove_tree(files.join(out_dir, META_FILE))
+        files.remove_tree(files.join(out_dir, layout.META_FILE))
         files.remove_tree(out_dir)
 
 
@@ -315,8 +223,9 @@ def prepare_dataset(corpus_spec: str, tokenizer_path: str, out_dir: str, seq_len
                     seed: int = 0, eval_fraction: float = 0.01,
                     static_masking: bool = False, whole_word_masking: bool = False,
                     lower_case: bool = True, overwrite: bool = False, reuse: bool = True,
-                    progress: bool = True, num_workers: int = 1, shard_mb: float = SHARD_MB,
-                    read_chunk_mb: float = READ_CHUNK_MB, beam_args: Sequence[str] = ()) -> str:
+                    progress: bool = True, num_workers: int = 1, shard_mb: float = layout.SHARD_MB,
+                    read_chunk_mb: float = layout.READ_CHUNK_MB,
+                    beam_args: Sequence[str] = ()) -> str:
     """Prepares the pretraining dataset of `corpus_spec` in `out_dir` and returns `out_dir`.
 
     With `reuse`, a complete dataset already in `out_dir` with the same settings is kept as is.
@@ -330,10 +239,9 @@ def prepare_dataset(corpus_spec: str, tokenizer_path: str, out_dir: str, seq_len
                     masked_lm_prob, eval_fraction, num_workers, shard_mb)
     if not read_chunk_mb > 0:
         raise ValueError(f"read_chunk_mb={read_chunk_mb} must be > 0")
-    from mobilebert_jax.data import pipeline
 
-    options = pipeline.options(num_workers, beam_args)
-    runner = pipeline.runner_name(options)
+    options = beam_job.options(num_workers, beam_args)
+    runner = beam_job.runner_name(options)
     out_dir = files.resolve(out_dir)
     if "Direct" not in runner and not files.is_remote(out_dir):
         raise ValueError(f"the {runner} writes from its own workers: --out must be on shared "
@@ -343,7 +251,7 @@ def prepare_dataset(corpus_spec: str, tokenizer_path: str, out_dir: str, seq_len
     files.check_can_create(out_dir)
     tasks, input_bytes = corpus_lib.read_tasks(specs, max(1, int(read_chunk_mb * 1e6)))
     settings = {
-        "format_version": FORMAT_VERSION, "corpus": corpus_spec,
+        "format_version": layout.FORMAT_VERSION, "corpus": corpus_spec,
         "corpus_fingerprint": corpus_lib.corpus_fingerprint(specs),
         "tokenizer_fingerprint": tokenizer.fingerprint(), "seq_len": seq_len,
         "max_predictions_per_seq": max_predictions_per_seq, "dupe_factor": dupe_factor,
@@ -352,10 +260,10 @@ def prepare_dataset(corpus_spec: str, tokenizer_path: str, out_dir: str, seq_len
         "whole_word_masking": whole_word_masking, "lower_case": lower_case,
         "num_shards": max(1, math.ceil(input_bytes / (shard_mb * 1e6)))}
     if files.listdir(out_dir):
-        existing = read_meta(out_dir)
+        existing = layout.read_meta(out_dir)
         if reuse and existing is not None and existing.get("settings") == settings:
             return out_dir
-        killed = existing is None and files.isfile(files.join(out_dir, INCOMPLETE_FILE))
+        killed = existing is None and files.isfile(files.join(out_dir, layout.INCOMPLETE_FILE))
         if not overwrite and not killed:
             raise FileExistsError(f"output directory {out_dir} is not empty (pass --overwrite "
                                   "to replace it)")
@@ -368,13 +276,13 @@ def prepare_dataset(corpus_spec: str, tokenizer_path: str, out_dir: str, seq_len
         static_cfg = pretraining.MaskingConfig.from_tokenizer(
             tokenizer, seq_len, max_predictions_per_seq, masked_lm_prob, whole_word_masking)
     start = time.perf_counter()
-    progress_line(progress, f"{len(tasks)} read tasks over {input_bytes / 1e6:.1f} MB of input "
-                        f"from {len(specs)} source(s), {settings['num_shards']} train shards; "
+    layout.progress_line(progress, f"{len(tasks)} read tasks over {input_bytes / 1e6:.1f} MB of "
+                        f"input from {len(specs)} source(s), {settings['num_shards']} train shards; "
                         f"{runner} with {num_workers if 'Direct' in runner else 'its'} "
                         "worker(s)")
     staging = _staging_dir(out_dir)
     try:
-        counters = pipeline.run(tasks, tokenizer, staging, settings, static_cfg, options,
+        counters = beam_job.run(tasks, tokenizer, staging, settings, static_cfg, options,
                                  progress)
         by_split = _check_splits(_shard_stats(staging), counters, corpus_spec)
         _finish(staging, tokenizer, settings, by_split, counters,
@@ -384,8 +292,8 @@ def prepare_dataset(corpus_spec: str, tokenizer_path: str, out_dir: str, seq_len
     finally:
         if not files.is_remote(out_dir):
             shutil.rmtree(staging, ignore_errors=True)
-    meta = read_meta(out_dir)
-    progress_line(progress, f"wrote {out_dir}: {meta['num_examples']} examples in "
+    meta = layout.read_meta(out_dir)
+    layout.progress_line(progress, f"wrote {out_dir}: {meta['num_examples']} examples in "
                         f"{meta['num_shards']} shards from {meta['text_bytes'] / 1e6:.2f} MB of "
                         f"text in {meta['prepare_seconds']:.1f} s")
     return out_dir
@@ -414,9 +322,11 @@ def _define_flags():
     flags.DEFINE_bool("overwrite", False, "Replace a non-empty output directory.")
     flags.DEFINE_integer("num_workers", 1, "Local DirectRunner worker processes (without "
                          "--runner after `--`).")
-    flags.DEFINE_float("shard_mb", SHARD_MB, "MB of text per output shard (a worker's unit of "
+    flags.DEFINE_float("shard_mb", layout.SHARD_MB,
+                       "MB of text per output shard (a worker's unit of "
                        "memory); part of the settings.")
-    flags.DEFINE_float("read_chunk_mb", READ_CHUNK_MB, "MB of a text file per read task (more "
+    flags.DEFINE_float("read_chunk_mb", layout.READ_CHUNK_MB,
+                       "MB of a text file per read task (more "
                        "tasks spread reading over more workers; the output does not change).")
     return flags.FLAGS
 
@@ -443,7 +353,7 @@ def main(argv: Sequence[str]) -> None:
         whole_word_masking=f.whole_word_masking, lower_case=f.lower_case,
         overwrite=f.overwrite, reuse=False, num_workers=f.num_workers, shard_mb=f.shard_mb,
         read_chunk_mb=f.read_chunk_mb, beam_args=beam_args)
-    meta = read_meta(files.resolve(f.out))
+    meta = layout.read_meta(files.resolve(f.out))
     print(f"wrote {files.resolve(f.out)}: {meta['num_examples']} examples from "
           f"{meta['text_bytes'] / 1e6:.2f} MB of text in {meta['prepare_seconds']:.1f} s")
 

@@ -9,6 +9,7 @@ from jax.experimental import multihost_utils
 
 from mobilebert_jax import files
 from mobilebert_jax.data import loader as loader_lib
+from mobilebert_jax.data import dataset_layout as layout
 from mobilebert_jax.data import prepare as prepare_lib
 from mobilebert_jax.data import tokenizers
 from mobilebert_jax.console import log
@@ -19,7 +20,7 @@ def dataset_dir(config, workdir: str) -> str:
 
 
 def expected_settings(config, tokenizer) -> dict:
-    """The dataset settings the config asks for (`prepare.EXAMPLE_SETTINGS`)."""
+    """The dataset settings the config asks for (`layout.EXAMPLE_SETTINGS`)."""
     d = config.data
     return {"tokenizer_fingerprint": tokenizer.fingerprint(), "seq_len": d.seq_len,
             "max_predictions_per_seq": d.max_predictions_per_seq, "dupe_factor": d.dupe_factor,
@@ -30,7 +31,7 @@ def expected_settings(config, tokenizer) -> dict:
 
 def check_dataset_settings(info, config, tokenizer) -> None:
     """Refuses a dataset prepared with other settings than the config's, naming the field."""
-    field = prepare_lib.settings_mismatch(info.meta, expected_settings(config, tokenizer))
+    field = layout.settings_mismatch(info.meta, expected_settings(config, tokenizer))
     if field is None:
         return
     stored = info.meta.get("settings", {}).get(field)
@@ -58,7 +59,7 @@ def prepare_if_needed(config, workdir: str, vocab_size: int
     tokenizers.check_vocab(tokenizer, vocab_size)
     out = dataset_dir(config, workdir)
     error = ""
-    if jax.process_index() == 0 and prepare_lib.read_meta(out) is None:
+    if jax.process_index() == 0 and layout.read_meta(out) is None:
         if config.data.dataset_dir and not d.corpus:
             error = f"data.dataset_dir={out} holds no prepared dataset"
         else:

@@ -1,4 +1,4 @@
-"""The Beam pipeline of `prepare.py` (its stages are described there): read tasks -> tokenized
+"""The Beam job of `prepare.py` (its stages are described there): read tasks -> tokenized
 documents -> hash layout -> one ArrayRecord file per (split, shard). Runs on any Beam runner:
 the DoFns carry what they need (the tokenizer's file bytes, the settings) and write through
 `files`, so remote workers need nothing local.
@@ -25,7 +25,9 @@ import numpy as np
 
 from mobilebert_jax import files
 from mobilebert_jax.data import corpus as corpus_lib
-from mobilebert_jax.data import prepare
+from mobilebert_jax.data.dataset_layout import (DOCUMENTS_DIR, EVAL_SPLIT, SHARD_STATS_DIR,
+                                                TRAIN_SPLIT, progress_line, serialize_record,
+                                                shard_file_name, tfds_dir)
 from mobilebert_jax.data import pretraining
 from mobilebert_jax.data import tokenizers
 
@@ -72,8 +74,8 @@ def shard_layout(docs: list[tuple[int, int]], num_train_shards: int, eval_fracti
     docs = sorted(docs)
     n_eval = num_eval_documents(len(docs), eval_fraction)
     layout: dict[str, Any] = {"eval_max": docs[n_eval - 1][0] if n_eval else -1, "splits": {}}
-    for name, part in ((prepare.EVAL_SPLIT, docs[:n_eval]), (prepare.TRAIN_SPLIT, docs[n_eval:])):
-        wanted = (num_train_shards if name == prepare.TRAIN_SPLIT
+    for name, part in ((EVAL_SPLIT, docs[:n_eval]), (TRAIN_SPLIT, docs[n_eval:])):
+        wanted = (num_train_shards if name == TRAIN_SPLIT
                   else math.ceil(num_train_shards * eval_fraction))
         count = max(1, min(wanted, len(part) // 2))
         layout["splits"][name] = {
@@ -83,7 +85,7 @@ def shard_layout(docs: list[tuple[int, int]], num_train_shards: int, eval_fracti
 
 
 def _assign(doc, layout):
-    split = prepare.EVAL_SPLIT if doc[0] <= layout["eval_max"] else prepare.TRAIN_SPLIT
+    split = EVAL_SPLIT if doc[0] <= layout["eval_max"] else TRAIN_SPLIT
     info = layout["splits"][split]
     return (split, bisect.bisect_right(info["bounds"], doc[0]), info["num_shards"]), doc
 
@@ -186,7 +188,7 @@ def _read_and_tokenize_fn():
                     batch, sentences = [], 0
             self._encode(batch, name, chunks, refs, offset)
             if refs:  # written whole before any reference to it leaves (a retry rewrites it)
-                directory = files.join(self.staging, prepare.DOCUMENTS_DIR)
+                directory = files.join(self.staging, DOCUMENTS_DIR)
                 if not files.is_remote(directory):
                     os.makedirs(directory, exist_ok=True)
                 files.write_bytes(files.join(directory, name), b"".join(chunks))
@@ -194,7 +196,7 @@ def _read_and_tokenize_fn():
             yield from refs
             self.documents.inc(count)
             self.skipped_lines.inc(stats.get("skipped_lines", 0))
-            prepare.progress_line(self.progress, f"read {task.describe()}: {count} documents "
+            progress_line(self.progress, f"read {task.describe()}: {count} documents "
                                                  f"(of {self.num_tasks} read tasks)")
 
     return ReadAndTokenize
@@ -231,8 +233,8 @@ def _write_shard_fn():
                     short_seq_prob=self.short_seq_prob, dupe_factor=self.dupe_factor,
                     seed=_shard_seed(self.seed, split, shard))
                 del token_docs
-                name = prepare.shard_file_name(split, shard, num_shards)
-                target = files.join(prepare.tfds_dir(self.staging), name)
+                name = shard_file_name(split, shard, num_shards)
+                target = files.join(tfds_dir(self.staging), name)
                 local_dir = (os.path.dirname(target) if not files.is_remote(target)
                              else tempfile.gettempdir())
                 os.makedirs(local_dir, exist_ok=True)
@@ -254,11 +256,11 @@ def _write_shard_fn():
                 finally:
                     if os.path.exists(tmp):
                         os.unlink(tmp)
-            stats_dir = files.join(self.staging, prepare.SHARD_STATS_DIR)
+            stats_dir = files.join(self.staging, SHARD_STATS_DIR)
             if not files.is_remote(stats_dir):
                 os.makedirs(stats_dir, exist_ok=True)
             files.write_json(files.join(stats_dir, f"{split}-{shard:05d}.json"), stats)
-            prepare.progress_line(self.progress, f"wrote {split} shard {shard + 1}/"
+            progress_line(self.progress, f"wrote {split} shard {shard + 1}/"
                                                  f"{num_shards}: {stats['num_examples']} "
                                                  f"examples from {len(docs)} documents")
             yield stats
@@ -270,7 +272,7 @@ def _write_shard_fn():
             by_file: dict[str, list[int]] = {}
             for i, d in enumerate(docs):
                 by_file.setdefault(d[3], []).append(i)
-            directory = files.join(self.staging, prepare.DOCUMENTS_DIR)
+            directory = files.join(self.staging, DOCUMENTS_DIR)
             for name, members in sorted(by_file.items()):
                 with files.open_binary(files.join(directory, name)) as f:
                     for i in sorted(members, key=lambda i: docs[i][4]):
@@ -290,7 +292,7 @@ def _write_shard_fn():
                                                                     self.static_cfg, rng)
                 record.update(token_ids=masked, masked_lm_positions=positions,
                               masked_lm_ids=labels.astype(np.int32))
-            return prepare.serialize_record(record)
+            return serialize_record(record)
 
     return WriteShard
 
