@@ -16,7 +16,8 @@ from mobilebert_jax import checkpoint
 from mobilebert_jax.data import glue as glue_data
 from mobilebert_jax.models.config import MobileBertConfig
 from mobilebert_jax.models.heads import MobileBertForPreTraining
-from mobilebert_jax.train import finetune, finetune_data, finetune_steps, optim, sweep
+from mobilebert_jax.data import finetune_input
+from mobilebert_jax.train import finetune, finetune_steps, optim, sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GLUE_CONFIG = os.path.join(REPO, "configs", "finetune_glue.py")
@@ -228,11 +229,11 @@ def test_warmup_is_ten_percent_and_decays_to_zero():
 
 
 def test_epoch_order_and_padded_batches():
-    a, b = finetune_data.epoch_order(10, 0, 3), finetune_data.epoch_order(10, 1, 3)
+    a, b = finetune_input.epoch_order(10, 0, 3), finetune_input.epoch_order(10, 1, 3)
     assert sorted(a) == list(range(10)) and not np.array_equal(a, b)
-    assert np.array_equal(a, finetune_data.epoch_order(10, 0, 3))
+    assert np.array_equal(a, finetune_input.epoch_order(10, 0, 3))
     feats = {"x": np.arange(10)}
-    out = list(finetune_data.batches(feats, np.arange(10), 4, ("x",)))
+    out = list(finetune_input.batches(feats, np.arange(10), 4, ("x",)))
     assert len(out) == 3 and out[-1]["weights"].tolist() == [1, 1, 0, 0]
     assert out[-1]["x"][:2].tolist() == [8, 9]
 
@@ -295,8 +296,8 @@ def test_real_mrpc_features_with_the_packaged_vocab(shared_data, tiny_checkpoint
     config = finetune_glue.get_config("mrpc")
     config.update(data_dir=str(shared_data / "glue"), train_subset=50, eval_subset=20,
                   tokenizer="bert-base-uncased", init_checkpoint=str(tiny_checkpoint))
-    tokenizer = finetune_data.resolve_tokenizer(config, 30522)
-    data = finetune_data.load_glue_data(config, tokenizer)
+    tokenizer = finetune_input.resolve_tokenizer(config, 30522)
+    data = finetune_input.load_glue_data(config, tokenizer)
     assert data.train.features["input_ids"].shape == (50, 128)
     assert data.dev[0].features["labels"].tolist()[:20] == [
         ex.label for ex in glue_data.load_glue("mrpc", shared_data / "glue", "dev")[:20]]

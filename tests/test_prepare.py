@@ -189,7 +189,7 @@ def test_a_killed_run_is_not_a_dataset_and_a_rerun_finishes(corpus_spec, referen
 
 def test_the_trainer_refuses_a_dataset_prepared_otherwise(reference, bert_vocab_path, tmp_path):
     from configs import teacher
-    from mobilebert_jax.train import inputs
+    from mobilebert_jax.data import pretraining_input as inputs
 
     def config(**data):
         c = teacher.get_config("smoke")

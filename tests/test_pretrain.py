@@ -15,7 +15,8 @@ import pytest
 
 from mobilebert_jax import checkpoint
 from mobilebert_jax.data import tokenizers
-from mobilebert_jax.train import finetune_data, pretrain
+from mobilebert_jax.data import finetune_input
+from mobilebert_jax.train import pretrain
 from mobilebert_jax.train.loop import NonFiniteLoss
 
 from conftest import apply_overrides
@@ -142,7 +143,7 @@ def test_bad_input(data_dir, tmp_path):
     # --config.tokenizer, and a start with another tokenizer is refused before anything changes.
     vocab = tokenizers.load_tokenizer("bert-base-uncased")
     assert open(os.path.join(workdir, "vocab.txt"), "rb").read() == open(vocab.path, "rb").read()
-    found = finetune_data.resolve_tokenizer(
+    found = finetune_input.resolve_tokenizer(
         ml_collections.ConfigDict(dict(init_checkpoint=workdir, tokenizer="")), 30522)
     assert found.encode("A teacher's vocabulary.") == vocab.encode("A teacher's vocabulary.")
     other = tmp_path / "other_vocab.txt"

@@ -9,7 +9,7 @@
 it is imported with the converter for the JAX side and loaded as
 `transformers.BertForSequenceClassification` for the PyTorch side. Both sides use the features
 of `data/glue.py` (same WordPiece ids, padding to max_seq_length), the epoch order of
-`finetune_data.epoch_order`, the schedule of `train/optim.py` (10% warm-up, linear decay), AdamW
+`finetune_input.epoch_order`, the schedule of `train/optim.py` (10% warm-up, linear decay), AdamW
 (weight decay 0.01 off for biases and LayerNorm, eps 1e-6; `--bias_correction` picks the
 bias-corrected variant, otherwise the official one without it on both sides), clipping 1.0 and
 dropout 0.1; the PyTorch classifier starts from the JAX run's initial classifier weights, so the
@@ -145,15 +145,16 @@ def jax_classifier_init(checkpoint_dir: str, num_labels: int, seed: int, seq_len
 
 def hf_setup(args, data):
     """The HF model (the JAX run's initial classifier), its AdamW over the JAX run's schedule,
-    and `step(batch, index)`: one training step on a batch of `finetune_data` features."""
+    and `step(batch, index)`: one training step on a batch of `finetune_input` features."""
     import torch
     import transformers
 
-    from mobilebert_jax.train import finetune_data, finetune_steps, optim
+    from mobilebert_jax.data import finetune_input
+    from mobilebert_jax.train import finetune_steps, optim
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(os.cpu_count() or 1)
-    task = finetune_data.glue_task(args.task)
+    task = finetune_input.glue_task(args.task)
     model = transformers.BertForSequenceClassification.from_pretrained(
         args.hf_dir, num_labels=task.num_labels, classifier_dropout=0.1)
     kernel, bias = jax_classifier_init(args.checkpoint, task.num_labels, args.seed,
@@ -162,7 +163,7 @@ def hf_setup(args, data):
         model.classifier.weight.copy_(torch.from_numpy(np.array(kernel.T)))
         model.classifier.bias.copy_(torch.from_numpy(np.array(bias)))
     n = len(data.train.features["input_ids"])
-    steps = finetune_data.num_batches(n, args.batch_size) * args.num_epochs
+    steps = finetune_input.num_batches(n, args.batch_size) * args.num_epochs
     opt_cfg = finetune_steps.optimizer_config(glue_config(args), steps)
     schedule = optim.make_schedule(opt_cfg)
     no_decay = [p for name, p in model.named_parameters() if "bias" in name or "LayerNorm" in name]
@@ -173,7 +174,7 @@ def hf_setup(args, data):
                             opt_cfg["weight_decay"], opt_cfg["eps"], args.bias_correction)
 
     def step(batch, index: int):
-        inputs = hf_tensors(batch, finetune_data.MODEL_INPUTS + ("labels",))
+        inputs = hf_tensors(batch, finetune_input.MODEL_INPUTS + ("labels",))
         if task.is_regression:
             inputs["labels"] = inputs["labels"].float()
         for group in optimizer.param_groups:
@@ -189,7 +190,7 @@ def hf_setup(args, data):
 
 
 def hf_tensors(batch, keys):
-    """The real rows of a padded `finetune_data` batch as torch int64 tensors."""
+    """The real rows of a padded `finetune_input` batch as torch int64 tensors."""
     import torch
 
     real = int(batch["weights"].sum())
@@ -198,10 +199,10 @@ def hf_tensors(batch, keys):
 
 def load_data(args):
     from mobilebert_jax.data import tokenizers
-    from mobilebert_jax.train import finetune_data
+    from mobilebert_jax.data import finetune_input
 
     tokenizer = tokenizers.load_tokenizer(os.path.join(args.hf_dir, "vocab.txt"))
-    return finetune_data.load_glue_data(glue_config(args), tokenizer)
+    return finetune_input.load_glue_data(glue_config(args), tokenizer)
 
 
 def run_hf(args) -> dict:
@@ -209,10 +210,10 @@ def run_hf(args) -> dict:
 
     from mobilebert_jax.data import glue as glue_data
     from mobilebert_jax.metrics.glue import glue_metrics
-    from mobilebert_jax.train import finetune_data
+    from mobilebert_jax.data import finetune_input
 
     start = time.perf_counter()
-    task = finetune_data.glue_task(args.task)
+    task = finetune_input.glue_task(args.task)
     data = load_data(args)
     model, steps, train_step = hf_setup(args, data)
     features = data.train.features
@@ -225,9 +226,9 @@ def run_hf(args) -> dict:
             for split in data.dev:
                 logits = []
                 f = split.features
-                for batch in finetune_data.batches(f, np.arange(len(f["input_ids"])), 64,
-                                                   finetune_data.MODEL_INPUTS):
-                    logits.append(model(**hf_tensors(batch, finetune_data.MODEL_INPUTS)).logits)
+                for batch in finetune_input.batches(f, np.arange(len(f["input_ids"])), 64,
+                                                   finetune_input.MODEL_INPUTS):
+                    logits.append(model(**hf_tensors(batch, finetune_input.MODEL_INPUTS)).logits)
                 logits = torch.cat(logits).numpy()
                 preds = logits[:, 0] if task.is_regression else logits.argmax(-1)
                 metrics.update(glue_metrics(task, preds, f["labels"]))
@@ -237,9 +238,9 @@ def run_hf(args) -> dict:
     for epoch in range(args.num_epochs):
         model.train()
         t0 = time.perf_counter()
-        order = finetune_data.epoch_order(n, epoch, args.seed)
-        for batch in finetune_data.batches(features, order, args.batch_size,
-                                           finetune_data.MODEL_INPUTS + ("labels",)):
+        order = finetune_input.epoch_order(n, epoch, args.seed)
+        for batch in finetune_input.batches(features, order, args.batch_size,
+                                           finetune_input.MODEL_INPUTS + ("labels",)):
             loss = train_step(batch, step)
             step += 1
             if step % 20 == 0:
@@ -267,12 +268,13 @@ def compare_steps(args, pairs: int) -> dict:
     from mobilebert_jax import checkpoint
     from mobilebert_jax.bench.common import alternate, fusion_count, load_average
     from mobilebert_jax.models import MobileBertForSequenceClassification
-    from mobilebert_jax.train import finetune_data, finetune_steps
+    from mobilebert_jax.data import finetune_input
+    from mobilebert_jax.train import finetune_steps
 
-    task = finetune_data.glue_task(args.task)
+    task = finetune_input.glue_task(args.task)
     data = load_data(args)
     config = glue_config(args)
-    keys = finetune_data.MODEL_INPUTS + ("labels",)
+    keys = finetune_input.MODEL_INPUTS + ("labels",)
     model = MobileBertForSequenceClassification(checkpoint.load_config(args.checkpoint),
                                                 task.num_labels,
                                                 float(config.classifier_dropout))
@@ -289,8 +291,8 @@ def compare_steps(args, pairs: int) -> dict:
 
     hf_model, _, hf_step = hf_setup(args, data)
     hf_model.train()
-    order = finetune_data.epoch_order(len(data.train.features["input_ids"]), 0, args.seed)
-    hf_batch = finetune_data.batch_at(data.train.features, order, 0, args.batch_size, keys)
+    order = finetune_input.epoch_order(len(data.train.features["input_ids"]), 0, args.seed)
+    hf_batch = finetune_input.batch_at(data.train.features, order, 0, args.batch_size, keys)
     times = alternate(jax_step, lambda: hf_step(hf_batch, 0), pairs)
     ratios = sorted(t / j for j, t in times)
     median = lambda xs: float(np.median(xs))  # noqa: E731

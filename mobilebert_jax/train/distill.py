@@ -21,7 +21,8 @@ from mobilebert_jax.metrics.writers import MetricsWriter
 from mobilebert_jax.models.config import MobileBertConfig
 from mobilebert_jax.models.heads import MobileBertForPreTraining
 from mobilebert_jax.train import distill_steps as ds
-from mobilebert_jax.train import inputs, loop, optim, pretrain
+from mobilebert_jax.data import pretraining_input
+from mobilebert_jax.train import loop, optim, pretrain
 from mobilebert_jax.train import state as state_lib
 
 SMOKE_TEACHER_HINT = ("train it first: python -m mobilebert_jax.main "
@@ -124,8 +125,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         f"{plan.strategy}: {', '.join(s.name for s in plan.stages)}")
 
     # -- input -----------------------------------------------------------------------------------
-    info, tokenizer = inputs.prepare_if_needed(config, workdir, student_cfg.vocab_size)
-    train_iter = inputs.train_loader(config, info)
+    info, tokenizer = pretraining_input.prepare_if_needed(config, workdir, student_cfg.vocab_size)
+    train_iter = pretraining_input.train_loader(config, info)
     log(f"data: {info.num_examples} examples at seq {info.seq_len} in {info.data_dir}")
 
     # -- teacher: sharded restore, frozen ----------------------------------------------------------
@@ -171,7 +172,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     # -- step functions: one per (stage kind, layers, depth), compiled when first needed -----------
     batch_sh = parallel.batch_sharding(mesh)
     repl = parallel.replicated(mesh)
-    example = inputs.abstract_batch(train_iter, config.batch_size, batch_sh)
+    example = pretraining_input.abstract_batch(train_iter, config.batch_size, batch_sh)
     compiled = {}
     current = {"shardings": shardings}
 
@@ -218,7 +219,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         return step_fn_for(plan.stage_at(step), state)(state, teacher_params, batch)
 
     def evaluate_fn(state, step):
-        loader = inputs.eval_loader(config, info)
+        loader = pretraining_input.eval_loader(config, info)
         if loader is None:
             return None
         ev = pretrain.evaluate(eval_step, state.params, loader, mesh, config.eval_steps)

@@ -36,7 +36,7 @@ from mobilebert_jax.metrics.writers import MetricsWriter
 from mobilebert_jax.models import qat
 from mobilebert_jax.models.heads import (MobileBertForQuestionAnswering,
                                          MobileBertForSequenceClassification)
-from mobilebert_jax.train import finetune_data as fd
+from mobilebert_jax.data import finetune_input
 from mobilebert_jax.train import finetune_steps as fs
 from mobilebert_jax.train import loop
 from mobilebert_jax.train import state as state_lib
@@ -157,12 +157,12 @@ def evaluate_glue(trainer: fs.Trainer, params, task, dev_splits) -> dict[str, fl
 
 
 def train_glue(config, workdir: str) -> dict:
-    task = fd.glue_task(config.task)
+    task = finetune_input.glue_task(config.task)
     if not config.init_checkpoint:
         raise ValueError("config.init_checkpoint is required (a project checkpoint directory)")
     model_config = checkpoint.load_config(config.init_checkpoint)
-    tokenizer = fd.resolve_tokenizer(config, model_config.vocab_size)
-    data = fd.load_glue_data(config, tokenizer)
+    tokenizer = finetune_input.resolve_tokenizer(config, model_config.vocab_size)
+    data = finetune_input.load_glue_data(config, tokenizer)
     _prepare_workdir(config, workdir, model_config, tokenizer)
     model = _maybe_qat(config, MobileBertForSequenceClassification(
         model_config, task.num_labels, float(config.classifier_dropout)))
@@ -170,7 +170,7 @@ def train_glue(config, workdir: str) -> dict:
     best_metric = config.best_metric or (
         "accuracy_matched" if task.name == "mnli" else task.metrics[0])
     trainer, best, results = _run(
-        config, workdir, model, data.train.features, fd.MODEL_INPUTS + ("labels",),
+        config, workdir, model, data.train.features, finetune_input.MODEL_INPUTS + ("labels",),
         lambda out, b: fs.glue_loss(out.logits, b, regression),
         lambda tr, p: evaluate_glue(tr, p, task, data.dev), best_metric, task.name)
     step, params = _restore_best(best, trainer)
@@ -204,17 +204,17 @@ def evaluate_squad(trainer: fs.Trainer, params, split, config, version: str) -> 
 
 
 def train_squad(config, workdir: str) -> dict:
-    version = fd.squad_version(config.version)
+    version = finetune_input.squad_version(config.version)
     if not config.init_checkpoint:
         raise ValueError("config.init_checkpoint is required (a project checkpoint directory)")
     model_config = checkpoint.load_config(config.init_checkpoint)
-    tokenizer = fd.resolve_tokenizer(config, model_config.vocab_size)
-    data = fd.load_squad_data(config, tokenizer)
+    tokenizer = finetune_input.resolve_tokenizer(config, model_config.vocab_size)
+    data = finetune_input.load_squad_data(config, tokenizer)
     _prepare_workdir(config, workdir, model_config, tokenizer)
     model = _maybe_qat(config, MobileBertForQuestionAnswering(model_config))
     trainer, best, results = _run(
         config, workdir, model, data.train.features,
-        fd.MODEL_INPUTS + ("start_positions", "end_positions"),
+        finetune_input.MODEL_INPUTS + ("start_positions", "end_positions"),
         lambda out, b: fs.squad_loss(out.start_logits, out.end_logits, b),
         lambda tr, p: evaluate_squad(tr, p, data.eval, config, version),
         config.best_metric or "f1", f"squad{version}")

@@ -11,7 +11,7 @@ import optax
 from flax import linen as nn
 
 from mobilebert_jax import checkpoint, parallel
-from mobilebert_jax.train import finetune_data as fd
+from mobilebert_jax.data import finetune_input
 from mobilebert_jax.train import losses, optim
 from mobilebert_jax.train import state as state_lib
 
@@ -69,7 +69,7 @@ class Trainer:
             raise ValueError(f"num_epochs must be positive, got {config.num_epochs}")
         self.features, self.train_keys = train_features, train_keys
         self.num_train = len(train_features["input_ids"])
-        self.steps_per_epoch = fd.num_batches(self.num_train, self.batch_size)
+        self.steps_per_epoch = finetune_input.num_batches(self.num_train, self.batch_size)
         self.total_steps = self.steps_per_epoch * int(config.num_epochs)
         tx, self.schedule = optim.make_optimizer(optimizer_config(config, self.total_steps))
         seed, seq_len = int(config.seed), train_features["input_ids"].shape[1]
@@ -126,19 +126,19 @@ class Trainer:
         built from this process's rows only."""
         epoch, index = divmod(int(step), self.steps_per_epoch)
         if epoch not in self._orders:
-            self._orders = {epoch: fd.epoch_order(self.num_train, epoch, int(self.config.seed))}
-        batch = fd.batch_at(self.features, self._orders[epoch], index, self.batch_size,
+            self._orders = {epoch: finetune_input.epoch_order(self.num_train, epoch, int(self.config.seed))}
+        batch = finetune_input.batch_at(self.features, self._orders[epoch], index, self.batch_size,
                             self.train_keys)
         return parallel.global_batch(parallel.process_rows(batch), self.mesh)
 
-    def predict(self, params, features, keys=fd.MODEL_INPUTS) -> dict[str, np.ndarray]:
+    def predict(self, params, features, keys=finetune_input.MODEL_INPUTS) -> dict[str, np.ndarray]:
         """Outputs of the deterministic model on all features, in order, as host arrays (the
         whole set on every process)."""
         n = len(features["input_ids"])
         outs: dict[str, list] = {}
         with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
-            for i in range(fd.num_batches(n, self.eval_batch_size)):
-                batch = fd.batch_at(features, np.arange(n), i, self.eval_batch_size, keys)
+            for i in range(finetune_input.num_batches(n, self.eval_batch_size)):
+                batch = finetune_input.batch_at(features, np.arange(n), i, self.eval_batch_size, keys)
                 real = int(batch.pop("weights").sum())
                 out = self.predict_step(params, parallel.global_batch(
                     parallel.process_rows(batch), self.mesh))

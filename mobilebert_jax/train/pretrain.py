@@ -20,7 +20,8 @@ from mobilebert_jax.console import log
 from mobilebert_jax.metrics.writers import MetricsWriter
 from mobilebert_jax.models.config import MobileBertConfig
 from mobilebert_jax.models.heads import MobileBertForPreTraining
-from mobilebert_jax.train import inputs, loop, losses, optim
+from mobilebert_jax.data import pretraining_input
+from mobilebert_jax.train import loop, losses, optim
 from mobilebert_jax.train import state as state_lib
 
 
@@ -170,8 +171,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         f"({jax.process_count()} processes, {jax.devices()[0].device_kind})")
 
     # -- input -----------------------------------------------------------------------------------
-    info, tokenizer = inputs.prepare_if_needed(config, workdir, model_config.vocab_size)
-    train_iter = inputs.train_loader(config, info)
+    info, tokenizer = pretraining_input.prepare_if_needed(config, workdir, model_config.vocab_size)
+    train_iter = pretraining_input.train_loader(config, info)
     log(f"data: {info.num_examples} examples at seq {info.seq_len} in {info.data_dir}")
 
     # -- model, optimizer, sharded state ---------------------------------------------------------
@@ -207,7 +208,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     eval_step = jax.jit(make_eval_step(model), in_shardings=(shardings.params, batch_sh),
                         out_shardings=repl)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        example = inputs.abstract_batch(train_iter, config.batch_size, batch_sh)
+        example = pretraining_input.abstract_batch(train_iter, config.batch_size, batch_sh)
         abstract_state = state_lib.abstract_like(state, shardings)
         compiled_train = compile_step(train_step, (abstract_state, example), "train step")
         compiled_eval = compile_step(eval_step, (abstract_state.params, example), "eval step")
@@ -222,7 +223,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         return compiled_train(state, parallel.global_batch(next(train_iter), mesh))
 
     def evaluate_fn(state, step):
-        loader = inputs.eval_loader(config, info)
+        loader = pretraining_input.eval_loader(config, info)
         return None if loader is None else evaluate(compiled_eval, state.params, loader, mesh,
                                                     config.eval_steps)
 
