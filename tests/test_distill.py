@@ -11,15 +11,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import apply_overrides
 from flax import linen as nn
 
 from mobilebert_jax import checkpoint
 from mobilebert_jax.models.config import MobileBertConfig, get_config
 from mobilebert_jax.models.heads import MobileBertForPreTraining
-from mobilebert_jax.train import distill
-from mobilebert_jax.train import distill_steps as ds
-
-from conftest import apply_overrides
+from mobilebert_jax.train import distill, distill_stages
 from mobilebert_jax.train import state as state_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -99,8 +97,8 @@ def test_transfer_terms_hand_computed():
     zeros = jnp.zeros_like(h_t)
     t_out = SimpleNamespace(hidden_states=(zeros, h_t), attention_scores=(s_t,))
     s_out = SimpleNamespace(hidden_states=(zeros, h_s), attention_scores=(s_s,))
-    settings = ds.LossSettings(2, dict(fmt=100.0, at=1.0, beta=5000.0, gamma=5.0))
-    total, parts = ds.transfer_terms(t_out, s_out, (0,), settings)
+    settings = distill_stages.LossSettings(2, dict(fmt=100.0, at=1.0, beta=5000.0, gamma=5.0))
+    total, parts = distill_stages.transfer_terms(t_out, s_out, (0,), settings)
     at = 0.5 * (math.log(4.0) + math.log(4.0 / 3.0))
     assert float(parts["fmt_layer_0"]) == pytest.approx(0.5, rel=1e-6)
     assert float(parts["mean_layer_0"]) == pytest.approx(0.0, abs=1e-7)
@@ -118,7 +116,7 @@ def test_pd_terms_hand_computed_with_padding():
              "next_sentence_labels": jnp.array([0])}
     s_out = SimpleNamespace(mlm_logits=s_logits, nsp_logits=jnp.zeros((1, 2)))
     t_out = SimpleNamespace(mlm_logits=t_logits, nsp_logits=jnp.ones((1, 2)))
-    loss, m = ds.pd_terms(t_out, s_out, batch, ds.LossSettings(2, {}))
+    loss, m = distill_stages.pd_terms(t_out, s_out, batch, distill_stages.LossSettings(2, {}))
     soft = -(0.75 * math.log(0.25) + 0.25 * math.log(0.75)) / (1 + 1e-5)
     assert float(m["soft_mlm_loss"]) == pytest.approx(soft, rel=1e-6)
     assert float(m["nsp_loss"]) == pytest.approx(math.log(2.0), rel=1e-6)
@@ -130,18 +128,18 @@ def test_pd_terms_hand_computed_with_padding():
 
 
 def test_stage_plans():
-    pkt = ds.StagePlan("pkt", 3, 5)
+    pkt = distill_stages.StagePlan("pkt", 3, 5)
     assert [pkt.stage_at(s).name for s in (0, 4, 5, 14, 15, 999)] == [
         "transfer_layer_0", "transfer_layer_0", "transfer_layer_1", "transfer_layer_2", "pd",
         "pd"]
     assert [pkt.stage_at(s).depth for s in (0, 5, 10)] == [1, 2, 3]
-    jkt = ds.StagePlan("jkt", 3, 5)
+    jkt = distill_stages.StagePlan("jkt", 3, 5)
     assert [jkt.stage_at(s).name for s in (0, 14, 15)] == ["transfer_all", "transfer_all", "pd"]
     assert jkt.stage_at(0).layers == (0, 1, 2)
-    akt = ds.StagePlan("akt", 3, 5)
+    akt = distill_stages.StagePlan("akt", 3, 5)
     assert akt.stage_at(0).kind == "akt" and akt.pd_start == 0
     with pytest.raises(ValueError, match="unknown distillation strategy 'xkt'"):
-        ds.StagePlan("xkt", 3, 5)
+        distill_stages.StagePlan("xkt", 3, 5)
 
 
 def _models_and_batch():
@@ -161,12 +159,12 @@ def _models_and_batch():
 
 def test_truncated_forward_gives_the_full_forward_loss():
     student, s_params, t_params, batch = _models_and_batch()
-    settings = ds.LossSettings(2, {})
-    stage = ds.StagePlan("pkt", 2, 5).stage_at(0)
+    settings = distill_stages.LossSettings(2, {})
+    stage = distill_stages.StagePlan("pkt", 2, 5).stage_at(0)
     assert stage.depth == 1
-    short, m_short = ds.distillation_loss(stage, TEACHER, student, settings, s_params, t_params,
+    short, m_short = distill_stages.distillation_loss(stage, TEACHER, student, settings, s_params, t_params,
                                           batch)
-    full, m_full = ds.distillation_loss(stage, TEACHER, student, settings, s_params, t_params,
+    full, m_full = distill_stages.distillation_loss(stage, TEACHER, student, settings, s_params, t_params,
                                         batch, depth=2)
     np.testing.assert_allclose(float(short), float(full), rtol=1e-6)
     for k in m_full:
@@ -175,19 +173,19 @@ def test_truncated_forward_gives_the_full_forward_loss():
 
 def test_step_freezes_teacher_and_layers_above_the_stage():
     student, s_params, t_params, batch = _models_and_batch()
-    s_params = ds.copy_teacher_parts(s_params, t_params, same_norm=False)
+    s_params = distill_stages.copy_teacher_parts(s_params, t_params, same_norm=False)
     np.testing.assert_array_equal(s_params["bert"]["embeddings"]["word_embeddings"],
                                   t_params["bert"]["embeddings"]["word_embeddings"])
-    plan = ds.StagePlan("pkt", 2, SPL)
+    plan = distill_stages.StagePlan("pkt", 2, SPL)
     cfg = tiny_config("", "").transfer
-    multipliers = ds.transfer_multipliers(cfg, "pkt", 2, SPL)
-    tx = ds.transfer_optimizer(cfg, multipliers)
+    multipliers = distill_stages.transfer_multipliers(cfg, "pkt", 2, SPL)
+    tx = distill_stages.transfer_optimizer(cfg, multipliers)
     state = state_lib.TrainState(jnp.asarray(1, jnp.int32), s_params, None, None)
-    opt_state = ds.optim.reset_opt_state(tx, s_params, step=1)  # 10% into stage 0
+    opt_state = distill_stages.layer_multipliers.reset_opt_state(tx, s_params, step=1)  # 10% into stage 0
     state = state.replace(opt_state=opt_state)
     before = jax.tree_util.tree_map(np.array, (s_params, t_params))
-    step = jax.jit(ds.make_train_step(plan.stage_at(1), TEACHER, student,
-                                      ds.LossSettings(2, {}), tx, lambda s: {}),
+    step = jax.jit(distill_stages.make_train_step(plan.stage_at(1), TEACHER, student,
+                                      distill_stages.LossSettings(2, {}), tx, lambda s: {}),
                    donate_argnums=0)
     new, metrics = step(state, t_params, batch)
     # the teacher's buffers are neither donated nor changed
@@ -281,8 +279,8 @@ def test_teacher_student_mismatch_fails_before_compute(data_dir, teacher_dir, tm
                                 ("num_hidden_layers", 3, "num_hidden_layers"),
                                 ("num_attention_heads", 2, "num_attention_heads")]:
         with pytest.raises(ValueError, match=match):
-            ds.check_compatible(TEACHER, student.replace(**{field: value}))
-    ds.check_compatible(TEACHER, student.replace(num_attention_heads=2),
+            distill_stages.check_compatible(TEACHER, student.replace(**{field: value}))
+    distill_stages.check_compatible(TEACHER, student.replace(num_attention_heads=2),
                         attention_transfer=False)  # heads only matter for AT
     workdir = tmp_path / "w"
     with pytest.raises(ValueError, match="differ in hidden_size"):
@@ -315,16 +313,16 @@ def test_config_variants():
 
 def test_student_override_must_match_model():
     from mobilebert_jax.models.config import MobileBertConfig
-    from mobilebert_jax.train import distill_steps
+    from mobilebert_jax.train import distill_stages
 
     c = distill_config.get_config("smoke")
     student = MobileBertConfig.from_dict(c.model.to_dict())
-    distill_steps.check_student_preset("mobilebert", student)  # the variant's own pairing
+    distill_stages.check_student_preset("mobilebert", student)  # the variant's own pairing
     with pytest.raises(ValueError, match="config.student='mobilebert_tiny' but config.model has "
                                          "use_bottleneck_attention=False"):
-        distill_steps.check_student_preset("mobilebert_tiny", student)
+        distill_stages.check_student_preset("mobilebert_tiny", student)
     with pytest.raises(ValueError, match="unknown student preset 'mobilebrt'"):
-        distill_steps.check_student_preset("mobilebrt", student)
+        distill_stages.check_student_preset("mobilebrt", student)
 
 
 def test_claims_runs_give_scratch_and_distilled_students_the_same_model_and_budget(monkeypatch):

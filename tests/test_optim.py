@@ -11,8 +11,7 @@ import pytest
 from flax import linen as nn
 from flax.core import FrozenDict
 
-from mobilebert_jax.train import distill_steps as ds
-from mobilebert_jax.train import optim
+from mobilebert_jax.train import distill_stages, layer_multipliers, optim
 
 # The official exclusion regexes for weight decay and layer adaptation.
 OFFICIAL_EXCLUDE = ["teacher", "LayerNorm", "layer_norm", "bias", "FakeLayerNorm"]
@@ -287,7 +286,7 @@ def test_unknown_optimizer_and_bad_config_raise():
     with pytest.raises(ValueError, match="warmup_steps"):
         optim.make_optimizer(ml_collections.ConfigDict(dict(warmup_steps=20, total_steps=10)))
     with pytest.raises(ValueError, match="unknown optimizer"):
-        ds.transfer_optimizer(_transfer_cfg(optimizer="adagrad"), lambda step: jnp.ones(2))
+        distill_stages.transfer_optimizer(_transfer_cfg(optimizer="adagrad"), lambda step: jnp.ones(2))
 
 
 # ------------------------------------------------------------------------------------------
@@ -323,20 +322,20 @@ def test_default_schedule_values():
 
 def test_boundary_gate_by_hand():
     p = 1000
-    gate = jax.jit(lambda t: optim.pkt_boundary_gate(t, p))
+    gate = jax.jit(lambda t: layer_multipliers.pkt_boundary_gate(t, p))
     assert float(gate(0)) == 0.0
     assert float(gate(50)) == pytest.approx(0.5)  # 10 * 0.05 is the smaller branch
     assert float(gate(100)) == pytest.approx(0.1 * math.sqrt(0.9) + 0.9)  # 0.99487
     assert float(gate(500)) == pytest.approx(0.1 * math.sqrt(0.5) + 0.9)
     assert float(gate(999)) == pytest.approx(0.1 * math.sqrt(0.001) + 0.9, rel=1e-6)
     assert float(gate(1000)) == 0.0 and float(gate(3100)) == pytest.approx(gate(100))
-    assert float(optim.pkt_boundary_gate(7, 1)) == 1.0
+    assert float(layer_multipliers.pkt_boundary_gate(7, 1)) == 1.0
 
 
 def test_layer_multipliers_at_stage_boundaries():
     p, layers = 10, 4
     bg = lambda t: min(0.1 * math.sqrt(1 - t / p) + 0.9, 10 * t / p)  # noqa: E731
-    mult = lambda s, **kw: np.asarray(optim.pkt_layer_multipliers(s, p, layers, **kw))  # noqa
+    mult = lambda s, **kw: np.asarray(layer_multipliers.pkt_layer_multipliers(s, p, layers, **kw))  # noqa
     np.testing.assert_allclose(mult(0), [0, 0, 0, 0])
     np.testing.assert_allclose(mult(5), [3 * bg(5), 0, 0, 0], rtol=1e-6)
     np.testing.assert_allclose(mult(10), [0, 0, 0, 0])  # new stage starts at gate 0
@@ -365,13 +364,13 @@ def _transfer_cfg(**overrides):
 
 @pytest.mark.parametrize("hard_freeze", [False, True])
 def test_transfer_optimizer_moves_only_the_right_layers(hard_freeze):
-    # The PKT optimizer the distillation trainer builds (distill_steps.transfer_optimizer).
+    # The PKT optimizer the distillation trainer builds (distill_stages.transfer_optimizer).
     params = _pkt_params()
     grads = jax.tree.map(lambda x: jnp.ones_like(x) * 0.7 + x, params)
     p, step, base_lr = 10, 15, 1e-2  # stage 1, t = 5
     cfg = _transfer_cfg(learning_rate=base_lr, hard_freeze=hard_freeze)
-    tx = ds.transfer_optimizer(cfg, ds.transfer_multipliers(cfg, "pkt", 3, p))
-    state = optim.set_layer_multiplier_step(tx.init(params), step)
+    tx = distill_stages.transfer_optimizer(cfg, distill_stages.transfer_multipliers(cfg, "pkt", 3, p))
+    state = layer_multipliers.set_layer_multiplier_step(tx.init(params), step)
     upd, state = jax.jit(tx.update)(grads, state, params)
     new = optax.apply_updates(params, upd)
     enc, old_enc = new["bert"]["encoder"], params["bert"]["encoder"]
@@ -391,25 +390,25 @@ def test_transfer_optimizer_moves_only_the_right_layers(hard_freeze):
     for a, b in zip(jax.tree.leaves(upd["bert"]["encoder"]["layer_0"]),
                     jax.tree.leaves(ref["layer_0"])):
         np.testing.assert_allclose(a, lower * b, rtol=1e-5, atol=1e-12)
-    assert int(optim.layer_multiplier_step(state)) == step + 1
+    assert int(layer_multipliers.layer_multiplier_step(state)) == step + 1
 
 
 def test_transfer_step_restore_and_reset():
     params = _pkt_params()
     cfg = _transfer_cfg()
-    tx = ds.transfer_optimizer(cfg, ds.transfer_multipliers(cfg, "pkt", 3, 10))
+    tx = distill_stages.transfer_optimizer(cfg, distill_stages.transfer_multipliers(cfg, "pkt", 3, 10))
     state = tx.init(params)
-    assert int(optim.layer_multiplier_step(state)) == 0
+    assert int(layer_multipliers.layer_multiplier_step(state)) == 0
     grads = jax.tree.map(jnp.ones_like, params)
     _, state = tx.update(grads, state, params)
-    assert int(optim.layer_multiplier_step(state)) == 1
-    moved = optim.set_layer_multiplier_step(state, 20)
-    assert int(optim.layer_multiplier_step(moved)) == 20
+    assert int(layer_multipliers.layer_multiplier_step(state)) == 1
+    moved = layer_multipliers.set_layer_multiplier_step(state, 20)
+    assert int(layer_multipliers.layer_multiplier_step(moved)) == 20
     # At step 20 (a stage start) every multiplier is 0: nothing moves at all.
     upd, _ = tx.update(grads, moved, params)
     assert all(float(jnp.abs(u).max()) == 0.0 for u in jax.tree.leaves(upd))
-    fresh = optim.reset_opt_state(tx, params, step=21)
-    assert int(optim.layer_multiplier_step(fresh)) == 21
+    fresh = layer_multipliers.reset_opt_state(tx, params, step=21)
+    assert int(layer_multipliers.layer_multiplier_step(fresh)) == 21
     adam = [s for s in jax.tree.leaves(
         fresh, is_leaf=lambda s: isinstance(s, optim.StackedAdamState))
         if isinstance(s, optim.StackedAdamState)]
@@ -418,4 +417,4 @@ def test_transfer_step_restore_and_reset():
 
 def test_pkt_multipliers_check_their_arguments():
     with pytest.raises(ValueError, match="steps_per_stage"):
-        optim.pkt_layer_multipliers(0, 0, 2)
+        layer_multipliers.pkt_layer_multipliers(0, 0, 2)

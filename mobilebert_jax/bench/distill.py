@@ -25,7 +25,7 @@ from flax import linen as nn
 from mobilebert_jax import host_memory
 from mobilebert_jax.bench.common import load_average, time_calls, write_json
 from mobilebert_jax.models import MobileBertForPreTraining, get_config
-from mobilebert_jax.train import distill_steps as ds
+from mobilebert_jax.train import distill_stages
 from mobilebert_jax.train import optim, pretrain
 from mobilebert_jax.train.state import TrainState
 
@@ -80,7 +80,7 @@ def run_benchmark(sizes: str, batch: int, seq: int, predictions: int, steps: int
     opt = ml_collections.ConfigDict(dict(name="lamb", learning_rate=1e-4, warmup_steps=0,
                                          total_steps=1000))
     pd_tx, _ = optim.make_optimizer(opt)
-    settings = ds.LossSettings(student_cfg.num_hidden_layers, {})
+    settings = distill_stages.LossSettings(student_cfg.num_hidden_layers, {})
     results = {}
 
     teacher_fwd = jax.jit(lambda p, b: pretrain.forward(
@@ -108,8 +108,8 @@ def run_benchmark(sizes: str, batch: int, seq: int, predictions: int, steps: int
     jit_student = jax.jit(student_step, donate_argnums=0)
     results["student_step"] = timed_state_step(lambda s: jit_student(s, data), pd_tx)
 
-    pd_stage = ds.StagePlan("pkt", student_cfg.num_hidden_layers, 1).stages[-1]
-    pd_step = jax.jit(ds.make_train_step(pd_stage, teacher_cfg, student_cfg, settings, pd_tx,
+    pd_stage = distill_stages.StagePlan("pkt", student_cfg.num_hidden_layers, 1).stages[-1]
+    pd_step = jax.jit(distill_stages.make_train_step(pd_stage, teacher_cfg, student_cfg, settings, pd_tx,
                                          lambda s: {}), donate_argnums=0)
     results["distill_step"] = timed_state_step(lambda s: pd_step(s, t_params, data)[0], pd_tx)
 
@@ -117,16 +117,16 @@ def run_benchmark(sizes: str, batch: int, seq: int, predictions: int, steps: int
                                          lower_multiplier=0.1, hard_freeze=False,
                                          optimizer="lamb", weight_decay=0.01, clip_norm=1.0))
     n = student_cfg.num_hidden_layers
-    tx = ds.transfer_optimizer(cfg, ds.transfer_multipliers(cfg, "pkt", n, 10))
-    plan = ds.StagePlan("pkt", n, 10)
+    tx = distill_stages.transfer_optimizer(cfg, distill_stages.transfer_multipliers(cfg, "pkt", n, 10))
+    plan = distill_stages.StagePlan("pkt", n, 10)
     stages = sorted({0, n // 2, n - 1})
     results["transfer"] = {}
     for k in stages:
         stage = plan.stages[k]
-        full_stage = ds.Stage(stage.index, stage.kind, stage.layers, n, stage.start, stage.end)
+        full_stage = distill_stages.Stage(stage.index, stage.kind, stage.layers, n, stage.start, stage.end)
         times = []
         for st in (stage, full_stage):
-            fn = jax.jit(ds.make_train_step(st, teacher_cfg, student_cfg, settings, tx,
+            fn = jax.jit(distill_stages.make_train_step(st, teacher_cfg, student_cfg, settings, tx,
                                             lambda s: {}), donate_argnums=0)
             times.append(timed_state_step(lambda s, fn=fn: fn(s, t_params, data)[0], tx))
         results["transfer"][k] = tuple(times)

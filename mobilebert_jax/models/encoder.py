@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 from flax import struct
 
-from mobilebert_jax.models import layers as L
+from mobilebert_jax.models import layers
 from mobilebert_jax.models.config import MobileBertConfig
 
 
@@ -36,27 +36,27 @@ class Embeddings(nn.Module):
     @nn.compact
     def __call__(self, input_ids, token_type_ids, deterministic: bool = True):
         c = self.config
-        init = L.truncated_normal(c.initializer_range)
+        init = layers.truncated_normal(c.initializer_range)
         table = self.param("word_embeddings",
-                           nn.with_logical_partitioning(init, (L.VOCAB, L.EMBEDDING)),
+                           nn.with_logical_partitioning(init, (layers.VOCAB, layers.EMBEDDING)),
                            (c.vocab_size, c.embedding_size), jnp.float32)
         e = jnp.take(table, input_ids, axis=0)
         if c.trigram_input:
             e = trigram(e)
         if c.has_embedding_transformation:
-            e = L.dense(c, c.hidden_size, (L.EMBEDDING, L.EMBED), "embedding_transformation")(e)
+            e = layers.dense(c, c.hidden_size, (layers.EMBEDDING, layers.EMBED), "embedding_transformation")(e)
         positions = self.param("position_embeddings",
-                               nn.with_logical_partitioning(init, (L.POSITION, L.EMBED)),
+                               nn.with_logical_partitioning(init, (layers.POSITION, layers.EMBED)),
                                (c.max_position_embeddings, c.hidden_size), jnp.float32)
         types = self.param("token_type_embeddings",
-                           nn.with_logical_partitioning(init, (L.TYPE, L.EMBED)),
+                           nn.with_logical_partitioning(init, (layers.TYPE, layers.EMBED)),
                            (c.type_vocab_size, c.hidden_size), jnp.float32)
         seq_len = input_ids.shape[1]
         h = (e.astype(jnp.float32) + positions[None, :seq_len]
              + jnp.take(types, token_type_ids, axis=0))
-        h = L.make_norm(c, L.EMBED, c.embedding_and_output_norm_eps)(h)
-        h = L.Dropout(c.hidden_dropout_prob)(h, deterministic=deterministic)
-        return nn.with_logical_constraint(h, (L.BATCH, L.LENGTH, L.ACT_EMBED))
+        h = layers.make_norm(c, layers.EMBED, c.embedding_and_output_norm_eps)(h)
+        h = layers.Dropout(c.hidden_dropout_prob)(h, deterministic=deterministic)
+        return nn.with_logical_constraint(h, (layers.BATCH, layers.LENGTH, layers.ACT_EMBED))
 
 
 REMAT_POLICIES = {"full": None,
@@ -73,9 +73,9 @@ class Encoder(nn.Module):
     @nn.compact
     def __call__(self, h, key_mask, deterministic: bool = True):
         c = self.config
-        block = L.Block
+        block = layers.Block
         if c.remat != "none":
-            block = nn.remat(L.Block, static_argnums=(3,), policy=REMAT_POLICIES[c.remat])
+            block = nn.remat(layers.Block, static_argnums=(3,), policy=REMAT_POLICIES[c.remat])
         hidden_states, scores = [h], []
         n = c.num_hidden_layers if self.num_layers is None else self.num_layers
         for i in range(n):
@@ -93,7 +93,7 @@ class Pooler(nn.Module):
         first = sequence_output[:, 0]
         if not self.config.classifier_activation:
             return first
-        return jnp.tanh(L.dense(self.config, self.config.hidden_size, (L.EMBED, L.EMBED_OUT),
+        return jnp.tanh(layers.dense(self.config, self.config.hidden_size, (layers.EMBED, layers.EMBED_OUT),
                                 "dense")(first).astype(jnp.float32))
 
 

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 from flax import struct
 
-from mobilebert_jax.models import layers as L
+from mobilebert_jax.models import layers
 from mobilebert_jax.models.config import MobileBertConfig
 from mobilebert_jax.models.encoder import MobileBertModel
 
@@ -56,14 +56,14 @@ class MaskedLMHead(nn.Module):
         if c.mlm_extra_columns:
             extra = self.param(
                 "extra_output_weights",
-                nn.with_logical_partitioning(L.truncated_normal(c.initializer_range),
-                                             (L.VOCAB, L.EMBED)),
+                nn.with_logical_partitioning(layers.truncated_normal(c.initializer_range),
+                                             (layers.VOCAB, layers.EMBED)),
                 (c.vocab_size, c.mlm_extra_columns), jnp.float32)
             weights = jnp.concatenate([weights, extra], axis=1)
         bias = self.param("output_bias",
-                          nn.with_logical_partitioning(nn.initializers.zeros_init(), (L.VOCAB,)),
+                          nn.with_logical_partitioning(nn.initializers.zeros_init(), (layers.VOCAB,)),
                           (c.vocab_size,), jnp.float32)
-        dtype = L.compute_dtype(c)
+        dtype = layers.compute_dtype(c)
         logits = jnp.einsum("...h,vh->...v", t.astype(dtype), weights.astype(dtype))
         return logits.astype(jnp.float32) + bias
 
@@ -76,9 +76,9 @@ class TransformDense(nn.Module):
     @nn.compact
     def __call__(self, h):
         c = self.config
-        t = L.dense(c, c.hidden_size, (L.EMBED, L.EMBED_OUT), "dense")(h)
-        t = L.activation(c.hidden_act)(t)
-        return L.Norm("layer_norm", c.layer_norm_eps, L.EMBED, name="LayerNorm")(t)
+        t = layers.dense(c, c.hidden_size, (layers.EMBED, layers.EMBED_OUT), "dense")(h)
+        t = layers.activation(c.hidden_act)(t)
+        return layers.Norm("layer_norm", c.layer_norm_eps, layers.EMBED, name="LayerNorm")(t)
 
 
 class NextSentenceHead(nn.Module):
@@ -90,11 +90,11 @@ class NextSentenceHead(nn.Module):
     def __call__(self, pooled):
         c = self.config
         w = self.param("output_weights",
-                       nn.with_logical_partitioning(L.truncated_normal(c.initializer_range),
-                                                    (L.CLASSES, L.EMBED)),
+                       nn.with_logical_partitioning(layers.truncated_normal(c.initializer_range),
+                                                    (layers.CLASSES, layers.EMBED)),
                        (2, c.hidden_size), jnp.float32)
         b = self.param("output_bias",
-                       nn.with_logical_partitioning(nn.initializers.zeros_init(), (L.CLASSES,)),
+                       nn.with_logical_partitioning(nn.initializers.zeros_init(), (layers.CLASSES,)),
                        (2,), jnp.float32)
         return pooled.astype(jnp.float32) @ w.T + b
 
@@ -146,8 +146,8 @@ class MobileBertForSequenceClassification(nn.Module):
                  deterministic: bool = True) -> ClassificationOutput:
         out = MobileBertModel(self.config, name="bert")(input_ids, token_type_ids,
                                                         attention_mask, deterministic)
-        x = L.Dropout(self.classifier_dropout)(out.pooled_output, deterministic=deterministic)
-        logits = L.dense(self.config, self.num_labels, (L.EMBED, L.CLASSES), "classifier")(x)
+        x = layers.Dropout(self.classifier_dropout)(out.pooled_output, deterministic=deterministic)
+        logits = layers.dense(self.config, self.num_labels, (layers.EMBED, layers.CLASSES), "classifier")(x)
         return ClassificationOutput(logits.astype(jnp.float32), out.pooled_output)
 
 
@@ -161,6 +161,6 @@ class MobileBertForQuestionAnswering(nn.Module):
                  deterministic: bool = True) -> SpanOutput:
         out = MobileBertModel(self.config, name="bert")(input_ids, token_type_ids,
                                                         attention_mask, deterministic)
-        logits = L.dense(self.config, 2, (L.EMBED, L.CLASSES), "qa_outputs")(out.sequence_output)
+        logits = layers.dense(self.config, 2, (layers.EMBED, layers.CLASSES), "qa_outputs")(out.sequence_output)
         logits = logits.astype(jnp.float32)
         return SpanOutput(logits[..., 0], logits[..., 1])

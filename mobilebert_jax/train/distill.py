@@ -1,5 +1,5 @@
 """Knowledge transfer from a frozen teacher into a MobileBERT student, then pre-training
-distillation (PKT, JKT or AKT; `distill_steps.py` holds the stages, losses and optimizers).
+distillation (PKT, JKT or AKT; `distill_stages.py` holds the stages, losses and optimizers).
 
 Reads top to bottom in the order it runs: model configs and their compatibility (before any
 compute) → workdir and logging → mesh → input → teacher (restored straight into its
@@ -10,19 +10,17 @@ logging, evaluation, checkpoints and preemption handling.
 """
 from __future__ import annotations
 
-
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
 from mobilebert_jax import checkpoint, files, parallel
 from mobilebert_jax.console import log
+from mobilebert_jax.data import pretraining_input
 from mobilebert_jax.metrics.writers import MetricsWriter
 from mobilebert_jax.models.config import MobileBertConfig
 from mobilebert_jax.models.heads import MobileBertForPreTraining
-from mobilebert_jax.train import distill_steps as ds
-from mobilebert_jax.data import pretraining_input
-from mobilebert_jax.train import loop, optim, pretrain
+from mobilebert_jax.train import distill_stages, layer_multipliers, loop, pretrain
 from mobilebert_jax.train import state as state_lib
 
 SMOKE_TEACHER_HINT = ("train it first: python -m mobilebert_jax.main "
@@ -38,9 +36,9 @@ def load_teacher_config(path: str) -> MobileBertConfig:
     return checkpoint.load_config(files.resolve(path))
 
 
-def loss_settings(config, num_layers: int) -> ds.LossSettings:
+def loss_settings(config, num_layers: int) -> distill_stages.LossSettings:
     weights = {k: float(v) for k, v in config.transfer.weights.items()}
-    return ds.LossSettings(num_layers, weights, bool(config.transfer.all_teacher_layers),
+    return distill_stages.LossSettings(num_layers, weights, bool(config.transfer.all_teacher_layers),
                            float(config.distill_ground_truth_ratio))
 
 
@@ -59,28 +57,28 @@ def load_teacher(path: str, teacher_cfg: MobileBertConfig, seq_len: int, mesh, r
 class Optimizers:
     """The optimizer of each phase (built when first needed) and its state shardings."""
 
-    def __init__(self, config, plan: ds.StagePlan, mesh):
+    def __init__(self, config, plan: distill_stages.StagePlan, mesh):
         self.config, self.plan, self.mesh = config, plan, mesh
-        self.multipliers = ds.transfer_multipliers(config.transfer, plan.strategy,
+        self.multipliers = distill_stages.transfer_multipliers(config.transfer, plan.strategy,
                                                    plan.num_layers, plan.steps_per_layer)
         self._tx, self.schedule = {}, None
 
     def tx(self, phase: str):
         if phase not in self._tx:
-            if phase == ds.TRANSFER:
-                self._tx[phase] = ds.transfer_optimizer(self.config.transfer, self.multipliers)
+            if phase == distill_stages.TRANSFER:
+                self._tx[phase] = distill_stages.transfer_optimizer(self.config.transfer, self.multipliers)
             else:
-                self._tx[phase], self.schedule = ds.pd_optimizer(
+                self._tx[phase], self.schedule = distill_stages.pd_optimizer(
                     self.config.optimizer, self.config.total_steps, self.plan.pd_start)
         return self._tx[phase]
 
     def learning_rates(self, phase: str):
         """state -> logged effective learning rates of `phase`."""
-        if phase == ds.TRANSFER:
+        if phase == distill_stages.TRANSFER:
             lr = float(self.config.transfer.learning_rate)
 
             def per_layer(state):
-                m = self.multipliers(optim.layer_multiplier_step(state.opt_state))
+                m = self.multipliers(layer_multipliers.layer_multiplier_step(state.opt_state))
                 return {f"lr_layer_{i}": lr * m[i] for i in range(self.plan.num_layers)}
             return per_layer
         self.tx(phase)
@@ -93,7 +91,7 @@ class Optimizers:
         opt_sh = parallel.opt_state_shardings(tx, params, param_sh, self.mesh)
 
         def fresh(p):
-            return optim.reset_opt_state(tx, p, step if phase == ds.TRANSFER else None)
+            return layer_multipliers.reset_opt_state(tx, p, step if phase == distill_stages.TRANSFER else None)
         with jax.set_mesh(self.mesh):
             return jax.jit(fresh, out_shardings=opt_sh)(params), opt_sh
 
@@ -102,13 +100,13 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     """Runs (or resumes) distillation; returns the last logged training metrics."""
     # -- model configs and their compatibility: before any compute --------------------------------
     student_cfg = MobileBertConfig.from_dict(config.model.to_dict())
-    ds.check_student_preset(config.student, student_cfg)
+    distill_stages.check_student_preset(config.student, student_cfg)
     teacher_cfg = load_teacher_config(config.teacher_checkpoint)
     settings = loss_settings(config, student_cfg.num_hidden_layers)
-    ds.check_compatible(teacher_cfg, student_cfg, attention_transfer=settings.weights["at"] != 0)
-    plan = ds.StagePlan(config.strategy, student_cfg.num_hidden_layers, config.steps_per_layer)
+    distill_stages.check_compatible(teacher_cfg, student_cfg, attention_transfer=settings.weights["at"] != 0)
+    plan = distill_stages.StagePlan(config.strategy, student_cfg.num_hidden_layers, config.steps_per_layer)
     if config.total_steps > plan.pd_start:  # a bad PD schedule fails now, not at its stage
-        ds.pd_optimizer(config.optimizer, config.total_steps, plan.pd_start)
+        distill_stages.pd_optimizer(config.optimizer, config.total_steps, plan.pd_start)
     if config.batch_size % config.grad_accum_steps:
         raise ValueError(f"batch_size={config.batch_size} is not divisible by "
                          f"grad_accum_steps={config.grad_accum_steps}")
@@ -163,7 +161,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     else:
         same_norm = teacher_cfg.normalization_type == student_cfg.normalization_type
         with jax.set_mesh(mesh):
-            params = jax.jit(lambda s, t: ds.copy_teacher_parts(s, t, same_norm),
+            params = jax.jit(lambda s, t: distill_stages.copy_teacher_parts(s, t, same_norm),
                              out_shardings=shardings.params)(state.params, teacher_params)
         state = state.replace(params=params)
         log("student embeddings and MLM/NSP heads copied from the teacher")
@@ -176,11 +174,11 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     compiled = {}
     current = {"shardings": shardings}
 
-    def step_fn_for(stage: ds.Stage, state):
+    def step_fn_for(stage: distill_stages.Stage, state):
         key = (stage.kind, stage.layers, stage.depth)
         if key not in compiled:
             sh = current["shardings"]
-            fn = ds.make_train_step(stage, teacher_cfg, student_cfg, settings,
+            fn = distill_stages.make_train_step(stage, teacher_cfg, student_cfg, settings,
                                     optimizers.tx(stage.phase),
                                     optimizers.learning_rates(stage.phase),
                                     config.grad_accum_steps)
@@ -200,7 +198,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         the transfer slots are reset; the state records the new stage, whose step function
         is compiled now."""
         old, new = plan.stage_at(step - 1), plan.stage_at(step)
-        if new.phase != old.phase or (new.phase == ds.TRANSFER
+        if new.phase != old.phase or (new.phase == distill_stages.TRANSFER
                                       and config.transfer.reset_optimizer_each_stage):
             opt_state, opt_sh = optimizers.init(new.phase, state.params,
                                                 current["shardings"].params, step)

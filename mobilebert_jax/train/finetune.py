@@ -27,16 +27,18 @@ import numpy as np
 from flax import linen as nn
 
 from mobilebert_jax import checkpoint, files
+from mobilebert_jax.console import log
+from mobilebert_jax.data import finetune_input
 from mobilebert_jax.data import glue as glue_data
 from mobilebert_jax.data import squad as squad_data
 from mobilebert_jax.metrics.glue import glue_metrics
 from mobilebert_jax.metrics.squad import squad_scores
-from mobilebert_jax.console import log
 from mobilebert_jax.metrics.writers import MetricsWriter
 from mobilebert_jax.models import qat
-from mobilebert_jax.models.heads import (MobileBertForQuestionAnswering,
-                                         MobileBertForSequenceClassification)
-from mobilebert_jax.data import finetune_input
+from mobilebert_jax.models.heads import (
+    MobileBertForQuestionAnswering,
+    MobileBertForSequenceClassification,
+)
 from mobilebert_jax.train import finetune_steps as fs
 from mobilebert_jax.train import loop
 from mobilebert_jax.train import state as state_lib

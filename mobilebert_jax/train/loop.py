@@ -34,8 +34,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from mobilebert_jax.cli import CommandError
-from mobilebert_jax.metrics import throughput
 from mobilebert_jax.console import format_eta, format_scalars, log
+from mobilebert_jax.metrics import throughput
 from mobilebert_jax.metrics.writers import MetricsWriter
 from mobilebert_jax.train import state as state_lib
 

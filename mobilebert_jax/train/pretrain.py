@@ -15,12 +15,12 @@ import optax
 from flax import linen as nn
 
 from mobilebert_jax import checkpoint, compile_cache, files, parallel
-from mobilebert_jax.metrics import throughput
 from mobilebert_jax.console import log
+from mobilebert_jax.data import pretraining_input
+from mobilebert_jax.metrics import throughput
 from mobilebert_jax.metrics.writers import MetricsWriter
 from mobilebert_jax.models.config import MobileBertConfig
 from mobilebert_jax.models.heads import MobileBertForPreTraining
-from mobilebert_jax.data import pretraining_input
 from mobilebert_jax.train import loop, losses, optim
 from mobilebert_jax.train import state as state_lib
 

@@ -21,7 +21,7 @@ import optax
 from mobilebert_jax.models.config import MobileBertConfig
 from mobilebert_jax.models.encoder import MobileBertModel
 from mobilebert_jax.models.heads import MobileBertForPreTraining
-from mobilebert_jax.train import losses, optim, pretrain
+from mobilebert_jax.train import layer_multipliers, losses, optim, pretrain
 from mobilebert_jax.train import state as state_lib
 
 STRATEGIES = ("pkt", "jkt", "akt")
@@ -175,7 +175,7 @@ def transfer_multipliers(transfer_cfg, strategy: str, num_layers: int,
     """Per-layer learning-rate multipliers [num_layers] as a function of the step: PKT's
     3·bg(t)·{0 above k, 1 at k, 0.1 below k}; JKT trains every layer at 1."""
     if strategy == "pkt":
-        return lambda step: optim.pkt_layer_multipliers(
+        return lambda step: layer_multipliers.pkt_layer_multipliers(
             step, steps_per_layer, num_layers, base=transfer_cfg.multiplier,
             lower=transfer_cfg.lower_multiplier, hard_freeze=transfer_cfg.hard_freeze)
     return lambda step: jnp.ones((num_layers,), jnp.float32)
@@ -186,7 +186,7 @@ def transfer_optimizer(transfer_cfg, multipliers) -> optax.GradientTransformatio
     return optax.chain(
         optim.direction(transfer_cfg.optimizer, weight_decay=transfer_cfg.weight_decay,
                         clip_norm=transfer_cfg.clip_norm),
-        optim.scale_by_layer_multipliers(None, multipliers, other_multiplier=0.0),
+        layer_multipliers.scale_by_layer_multipliers(None, multipliers, other_multiplier=0.0),
         optax.scale_by_learning_rate(transfer_cfg.learning_rate))
 
 
