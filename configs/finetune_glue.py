@@ -28,6 +28,7 @@ def get_config(task: str = "") -> ml_collections.ConfigDict:
     config.learning_rate = 5e-5
     config.num_epochs = 3
     config.batch_size = 32
+    config.grad_accum_steps = 1  # micro-batches per step (batch_size is split among them)
     config.eval_batch_size = 64
     config.max_seq_length = 128
     config.seed = 0

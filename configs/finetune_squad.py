@@ -30,6 +30,7 @@ def get_config(version: str = "") -> ml_collections.ConfigDict:
     config.learning_rate = 4e-5
     config.num_epochs = 5
     config.batch_size = 32
+    config.grad_accum_steps = 1  # micro-batches per step (batch_size is split among them)
     config.eval_batch_size = 64
     config.max_seq_length = 384
     config.doc_stride = 128

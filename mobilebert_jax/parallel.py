@@ -22,8 +22,6 @@ from flax import linen as nn
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from mobilebert_jax.train import optim
-
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
@@ -206,24 +204,6 @@ def check_batch_divisible(global_batch_size: int, mesh: Mesh) -> None:
     if global_batch_size % jax.process_count():
         raise ValueError(f"global batch size {global_batch_size} is not divisible by the "
                          f"process count {jax.process_count()}")
-
-
-def opt_state_shardings(tx, params, param_sh, mesh: Mesh):
-    """Shardings of `tx.init(params)`: every slot like its param (a stacked Adam moment like
-    the params stacked in it), counters replicated."""
-    repl = replicated(mesh)
-    abstract = jax.eval_shape(tx.init, params)
-    params_def = jax.tree.structure(params)
-
-    def is_slot(x):
-        return isinstance(x, optim.StackedAdamState) or jax.tree.structure(x) == params_def
-
-    def place(node):
-        if isinstance(node, optim.StackedAdamState):
-            return optim.stacked_slot_shardings(params, param_sh, repl)
-        return param_sh if jax.tree.structure(node) == params_def else repl
-
-    return jax.tree.map(place, abstract, is_leaf=is_slot)
 
 
 def sharded_init(init_fn: Callable[[], Any], mesh: Mesh, rules) -> tuple[Any, Any]:

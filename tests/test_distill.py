@@ -17,8 +17,7 @@ from flax import linen as nn
 from mobilebert_jax import checkpoint
 from mobilebert_jax.models.config import MobileBertConfig, get_config
 from mobilebert_jax.models.heads import MobileBertForPreTraining
-from mobilebert_jax.train import distill, distill_stages
-from mobilebert_jax.train import state as state_lib
+from mobilebert_jax.train import core, distill, distill_stages, layer_multipliers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "configs"))
@@ -180,14 +179,16 @@ def test_step_freezes_teacher_and_layers_above_the_stage():
     cfg = tiny_config("", "").transfer
     multipliers = distill_stages.transfer_multipliers(cfg, "pkt", 2, SPL)
     tx = distill_stages.transfer_optimizer(cfg, multipliers)
-    state = state_lib.TrainState(jnp.asarray(1, jnp.int32), s_params, None, None)
-    opt_state = distill_stages.layer_multipliers.reset_opt_state(tx, s_params, step=1)  # 10% into stage 0
+    state = core.TrainState(jnp.asarray(1, jnp.int32), s_params, None,
+                            jax.random.key_data(jax.random.PRNGKey(0)))
+    opt_state = layer_multipliers.reset_opt_state(tx, s_params, step=1)  # 10% into stage 0
     state = state.replace(opt_state=opt_state)
     before = jax.tree_util.tree_map(np.array, (s_params, t_params))
     step = jax.jit(distill_stages.make_train_step(plan.stage_at(1), TEACHER, student,
-                                      distill_stages.LossSettings(2, {}), tx, lambda s: {}),
+                                                  distill_stages.LossSettings(2, {}), tx,
+                                                  lambda s: {}),
                    donate_argnums=0)
-    new, metrics = step(state, t_params, batch)
+    new, metrics = step(state, batch, t_params)
     # the teacher's buffers are neither donated nor changed
     for x, y in zip(jax.tree_util.tree_leaves(t_params), jax.tree_util.tree_leaves(before[1])):
         assert not x.is_deleted()

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from flax.core import meta
 
-from mobilebert_jax import checkpoint, export
+from mobilebert_jax import checkpoint
+from mobilebert_jax.export import calibration, flatbuffer, runtime, tflite
+from mobilebert_jax.export.__main__ import main as export_cli
 from mobilebert_jax.data.tokenizers import load_tokenizer, packaged_bert_uncased_vocab
 from mobilebert_jax.models import (MobileBertForQuestionAnswering,
                                    MobileBertForSequenceClassification, MobileBertModel,
@@ -39,7 +41,7 @@ def tokenizer():
 @pytest.fixture(scope="module")
 def real_inputs(tokenizer):
     """Real Wikipedia text (single sentences and pairs) tokenized with the BERT vocab."""
-    return export.representative_inputs(tokenizer, SEQ_LEN, num_examples=12)
+    return calibration.representative_inputs(tokenizer, SEQ_LEN, num_examples=12)
 
 
 @pytest.fixture(scope="module")
@@ -53,14 +55,14 @@ def classifier_checkpoint(tmp_path_factory):
 
 
 def jax_outputs(config, params, inputs):
-    params = export.inference_params(params)
-    fn = jax.jit(export.inference_fn(config, params))
-    out = fn(params, inputs["input_ids"], inputs["attention_mask"], inputs["token_type_ids"])
+    params = tflite.inference_params(params)
+    fn = jax.jit(tflite.inference_fn(config, params))
+    out = fn(params, inputs["input_ids"], inputs["input_mask"], inputs["segment_ids"])
     return {k: np.asarray(v) for k, v in out.items()}
 
 
 def test_representative_inputs_are_real_padded_text(real_inputs, tokenizer):
-    ids, mask, types = (real_inputs[n] for n in export.INPUT_NAMES)
+    ids, mask, types = (real_inputs[n] for n in runtime.INPUT_NAMES)
     assert ids.shape == (12, SEQ_LEN) and ids.dtype == np.int32
     assert np.all(ids[:, 0] == tokenizer.cls_id)
     assert mask.sum(1).min() < SEQ_LEN, "some rows must carry padding"
@@ -71,12 +73,12 @@ def test_representative_inputs_are_real_padded_text(real_inputs, tokenizer):
 
 def test_cli_float_export_matches_jax_on_real_text(classifier_checkpoint, real_inputs, tmp_path):
     out = str(tmp_path / "model.tflite")
-    rc = export.main(["export", f"--checkpoint={classifier_checkpoint}", "--format=tflite",
+    rc = export_cli(["export", f"--checkpoint={classifier_checkpoint}", "--format=tflite",
                       "--quantize=none", f"--seq_len={SEQ_LEN}", f"--out={out}"])
     assert rc == 0 and os.path.isfile(out)
     assert not [f for f in os.listdir(tmp_path) if ".tmp" in f]
-    model = export.TFLiteModel(out, num_threads=2)
-    assert set(model.input_names) == set(export.INPUT_NAMES)
+    model = runtime.TFLiteModel(out, num_threads=2)
+    assert set(model.input_names) == set(runtime.INPUT_NAMES)
     assert model.output_names == ("logits",)
     assert model.input_shape == (1, SEQ_LEN)
     got = model.predict(real_inputs)["logits"]
@@ -95,8 +97,8 @@ def test_heads_export_named_outputs(head, real_inputs):
     params = init_params(model, seed=1)
     if head == "encoder":
         params = {"bert": params}
-    data = export.to_tflite(config, params, SEQ_LEN)
-    tfl = export.TFLiteModel(data)
+    data = tflite.to_tflite(config, params, SEQ_LEN)
+    tfl = runtime.TFLiteModel(data)
     names = {"question_answering": ("end_logits", "start_logits"),
              "encoder": ("pooled_output", "sequence_output")}[head]
     assert tuple(sorted(tfl.output_names)) == names
@@ -108,18 +110,18 @@ def test_heads_export_named_outputs(head, real_inputs):
 @pytest.mark.parametrize("mask_mode", ["add", "fill"])
 def test_no_constant_overflows_float16(mask_mode, classifier_checkpoint, real_inputs):
     config, params = checkpoint.load_pretrained(classifier_checkpoint)
-    data = export.to_tflite(config, params, SEQ_LEN, "float16", export_mask_mode=mask_mode)
-    constants = export.constant_tensors(data)
+    data = tflite.to_tflite(config, params, SEQ_LEN, "float16", export_mask_mode=mask_mode)
+    constants = flatbuffer.constant_tensors(data)
     assert len(constants) > 20  # the weights are among them
     assert any(v.dtype == np.float16 for v in constants.values())
-    assert export.float16_overflows(data) == []
-    assert export.max_abs_float_constant(data) <= export.FLOAT16_MAX
+    assert flatbuffer.float16_overflows(data) == []
+    assert flatbuffer.max_abs_float_constant(data) <= flatbuffer.FLOAT16_MAX
     mask_constant = -10000.0 if mask_mode == "add" else -6.0
     assert any(v.size == 1 and float(v.ravel()[0]) == mask_constant
                for v in constants.values() if v.dtype.kind == "f")
     # The float16-weight model runs with finite outputs close to float32 JAX.
     want = jax_outputs(config.replace(attention_mask_mode=mask_mode), params, real_inputs)
-    got = export.TFLiteModel(data).predict(real_inputs)["logits"]
+    got = runtime.TFLiteModel(data).predict(real_inputs)["logits"]
     assert np.all(np.isfinite(got))
     np.testing.assert_allclose(got, want["logits"], atol=5e-3, rtol=0)
 
@@ -133,17 +135,17 @@ def test_overflow_check_catches_a_large_constant():
 
     data = tf.lite.TFLiteConverter.from_concrete_functions(
         [masked.get_concrete_function()]).convert()
-    assert export.max_abs_float_constant(data) == pytest.approx(1e9)
-    assert len(export.float16_overflows(data)) == 1
+    assert flatbuffer.max_abs_float_constant(data) == pytest.approx(1e9)
+    assert len(flatbuffer.float16_overflows(data)) == 1
 
 
 def test_dynamic_and_int8_quantize(classifier_checkpoint, real_inputs, tmp_path):
     config, params = checkpoint.load_pretrained(classifier_checkpoint)
     float_bytes = 4 * sum(np.size(x) for x in jax.tree_util.tree_leaves(
-        export.inference_params(params)))
-    dynamic = export.to_tflite(config, params, SEQ_LEN, "dynamic")
+        tflite.inference_params(params)))
+    dynamic = tflite.to_tflite(config, params, SEQ_LEN, "dynamic")
     out = str(tmp_path / "int8.tflite")
-    summary = export.export_checkpoint(classifier_checkpoint, out, "int8", SEQ_LEN,
+    summary = tflite.export_checkpoint(classifier_checkpoint, out, "int8", SEQ_LEN,
                                        num_calibration=16)
     # The additive-mask checkpoint is exported with the int8-safe fill mask.
     assert config.attention_mask_mode == "add" and summary["mask_mode"] == "fill"
@@ -154,18 +156,18 @@ def test_dynamic_and_int8_quantize(classifier_checkpoint, real_inputs, tmp_path)
     for data, mode in ((dynamic, "add"), (int8, "fill")):
         want = jax_outputs(config.replace(attention_mask_mode=mode), params,
                            real_inputs)["logits"]
-        got = export.TFLiteModel(data).predict(real_inputs)["logits"]
+        got = runtime.TFLiteModel(data).predict(real_inputs)["logits"]
         assert np.all(np.isfinite(got))
         np.testing.assert_allclose(got, want, atol=0.05 * np.abs(want).max() + 1e-3, rtol=0)
-    interp = export._plain_interpreter(int8)
+    interp = runtime.plain_interpreter(int8)
     int8_activations = [d for d in interp.get_tensor_details()
                         if d["dtype"] == np.int8 and "FullyConnected" not in d["name"]]
     assert len(int8_activations) > 10, "full int8 must quantize activations, not only weights"
-    assert "QUANTIZE" in export.op_names(int8)
-    assert export.float16_overflows(int8) == []
+    assert "QUANTIZE" in flatbuffer.op_names(int8)
+    assert flatbuffer.float16_overflows(int8) == []
     # The attention core and the residual stream stay float by default; projections and FFN
     # matmuls are int8.
-    assert summary["float_ops"] == export.INT8_FLOAT_OPS
+    assert summary["float_ops"] == tflite.INT8_FLOAT_OPS
     dtypes = {d["index"]: np.dtype(d["dtype"]) for d in interp.get_tensor_details()}
     inputs_of = {}
     for op in interp._get_ops_details():
@@ -173,7 +175,7 @@ def test_dynamic_and_int8_quantize(classifier_checkpoint, real_inputs, tmp_path)
     assert {dtypes[i] for i in inputs_of["BATCH_MATMUL"]} == {np.dtype(np.float32)}
     assert {dtypes[i] for i in inputs_of["SOFTMAX"]} == {np.dtype(np.float32)}
     assert np.dtype(np.int8) in {dtypes[i] for i in inputs_of["FULLY_CONNECTED"]}
-    residual = set(export._float_node_names(int8, ["RESIDUAL"]))
+    residual = set(flatbuffer.float_node_names(int8, [tflite.FLOAT_NODE_GROUPS["RESIDUAL"]]))
     assert residual, "the model's residual additions must be found"
     assert {np.dtype(d["dtype"]) for d in interp.get_tensor_details()
             if d["name"] in residual} == {np.dtype(np.float32)}
@@ -182,10 +184,10 @@ def test_dynamic_and_int8_quantize(classifier_checkpoint, real_inputs, tmp_path)
 def test_int8_needs_representative_data(classifier_checkpoint):
     config, params = checkpoint.load_pretrained(classifier_checkpoint)
     with pytest.raises(ValueError, match="representative"):
-        export.to_tflite(config, params, SEQ_LEN, "int8")
+        tflite.to_tflite(config, params, SEQ_LEN, "int8")
     with pytest.raises(ValueError, match="representative arrays"):
-        export.to_tflite(config, params, SEQ_LEN, "int8",
-                         {n: np.zeros((2, SEQ_LEN + 1), np.int32) for n in export.INPUT_NAMES})
+        tflite.to_tflite(config, params, SEQ_LEN, "int8",
+                         {n: np.zeros((2, SEQ_LEN + 1), np.int32) for n in runtime.INPUT_NAMES})
 
 
 @pytest.mark.parametrize("args, message", [
@@ -197,7 +199,7 @@ def test_cli_bad_input_is_one_line_error(args, message, classifier_checkpoint, t
                                          capsys):
     out = tmp_path / "bad.tflite"
     argv = ["export", f"--checkpoint={classifier_checkpoint}", f"--out={out}", *args]
-    assert export.main(argv) == 1
+    assert export_cli(argv) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and "\n" not in err
     assert not os.listdir(tmp_path)
@@ -205,13 +207,13 @@ def test_cli_bad_input_is_one_line_error(args, message, classifier_checkpoint, t
 
 def test_cli_missing_output_directory(classifier_checkpoint, tmp_path, capsys):
     out = tmp_path / "missing" / "m.tflite"
-    assert export.main(["export", f"--checkpoint={classifier_checkpoint}", f"--out={out}"]) == 1
+    assert export_cli(["export", f"--checkpoint={classifier_checkpoint}", f"--out={out}"]) == 1
     assert "output directory does not exist" in capsys.readouterr().err
 
 
 def test_tflite_model_rejects_missing_file():
     with pytest.raises(FileNotFoundError):
-        export.TFLiteModel("/nonexistent/model.tflite")
+        runtime.TFLiteModel("/nonexistent/model.tflite")
 
 
 def test_int8_exact_gelu_model_runs(real_inputs):
@@ -221,11 +223,11 @@ def test_int8_exact_gelu_model_runs(real_inputs):
                         intra_bottleneck_size=64, intermediate_size=128,
                         num_attention_heads=2, hidden_act="gelu_exact")
     params = init_params(MobileBertForSequenceClassification(config, 2))
-    data = export.to_tflite(config, params, SEQ_LEN, "int8", real_inputs)
-    got = export.TFLiteModel(data).predict(real_inputs)["logits"]
+    data = tflite.to_tflite(config, params, SEQ_LEN, "int8", real_inputs)
+    got = runtime.TFLiteModel(data).predict(real_inputs)["logits"]
     want = jax_outputs(config, params, real_inputs)["logits"]
     assert np.all(np.isfinite(got))
     np.testing.assert_allclose(got, want, atol=0.05 * np.abs(want).max() + 1e-3, rtol=0)
-    interp = export._plain_interpreter(data)
+    interp = runtime.plain_interpreter(data)
     erf_types = {d["dtype"] for d in interp.get_tensor_details() if "/erfc" in d["name"]}
     assert np.float32 in erf_types and np.int8 not in erf_types

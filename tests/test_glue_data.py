@@ -121,10 +121,10 @@ def test_featurize_pair_and_single(tokenizer):
     cls, sep, pad = tokenizer.cls_id, tokenizer.sep_id, tokenizer.pad_id
     np.testing.assert_array_equal(out["input_ids"][0],
                                   [cls, hello, world, sep, good, morning, sep, pad, pad, pad])
-    np.testing.assert_array_equal(out["token_type_ids"][0], [0, 0, 0, 0, 1, 1, 1, 0, 0, 0])
-    np.testing.assert_array_equal(out["attention_mask"][0], [1] * 7 + [0] * 3)
+    np.testing.assert_array_equal(out["segment_ids"][0], [0, 0, 0, 0, 1, 1, 1, 0, 0, 0])
+    np.testing.assert_array_equal(out["input_mask"][0], [1] * 7 + [0] * 3)
     np.testing.assert_array_equal(out["input_ids"][1][:4], [cls, hello, sep, pad])
-    np.testing.assert_array_equal(out["token_type_ids"][1], 0)
+    np.testing.assert_array_equal(out["segment_ids"][1], 0)
     assert out["labels"].dtype == np.int32 and out["labels"].tolist() == [1, 0]
     assert all(v.shape[0] == 2 for v in out.values())
 
@@ -188,7 +188,7 @@ def test_real_glue_files(shared_data, tokenizer):
     features = featurize_glue(mrpc, tokenizer, max_seq_length=128)
     assert features["input_ids"].shape == (408, 128)
     assert (features["input_ids"][:, 0] == tokenizer.cls_id).all()
-    lengths = features["attention_mask"].sum(axis=1)
+    lengths = features["input_mask"].sum(axis=1)
     assert (features["input_ids"][np.arange(408), lengths - 1] == tokenizer.sep_id).all()
     assert sorted(set(features["labels"].tolist())) == [0, 1]
 

@@ -14,11 +14,11 @@ import pytest
 from mobilebert_jax import checkpoint
 from mobilebert_jax.metrics.writers import MetricsWriter
 from mobilebert_jax.train import loop
-from mobilebert_jax.train import state as state_lib
+from mobilebert_jax.train import core
 
 
 def toy_state(step=0):
-    return state_lib.TrainState(jnp.asarray(step, jnp.int32), {"w": jnp.arange(4.0)},
+    return core.TrainState(jnp.asarray(step, jnp.int32), {"w": jnp.arange(4.0)},
                                 {"m": jnp.zeros(4)}, jax.random.key_data(jax.random.PRNGKey(0)))
 
 
@@ -68,7 +68,7 @@ def test_preemption_saves_that_step_once_and_returns(tmp_path):
     state, _ = run(tmp_path, make_hooks(sigterm_after=4, seen=seen), total=50)
     assert int(state.step) == 4 and seen == [0, 1, 2, 3]
     ckpt = checkpoint.TrainCheckpointer(str(tmp_path), keep=3)
-    restored, host = state_lib.restore_state(ckpt, toy_state(), shardings_of(toy_state()))
+    restored, host = core.restore_state(ckpt, toy_state(), shardings_of(toy_state()))
     assert int(restored.step) == 4 and host == {"position": 4}
     np.testing.assert_array_equal(restored.params["w"], np.arange(4.0) + 4)
     ckpt.close()
@@ -86,13 +86,13 @@ def test_a_damaged_newest_step_falls_back_to_the_previous_one(tmp_path, capsys):
     run(tmp_path, make_hooks(), total=4, checkpoint_every=2)
     _corrupt(tmp_path / "checkpoints" / "4")
     ckpt = checkpoint.TrainCheckpointer(str(tmp_path), keep=3)
-    restored, _ = state_lib.restore_state(ckpt, toy_state(), shardings_of(toy_state()))
+    restored, _ = core.restore_state(ckpt, toy_state(), shardings_of(toy_state()))
     assert int(restored.step) == 2
     np.testing.assert_array_equal(restored.params["w"], np.arange(4.0) + 2)
     assert "checkpoint step 4" in capsys.readouterr().out + capsys.readouterr().err
     _corrupt(tmp_path / "checkpoints" / "2")
     with pytest.raises(ValueError, match=r"no intact checkpoint .*steps \[4, 2\]"):
-        state_lib.restore_state(ckpt, toy_state(), shardings_of(toy_state()))
+        core.restore_state(ckpt, toy_state(), shardings_of(toy_state()))
     ckpt.close()
 
 
@@ -101,7 +101,7 @@ def test_a_checkpoint_of_another_shape_is_a_config_error_not_damage(tmp_path):
     other = toy_state().replace(params={"w": jnp.zeros(5)})
     ckpt = checkpoint.TrainCheckpointer(str(tmp_path), keep=3)
     with pytest.raises(ValueError, match=r"does not fit .*w has shape \(4,\)"):
-        state_lib.restore_state(ckpt, other, shardings_of(other))
+        core.restore_state(ckpt, other, shardings_of(other))
     ckpt.close()
 
 
@@ -123,7 +123,7 @@ def test_a_second_signal_during_the_preemption_save_changes_nothing(tmp_path):
     state, _ = run(tmp_path, hooks, total=50)
     assert int(state.step) == 4 and signals == ["during save"]
     ckpt = checkpoint.TrainCheckpointer(str(tmp_path), keep=3)
-    restored, host = state_lib.restore_state(ckpt, toy_state(), shardings_of(toy_state()))
+    restored, host = core.restore_state(ckpt, toy_state(), shardings_of(toy_state()))
     assert int(restored.step) == 4 and host == {"position": 4}
     assert ckpt.latest_step() == 4
     ckpt.close()

@@ -139,8 +139,8 @@ def test_pretraining_outputs_api():
     c = get_config("mobilebert", **TINY)
     params = init(c)
     ids, types, mask = batch()
-    out = MobileBertForPreTraining(c).apply({"params": params}, ids, token_type_ids=types,
-                                            attention_mask=mask, deterministic=True)
+    out = MobileBertForPreTraining(c).apply({"params": params}, ids, segment_ids=types,
+                                            input_mask=mask, deterministic=True)
     assert len(out.hidden_states) == c.num_hidden_layers + 1
     assert len(out.attention_scores) == c.num_hidden_layers
     assert out.attention_scores[0].shape == (2, 4, 10, 10)

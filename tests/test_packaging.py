@@ -92,3 +92,101 @@ def test_a_missing_declaration_is_reported():
     # clu (the metrics writer's dependency) once went undeclared: dropping it must be caught.
     missing = undeclared_imports(declared_requirements() - {"clu"})
     assert [m.split()[0] for m in missing] == ["clu"]
+
+
+# -- the layer order (docs/architecture.md): imports point down only -------------------------------
+LAYERS = (
+    ("cli", "files", "console", "host_memory", "compile_cache"),
+    ("parallel", "models"),
+    ("metrics", "checkpoint", "config_checks"),
+    ("data",),
+    ("train",),
+    ("plan", "export", "convert", "predict", "main"),
+)
+ENTRY_POINT = len(LAYERS) - 1  # `__main__` modules and the package root sit on the top layer
+
+
+def layer_of(module: str) -> int:
+    parts = module.split(".")
+    if len(parts) == 1 or parts[-1] == "__main__":
+        return ENTRY_POINT
+    for i, names in enumerate(LAYERS):
+        if parts[1] in names:
+            return i
+    raise AssertionError(f"{module} is in no layer: add it to LAYERS")
+
+
+def module_name(path: pathlib.Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def package_imports() -> list[tuple[str, str]]:
+    """(importer, imported) for every import of a package module by a package module, at any
+    depth (function-level imports included)."""
+    modules = set(all_modules())
+    edges = []
+    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+        importer = module_name(path)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                targets = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules
+                           else node.module for a in node.names]
+            else:
+                continue
+            edges += [(importer, t) for t in targets if t.split(".")[0] == "mobilebert_jax"]
+    return edges
+
+
+def layer_violations(edges) -> list[str]:
+    """Imports of a higher layer, or of a sibling package of the same layer."""
+    bad = []
+    for importer, imported in edges:
+        a, b = layer_of(importer), layer_of(imported)
+        same_room = importer.split(".")[:2] == imported.split(".")[:2]
+        if b > a or (b == a and not same_room and a != ENTRY_POINT):
+            bad.append(f"{importer} -> {imported}")
+    return sorted(set(bad))
+
+
+def import_cycles(edges) -> list[list[str]]:
+    graph: dict[str, set[str]] = {}
+    for a, b in edges:
+        if a != b:
+            graph.setdefault(a, set()).add(b)
+    cycles, state = [], {}
+
+    def visit(node, path):
+        state[node] = "open"
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                cycles.append(path[path.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, path + [nxt])
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    return cycles
+
+
+def test_imports_follow_the_layer_order():
+    assert not layer_violations(package_imports()), layer_violations(package_imports())
+
+
+def test_no_import_cycles():
+    assert not import_cycles(package_imports())
+
+
+def test_an_upward_import_and_a_cycle_are_caught():
+    edges = package_imports()
+    upward = ("mobilebert_jax.parallel", "mobilebert_jax.train.optim")
+    assert layer_violations(edges + [upward]) == ["mobilebert_jax.parallel -> "
+                                                  "mobilebert_jax.train.optim"]
+    sibling = ("mobilebert_jax.checkpoint", "mobilebert_jax.metrics.glue")
+    assert layer_violations(edges + [sibling]) == [" -> ".join(sibling)]
+    back = ("mobilebert_jax.data.dataset_layout", "mobilebert_jax.data.prepare")
+    assert import_cycles(edges + [back])

@@ -16,7 +16,7 @@ import pytest
 from mobilebert_jax import checkpoint
 from mobilebert_jax.data import tokenizers
 from mobilebert_jax.data import finetune_input
-from mobilebert_jax.train import pretrain
+from mobilebert_jax.train import core, pretrain
 from mobilebert_jax.train.loop import NonFiniteLoss
 
 from conftest import apply_overrides
@@ -177,8 +177,8 @@ def test_gradient_accumulation_averages_micro_batches():
     params = {"w": jnp.asarray(rng.standard_normal((3, 1)), jnp.float32)}
     batch = {"x": jnp.asarray(rng.standard_normal((8, 3)), jnp.float32),
              "y": jnp.asarray(rng.standard_normal((8, 1)), jnp.float32)}
-    grads, metrics = pretrain.accumulate_gradients(loss_fn, params, batch, jax.random.PRNGKey(0), 4)
-    full, _ = pretrain.accumulate_gradients(loss_fn, params, batch, jax.random.PRNGKey(0), 1)
+    grads, metrics = core.accumulate_gradients(loss_fn, params, batch, jax.random.PRNGKey(0), 4)
+    full, _ = core.accumulate_gradients(loss_fn, params, batch, jax.random.PRNGKey(0), 1)
     # equal-size micro-batches of a mean loss: the average gradient is the full-batch gradient
     np.testing.assert_allclose(grads["w"], full["w"], rtol=1e-5)
     assert float(metrics["n"]) == 2.0  # each micro-batch had 8 / 4 rows

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from mobilebert_jax import checkpoint, export
+from mobilebert_jax import checkpoint
+from mobilebert_jax.export import runtime, tflite
 from mobilebert_jax.models import get_config
 from mobilebert_jax.models.heads import MobileBertForSequenceClassification
 from mobilebert_jax.models.qat import quantization_aware
@@ -83,8 +84,8 @@ def test_qat_fine_tuning_exports_to_int8(tiny_checkpoint, glue_dir, tmp_path, ca
     assert same_tree and any(not np.array_equal(a, b) for a, b in zip(
         jax.tree_util.tree_leaves(float_params), jax.tree_util.tree_leaves(qat_params)))
     out = tmp_path / "qat_int8.tflite"
-    export.export_checkpoint(str(qat_dir), str(out), "int8", seq_len=16, num_calibration=8)
-    runner = export.TFLiteModel(str(out))
+    tflite.export_checkpoint(str(qat_dir), str(out), "int8", seq_len=16, num_calibration=8)
+    runner = runtime.TFLiteModel(str(out))
     ids = np.full((1, 16), 5, np.int32)
     logits = runner(input_ids=ids, attention_mask=np.ones_like(ids),
                     token_type_ids=np.zeros_like(ids))["logits"]

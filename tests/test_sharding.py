@@ -10,7 +10,7 @@ from flax import linen as nn
 
 from mobilebert_jax import parallel
 from mobilebert_jax.models import MobileBertForPreTraining, get_config
-from mobilebert_jax.train import optim
+from mobilebert_jax.train import core, optim
 
 RULES = parallel.rules_from_config(parallel.DEFAULT_RULES)
 
@@ -24,7 +24,7 @@ def abstract_state(name, mesh, **overrides):
     params = nn.meta.unbox(boxed)
     param_sh = parallel.logical_shardings(boxed, mesh, RULES)
     tx, _ = optim.make_optimizer(optim.default_optimizer_config())
-    opt_sh = parallel.opt_state_shardings(tx, params, param_sh, mesh)
+    opt_sh = core.opt_state_shardings(tx, params, param_sh, mesh)
     return params, param_sh, jax.eval_shape(tx.init, params), opt_sh
 
 

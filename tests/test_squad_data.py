@@ -91,7 +91,7 @@ def test_windows_positions_and_max_context(tokenizer):
         assert ids[0] == tokenizer.cls_id and ids[4] == tokenizer.sep_id and ids[11] == \
             tokenizer.sep_id
         assert tokenizer.decode(ids[5:11]) == " ".join(words[first:first + 6])
-        np.testing.assert_array_equal(features["token_type_ids"][f], [0] * 5 + [1] * 7)
+        np.testing.assert_array_equal(features["segment_ids"][f], [0] * 5 + [1] * 7)
         spans = [NUMBERS[s:e] for s, e in features["offset_mapping"][f, 5:11]]
         assert spans == words[first:first + 6]
         assert (features["offset_mapping"][f, :5] == -1).all()

@@ -22,7 +22,7 @@ from mobilebert_jax.data import tokenizers
 
 # The nine GLUE tasks one fine-tunes on (the diagnostic set ax is scored with an MNLI model).
 GLUE_FINETUNE_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+MODEL_INPUTS = ("input_ids", "input_mask", "segment_ids")
 
 
 def glue_task(name: str) -> glue_data.GlueTask:

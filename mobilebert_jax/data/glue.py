@@ -321,8 +321,8 @@ def featurize_glue(examples: Sequence[GlueExample], tokenizer, max_seq_length: i
                    task: str | GlueTask | None = None) -> dict[str, np.ndarray]:
     """Model inputs `[CLS] a [SEP] (b [SEP])`, padded to `max_seq_length` with the pad id.
 
-    Returns int32 arrays `input_ids`, `attention_mask` (1 for real tokens, 0 for padding),
-    `token_type_ids` (0 for the first segment, 1 for the second) of shape [N, max_seq_length],
+    Returns int32 arrays `input_ids`, `input_mask` (1 for real tokens, 0 for padding),
+    `segment_ids` (0 for the first segment, 1 for the second) of shape [N, max_seq_length],
     and `labels` [N]: int32 label ids (-1 where unknown), or float32 scores (NaN where unknown)
     for a regression task. The regression case is taken from `task` when given, else from the
     examples' label types.
@@ -334,8 +334,8 @@ def featurize_glue(examples: Sequence[GlueExample], tokenizer, max_seq_length: i
     pair_idx = [i for i, ex in enumerate(examples) if ex.text_b is not None]
     texts_b = dict(zip(pair_idx, tokenizer.encode_batch([examples[i].text_b for i in pair_idx])))
     input_ids = np.full((n, max_seq_length), tokenizer.pad_id, dtype=np.int32)
-    attention_mask = np.zeros((n, max_seq_length), dtype=np.int32)
-    token_type_ids = np.zeros((n, max_seq_length), dtype=np.int32)
+    input_mask = np.zeros((n, max_seq_length), dtype=np.int32)
+    segment_ids = np.zeros((n, max_seq_length), dtype=np.int32)
     for i, ids_a in enumerate(texts_a):
         ids_b = texts_b.get(i)
         if ids_b is None:
@@ -348,8 +348,8 @@ def featurize_glue(examples: Sequence[GlueExample], tokenizer, max_seq_length: i
                       *ids_b[:len_b], tokenizer.sep_id]
             first = len_a + 2
         input_ids[i, :len(tokens)] = tokens
-        attention_mask[i, :len(tokens)] = 1
-        token_type_ids[i, first:len(tokens)] = 1
+        input_mask[i, :len(tokens)] = 1
+        segment_ids[i, first:len(tokens)] = 1
     if task is not None:
         regression = get_task(task).is_regression
     else:
@@ -360,8 +360,8 @@ def featurize_glue(examples: Sequence[GlueExample], tokenizer, max_seq_length: i
     else:
         labels = np.array([-1 if ex.label is None else ex.label for ex in examples],
                           dtype=np.int32)
-    return {"input_ids": input_ids, "attention_mask": attention_mask,
-            "token_type_ids": token_type_ids, "labels": labels}
+    return {"input_ids": input_ids, "input_mask": input_mask,
+            "segment_ids": segment_ids, "labels": labels}
 
 
 def prediction_names(task: str | GlueTask, predictions: Iterable[Any]) -> list[str]:

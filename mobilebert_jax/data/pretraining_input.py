@@ -98,12 +98,17 @@ def all_processes_agree(ok: bool) -> bool:
     return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
 
 
-def abstract_batch(loader, global_batch_size: int, sharding) -> dict:
-    """`jax.ShapeDtypeStruct`s of one global batch of `loader` (to compile the steps ahead)."""
-    return {k: jax.ShapeDtypeStruct((global_batch_size,) + shape[1:],
+def abstract_batch(global_batch_size: int, seq_len: int, max_predictions: int,
+                   sharding) -> dict:
+    """`jax.ShapeDtypeStruct`s of one global pretraining batch (the loader's features), to
+    compile the steps ahead of any data."""
+    shapes = {"input_ids": (seq_len,), "input_mask": (seq_len,), "segment_ids": (seq_len,),
+              "masked_lm_positions": (max_predictions,), "masked_lm_ids": (max_predictions,),
+              "masked_lm_weights": (max_predictions,), "next_sentence_labels": ()}
+    return {k: jax.ShapeDtypeStruct((global_batch_size,) + shape,
                                     jnp.float32 if k == "masked_lm_weights" else jnp.int32,
                                     sharding=sharding)
-            for k, shape in loader.element_shapes.items()}
+            for k, shape in shapes.items()}
 
 
 def train_loader(config, info) -> loader_lib.PretrainingLoader:

@@ -204,7 +204,7 @@ def featurize_squad(examples: Sequence[SquadExample], tokenizer, max_seq_length:
                     is_training: bool = False) -> dict[str, np.ndarray]:
     """Model windows of SQuAD examples (see the module docstring).
 
-    Returns, for N features: `input_ids`, `attention_mask`, `token_type_ids` int32 [N, L];
+    Returns, for N features: `input_ids`, `input_mask`, `segment_ids` int32 [N, L];
     `example_index` int32 [N] (position of the feature's example in `examples`);
     `offset_mapping` int32 [N, L, 2] (character span in the context, -1 for non-context
     tokens); `token_is_max_context` bool [N, L]; and when `is_training`, `start_positions` and
@@ -222,7 +222,7 @@ def featurize_squad(examples: Sequence[SquadExample], tokenizer, max_seq_length:
             ids, offsets = tokenizer.encode_with_offsets(ex.context)
             contexts[ex.context] = (np.asarray(ids, dtype=np.int32),
                                     np.asarray(offsets, dtype=np.int32).reshape(-1, 2))
-    rows: dict[str, list] = {k: [] for k in ("input_ids", "token_type_ids", "offset_mapping",
+    rows: dict[str, list] = {k: [] for k in ("input_ids", "segment_ids", "offset_mapping",
                                              "token_is_max_context", "example_index",
                                              "lengths", "start_positions", "end_positions")}
     dropped = 0
@@ -261,7 +261,7 @@ def featurize_squad(examples: Sequence[SquadExample], tokenizer, max_seq_length:
                 first, last = answer_tokens
                 if start <= first and last < start + length:
                     start_pos, end_pos = first - start + prefix, last - start + prefix
-            for key, value in (("input_ids", ids), ("token_type_ids", types),
+            for key, value in (("input_ids", ids), ("segment_ids", types),
                                ("offset_mapping", offsets), ("token_is_max_context", max_context),
                                ("example_index", ex_idx), ("lengths", total),
                                ("start_positions", start_pos), ("end_positions", end_pos)):
@@ -277,15 +277,15 @@ def _pad_features(rows: Mapping[str, list], max_seq_length: int, pad_id: int,
     n = len(rows["lengths"])
     out = {
         "input_ids": np.full((n, max_seq_length), pad_id, dtype=np.int32),
-        "attention_mask": np.zeros((n, max_seq_length), dtype=np.int32),
-        "token_type_ids": np.zeros((n, max_seq_length), dtype=np.int32),
+        "input_mask": np.zeros((n, max_seq_length), dtype=np.int32),
+        "segment_ids": np.zeros((n, max_seq_length), dtype=np.int32),
         "offset_mapping": np.full((n, max_seq_length, 2), -1, dtype=np.int32),
         "token_is_max_context": np.zeros((n, max_seq_length), dtype=bool),
     }
     for i, length in enumerate(rows["lengths"]):
         out["input_ids"][i, :length] = rows["input_ids"][i]
-        out["attention_mask"][i, :length] = 1
-        out["token_type_ids"][i, :length] = rows["token_type_ids"][i]
+        out["input_mask"][i, :length] = 1
+        out["segment_ids"][i, :length] = rows["segment_ids"][i]
         out["offset_mapping"][i, :length] = rows["offset_mapping"][i]
         out["token_is_max_context"][i, :length] = rows["token_is_max_context"][i]
     out["example_index"] = np.asarray(rows["example_index"], dtype=np.int32)

@@ -34,7 +34,7 @@ class Embeddings(nn.Module):
     config: MobileBertConfig
 
     @nn.compact
-    def __call__(self, input_ids, token_type_ids, deterministic: bool = True):
+    def __call__(self, input_ids, segment_ids, deterministic: bool = True):
         c = self.config
         init = layers.truncated_normal(c.initializer_range)
         table = self.param("word_embeddings",
@@ -53,7 +53,7 @@ class Embeddings(nn.Module):
                            (c.type_vocab_size, c.hidden_size), jnp.float32)
         seq_len = input_ids.shape[1]
         h = (e.astype(jnp.float32) + positions[None, :seq_len]
-             + jnp.take(types, token_type_ids, axis=0))
+             + jnp.take(types, segment_ids, axis=0))
         h = layers.make_norm(c, layers.EMBED, c.embedding_and_output_norm_eps)(h)
         h = layers.Dropout(c.hidden_dropout_prob)(h, deterministic=deterministic)
         return nn.with_logical_constraint(h, (layers.BATCH, layers.LENGTH, layers.ACT_EMBED))
@@ -104,18 +104,18 @@ class MobileBertModel(nn.Module):
     num_layers: int | None = None
 
     @nn.compact
-    def __call__(self, input_ids, token_type_ids=None, attention_mask=None,
+    def __call__(self, input_ids, segment_ids=None, input_mask=None,
                  deterministic: bool = True) -> EncoderOutput:
-        if token_type_ids is None:
-            token_type_ids = jnp.zeros_like(input_ids)
-        if attention_mask is None:
-            attention_mask = jnp.ones_like(input_ids)
+        if segment_ids is None:
+            segment_ids = jnp.zeros_like(input_ids)
+        if input_mask is None:
+            input_mask = jnp.ones_like(input_ids)
         if input_ids.shape[1] > self.config.max_position_embeddings:
             raise ValueError(f"sequence length {input_ids.shape[1]} exceeds "
                              f"max_position_embeddings={self.config.max_position_embeddings}")
-        h = Embeddings(self.config, name="embeddings")(input_ids, token_type_ids, deterministic)
+        h = Embeddings(self.config, name="embeddings")(input_ids, segment_ids, deterministic)
         hidden_states, scores = Encoder(self.config, self.num_layers, name="encoder")(
-            h, attention_mask, deterministic)
+            h, input_mask, deterministic)
         sequence_output = hidden_states[-1]
         pooled = Pooler(self.config, name="pooler")(sequence_output)
         return EncoderOutput(hidden_states, scores, sequence_output, pooled)

@@ -124,10 +124,10 @@ class MobileBertForPreTraining(nn.Module):
     num_layers: int | None = None
 
     @nn.compact
-    def __call__(self, input_ids, token_type_ids=None, attention_mask=None,
+    def __call__(self, input_ids, segment_ids=None, input_mask=None,
                  deterministic: bool = True, masked_lm_positions=None) -> PreTrainingOutput:
         bert = MobileBertModel(self.config, self.num_layers, name="bert")
-        out = bert(input_ids, token_type_ids, attention_mask, deterministic)
+        out = bert(input_ids, segment_ids, input_mask, deterministic)
         mlm, nsp = PreTrainingHeads(self.config, name="cls")(
             out.sequence_output, out.pooled_output, _word_embeddings(bert), masked_lm_positions)
         return PreTrainingOutput(out.hidden_states, out.attention_scores, out.sequence_output,
@@ -142,10 +142,10 @@ class MobileBertForSequenceClassification(nn.Module):
     classifier_dropout: float = 0.1
 
     @nn.compact
-    def __call__(self, input_ids, token_type_ids=None, attention_mask=None,
+    def __call__(self, input_ids, segment_ids=None, input_mask=None,
                  deterministic: bool = True) -> ClassificationOutput:
-        out = MobileBertModel(self.config, name="bert")(input_ids, token_type_ids,
-                                                        attention_mask, deterministic)
+        out = MobileBertModel(self.config, name="bert")(input_ids, segment_ids,
+                                                        input_mask, deterministic)
         x = layers.Dropout(self.classifier_dropout)(out.pooled_output, deterministic=deterministic)
         logits = layers.dense(self.config, self.num_labels, (layers.EMBED, layers.CLASSES), "classifier")(x)
         return ClassificationOutput(logits.astype(jnp.float32), out.pooled_output)
@@ -157,10 +157,10 @@ class MobileBertForQuestionAnswering(nn.Module):
     config: MobileBertConfig
 
     @nn.compact
-    def __call__(self, input_ids, token_type_ids=None, attention_mask=None,
+    def __call__(self, input_ids, segment_ids=None, input_mask=None,
                  deterministic: bool = True) -> SpanOutput:
-        out = MobileBertModel(self.config, name="bert")(input_ids, token_type_ids,
-                                                        attention_mask, deterministic)
+        out = MobileBertModel(self.config, name="bert")(input_ids, segment_ids,
+                                                        input_mask, deterministic)
         logits = layers.dense(self.config, 2, (layers.EMBED, layers.CLASSES), "qa_outputs")(out.sequence_output)
         logits = logits.astype(jnp.float32)
         return SpanOutput(logits[..., 0], logits[..., 1])

@@ -20,8 +20,7 @@ from mobilebert_jax.data import pretraining_input
 from mobilebert_jax.metrics.writers import MetricsWriter
 from mobilebert_jax.models.config import MobileBertConfig
 from mobilebert_jax.models.heads import MobileBertForPreTraining
-from mobilebert_jax.train import distill_stages, layer_multipliers, loop, pretrain
-from mobilebert_jax.train import state as state_lib
+from mobilebert_jax.train import core, distill_stages, layer_multipliers, loop, objectives
 
 SMOKE_TEACHER_HINT = ("train it first: python -m mobilebert_jax.main "
                       "--config=configs/teacher.py:smoke --workdir=runs/teacher_smoke")
@@ -49,7 +48,7 @@ def load_teacher(path: str, teacher_cfg: MobileBertConfig, seq_len: int, mesh, r
     ids = jnp.zeros((1, seq_len), jnp.int32)
     abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), ids)["params"])
     shardings = parallel.logical_shardings(abstract, mesh, rules)
-    target = state_lib.abstract_like(nn.meta.unbox(abstract), shardings)
+    target = core.abstract_like(nn.meta.unbox(abstract), shardings)
     params = checkpoint.load_params(files.resolve(path), target=target)
     return params, shardings
 
@@ -88,7 +87,7 @@ class Optimizers:
     def init(self, phase: str, params, param_sh, step: int):
         """Fresh optimizer state of `phase` in its shardings (layer multipliers at `step`)."""
         tx = self.tx(phase)
-        opt_sh = parallel.opt_state_shardings(tx, params, param_sh, self.mesh)
+        opt_sh = core.opt_state_shardings(tx, params, param_sh, self.mesh)
 
         def fresh(p):
             return layer_multipliers.reset_opt_state(tx, p, step if phase == distill_stages.TRANSFER else None)
@@ -107,13 +106,11 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     plan = distill_stages.StagePlan(config.strategy, student_cfg.num_hidden_layers, config.steps_per_layer)
     if config.total_steps > plan.pd_start:  # a bad PD schedule fails now, not at its stage
         distill_stages.pd_optimizer(config.optimizer, config.total_steps, plan.pd_start)
-    if config.batch_size % config.grad_accum_steps:
-        raise ValueError(f"batch_size={config.batch_size} is not divisible by "
-                         f"grad_accum_steps={config.grad_accum_steps}")
+    core.check_accumulation(config.batch_size, config.grad_accum_steps)
 
     # -- workdir, logging ------------------------------------------------------------------------
     files.makedirs(workdir)
-    state_lib.check_workdir_model(workdir, student_cfg)
+    core.check_workdir_model(workdir, student_cfg)
 
     # -- mesh ------------------------------------------------------------------------------------
     mesh = parallel.make_mesh(config.mesh.shape)
@@ -141,7 +138,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     optimizers = Optimizers(config, plan, mesh)
     model = MobileBertForPreTraining(student_cfg)
     ids = jnp.zeros((1, info.seq_len), jnp.int32)
-    state, shardings = state_lib.create_sharded_state(
+    state, shardings = core.create_sharded_state(
         lambda: model.init(jax.random.PRNGKey(config.seed), ids)["params"],
         optimizers.tx(start_stage.phase), config.seed, mesh, rules,
         extra={"stage": jnp.asarray(start_stage.index, jnp.int32)})
@@ -149,7 +146,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     log(f"student sharding: {parallel.sharding_report(state.params, shardings.params).summary()}")
 
     # -- checkpoints -----------------------------------------------------------------------------
-    state, host_state = state_lib.restore_state(ckpt, state, shardings)
+    state, host_state = core.restore_state(ckpt, state, shardings)
     if host_state is not None:
         train_iter.set_state(host_state["data"])
         if int(state.extra["stage"]) != plan.stage_at(int(state.step)).index:
@@ -165,12 +162,13 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
                              out_shardings=shardings.params)(state.params, teacher_params)
         state = state.replace(params=params)
         log("student embeddings and MLM/NSP heads copied from the teacher")
-    state_lib.record_run(workdir, config, student_cfg, tokenizer.path)
+    core.record_run(workdir, config, student_cfg, tokenizer.path)
 
     # -- step functions: one per (stage kind, layers, depth), compiled when first needed -----------
     batch_sh = parallel.batch_sharding(mesh)
     repl = parallel.replicated(mesh)
-    example = pretraining_input.abstract_batch(train_iter, config.batch_size, batch_sh)
+    example = pretraining_input.abstract_batch(config.batch_size, info.seq_len,
+                                               info.max_predictions_per_seq, batch_sh)
     compiled = {}
     current = {"shardings": shardings}
 
@@ -178,19 +176,18 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         key = (stage.kind, stage.layers, stage.depth)
         if key not in compiled:
             sh = current["shardings"]
-            fn = distill_stages.make_train_step(stage, teacher_cfg, student_cfg, settings,
-                                    optimizers.tx(stage.phase),
-                                    optimizers.learning_rates(stage.phase),
-                                    config.grad_accum_steps)
-            jitted = jax.jit(fn, in_shardings=(sh, teacher_sh, batch_sh),
+            fn = distill_stages.make_train_step(
+                stage, teacher_cfg, student_cfg, settings, optimizers.tx(stage.phase),
+                optimizers.learning_rates(stage.phase), config.grad_accum_steps)
+            jitted = jax.jit(fn, in_shardings=(sh, batch_sh, teacher_sh),
                              out_shardings=(sh, repl), donate_argnums=0)
             with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-                args = (state_lib.abstract_like(state, sh),
-                        state_lib.abstract_like(teacher_params, teacher_sh), example)
-                compiled[key] = pretrain.compile_step(jitted, args, f"{stage.name} step")
+                args = (core.abstract_like(state, sh), example,
+                        core.abstract_like(teacher_params, teacher_sh))
+                compiled[key] = core.compile_step(jitted, args, f"{stage.name} step")
         return compiled[key]
 
-    eval_step = jax.jit(pretrain.make_eval_step(model),
+    eval_step = jax.jit(objectives.make_eval_step(model),
                         in_shardings=(shardings.params, batch_sh), out_shardings=repl)
 
     def enter(state, step: int):
@@ -214,13 +211,14 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     # -- loop ------------------------------------------------------------------------------------
     def step_fn(state, step):
         batch = parallel.global_batch(next(train_iter), mesh)
-        return step_fn_for(plan.stage_at(step), state)(state, teacher_params, batch)
+        return step_fn_for(plan.stage_at(step), state)(state, batch, teacher_params)
 
     def evaluate_fn(state, step):
         loader = pretraining_input.eval_loader(config, info)
         if loader is None:
             return None
-        ev = pretrain.evaluate(eval_step, state.params, loader, mesh, config.eval_steps)
+        ev = objectives.summarize_eval(*core.evaluate(eval_step, state.params, loader, mesh,
+                                                      config.eval_steps))
         return dict(ev, stage=plan.stage_at(step).index)
 
     if int(state.step) < config.total_steps:

@@ -21,8 +21,7 @@ import optax
 from mobilebert_jax.models.config import MobileBertConfig
 from mobilebert_jax.models.encoder import MobileBertModel
 from mobilebert_jax.models.heads import MobileBertForPreTraining
-from mobilebert_jax.train import layer_multipliers, losses, optim, pretrain
-from mobilebert_jax.train import state as state_lib
+from mobilebert_jax.train import core, layer_multipliers, losses, objectives, optim
 
 STRATEGIES = ("pkt", "jkt", "akt")
 TRANSFER, PD, AKT = "transfer", "pd", "akt"
@@ -219,7 +218,7 @@ def _encoder(config: MobileBertConfig, params, batch, depth: Optional[int]):
 
 
 def _pretraining(config: MobileBertConfig, params, batch):
-    return pretrain.forward(MobileBertForPreTraining(config), params, batch, deterministic=True)
+    return objectives.forward(MobileBertForPreTraining(config), params, batch, deterministic=True)
 
 
 def transfer_terms(t_out, s_out, layers, settings: LossSettings):
@@ -275,24 +274,13 @@ def distillation_loss(stage: Stage, teacher_cfg: MobileBertConfig,
 
 def make_train_step(stage: Stage, teacher_cfg, student_cfg, settings: LossSettings, tx,
                     learning_rates: Callable[[Any], dict], accum_steps: int = 1):
-    """`train_step(state, teacher_params, batch) -> (state, metrics)` for `stage`.
+    """`train_step(state, batch, teacher_params) -> (state, metrics)` for `stage`
+    (`core.make_train_step`: only the student params are differentiated and updated).
+    `learning_rates(state)` gives the logged effective learning rates (per layer in transfer
+    stages). No dropout anywhere in distillation: the step's key goes unused."""
+    def loss_fn(params, batch, rng, teacher_params):
+        del rng
+        return distillation_loss(stage, teacher_cfg, student_cfg, settings, params,
+                                 teacher_params, batch)
 
-    Only the student params are differentiated and updated; `learning_rates(state)` gives the
-    logged effective learning rates (per layer in transfer stages).
-    """
-    def train_step(state: state_lib.TrainState, teacher_params, batch):
-        def loss_fn(params, micro_batch, rng):
-            del rng  # no dropout anywhere in distillation
-            return distillation_loss(stage, teacher_cfg, student_cfg, settings, params,
-                                     teacher_params, micro_batch)
-
-        grads, metrics = pretrain.accumulate_gradients(loss_fn, state.params, batch,
-                                                       jax.random.PRNGKey(0), accum_steps)
-        metrics.update(learning_rates(state))
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics["grad_norm"] = optim.global_norm(grads)
-        metrics["update_norm"] = optim.global_norm(updates)
-        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
-
-    return train_step
+    return core.make_train_step(loss_fn, tx, accum_steps, log_fields=learning_rates)

@@ -41,7 +41,7 @@ from mobilebert_jax.models.heads import (
 )
 from mobilebert_jax.train import finetune_steps as fs
 from mobilebert_jax.train import loop
-from mobilebert_jax.train import state as state_lib
+from mobilebert_jax.train import core
 
 EVAL_RESULTS = "eval_results.json"
 TRAIN_STATE = "train_state"  # the resumable state (params, optimizer, step, RNG, history)
@@ -50,7 +50,7 @@ TRAIN_STATES_KEPT = 2
 
 def _prepare_workdir(config, workdir: str, model_config, tokenizer) -> None:
     files.makedirs(workdir)
-    state_lib.check_workdir_model(workdir, model_config)
+    core.check_workdir_model(workdir, model_config)
     if jax.process_index() == 0:
         checkpoint.store_tokenizer(workdir, tokenizer.path)
 
@@ -71,7 +71,7 @@ def _run(config, workdir: str, model, train_features, train_keys, loss_fn, evalu
     spe = trainer.steps_per_epoch
     ckpt = checkpoint.TrainCheckpointer(workdir, TRAIN_STATES_KEPT, subdir=TRAIN_STATE)
     best = checkpoint.BestCheckpointer(workdir, best_metric, config.keep_checkpoints)
-    trainer.state, host_state = state_lib.restore_state(ckpt, trainer.state, trainer.shardings)
+    trainer.state, host_state = core.restore_state(ckpt, trainer.state, trainer.shardings)
     if host_state is None:
         trainer.load_encoder(config.init_checkpoint)
         history = []
@@ -79,7 +79,7 @@ def _run(config, workdir: str, model, train_features, train_keys, loss_fn, evalu
         history = host_state["history"]
         log(f"resumed from step {int(trainer.state.step)} (epoch "
             f"{int(trainer.state.step) // spe + 1})")
-    state_lib.record_run(workdir, config, model.config)
+    core.record_run(workdir, config, model.config)
     log(f"{task_name}: {trainer.num_train} training features, {spe} steps/epoch x "
         f"{config.num_epochs} epochs, batch {trainer.batch_size}, seq "
         f"{train_features['input_ids'].shape[1]}, lr {config.learning_rate}")
@@ -98,7 +98,7 @@ def _run(config, workdir: str, model, train_features, train_keys, loss_fn, evalu
         if best_metric not in metrics:
             raise ValueError(f"best_metric {best_metric!r} is not among the eval metrics "
                              f"({', '.join(metrics)})")
-        train_loss = (float(np.mean(state_lib.to_host(jnp.stack(epoch_losses))))
+        train_loss = (float(np.mean(core.to_host(jnp.stack(epoch_losses))))
                       if epoch_losses else float("nan"))
         epoch_losses.clear()
         history.append({"epoch": step // spe, "step": step, "train_loss": train_loss,
@@ -130,7 +130,7 @@ def _run(config, workdir: str, model, train_features, train_keys, loss_fn, evalu
 
 def _restore_best(best, trainer: fs.Trainer):
     """(step, params) of the best evaluated epoch, in the trainer's shardings."""
-    target = state_lib.abstract_like(trainer.state.params, trainer.shardings.params)
+    target = core.abstract_like(trainer.state.params, trainer.shardings.params)
     step, params = best.restore_best(target)
     best.close()
     return step, params

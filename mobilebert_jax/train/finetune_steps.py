@@ -7,13 +7,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import linen as nn
 
 from mobilebert_jax import checkpoint, parallel
 from mobilebert_jax.data import finetune_input
 from mobilebert_jax.train import losses, optim
-from mobilebert_jax.train import state as state_lib
+from mobilebert_jax.train import core
 
 PREDICTED = ("logits", "start_logits", "end_logits")  # model outputs brought back to the host
 
@@ -65,6 +64,7 @@ class Trainer:
             if size <= 0:
                 raise ValueError(f"batch sizes must be positive, got {size}")
             parallel.check_batch_divisible(size, self.mesh)
+        core.check_accumulation(self.batch_size, config.grad_accum_steps)
         if int(config.num_epochs) <= 0:
             raise ValueError(f"num_epochs must be positive, got {config.num_epochs}")
         self.features, self.train_keys = train_features, train_keys
@@ -73,7 +73,7 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * int(config.num_epochs)
         tx, self.schedule = optim.make_optimizer(optimizer_config(config, self.total_steps))
         seed, seq_len = int(config.seed), train_features["input_ids"].shape[1]
-        self.state, self.shardings = state_lib.create_sharded_state(
+        self.state, self.shardings = core.create_sharded_state(
             lambda: init_params(model, seed, seq_len), tx, seed, self.mesh, self.rules)
         self._orders: dict[int, np.ndarray] = {}
         self._build_steps(tx, loss_fn)
@@ -93,26 +93,18 @@ class Trainer:
     def _build_steps(self, tx, loss_fn) -> None:
         model, schedule = self.model, self.schedule
 
-        def train_step(state, batch):
-            rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        def loss_of(params, batch, rng):
+            out = model.apply({"params": params}, batch["input_ids"], batch["segment_ids"],
+                              batch["input_mask"], deterministic=False, rngs={"dropout": rng})
+            return loss_fn(out, batch), {}
 
-            def loss_of(params):
-                out = model.apply({"params": params}, batch["input_ids"],
-                                  batch["token_type_ids"], batch["attention_mask"],
-                                  deterministic=False, rngs={"dropout": rng})
-                return loss_fn(out, batch)
-
-            loss, grads = jax.value_and_grad(loss_of)(state.params)
-            updates, opt_state = tx.update(grads, state.opt_state, state.params)
-            params = optax.apply_updates(state.params, updates)
-            metrics = {"loss": loss, "grad_norm": optim.global_norm(grads),
-                       "learning_rate": schedule(state.step)}
-            return state.replace(step=state.step + 1, params=params,
-                                 opt_state=opt_state), metrics
+        train_step = core.make_train_step(
+            loss_of, tx, int(self.config.grad_accum_steps),
+            log_fields=lambda state: {"learning_rate": schedule(state.step)})
 
         def predict_step(params, batch):
-            out = model.apply({"params": params}, batch["input_ids"], batch["token_type_ids"],
-                              batch["attention_mask"], deterministic=True)
+            out = model.apply({"params": params}, batch["input_ids"], batch["segment_ids"],
+                              batch["input_mask"], deterministic=True)
             return {k: getattr(out, k) for k in PREDICTED if hasattr(out, k)}
 
         batch_sh = parallel.batch_sharding(self.mesh)

@@ -37,7 +37,7 @@ from mobilebert_jax.cli import CommandError
 from mobilebert_jax.console import format_eta, format_scalars, log
 from mobilebert_jax.metrics import throughput
 from mobilebert_jax.metrics.writers import MetricsWriter
-from mobilebert_jax.train import state as state_lib
+from mobilebert_jax.train import core
 
 
 class NonFiniteLoss(CommandError):
@@ -125,7 +125,7 @@ class Window:
         if not todo:
             return
         keys = [k for k in ("loss", "update_norm") if k in todo[0][1]]
-        values = state_lib.to_host({k: jnp.stack([m[k] for _, m in todo]) for k in keys})
+        values = core.to_host({k: jnp.stack([m[k] for _, m in todo]) for k in keys})
         bad = ~np.all([np.isfinite(values[k]) for k in keys], axis=0)
         if bad.any():
             i = int(np.argmax(bad))
@@ -142,7 +142,7 @@ class Window:
         self.check_finite(ckpt)
         stacked = jax.tree_util.tree_map(lambda *xs: jnp.mean(jnp.stack(xs)),
                                          *[m for _, m in self.metrics])
-        means = {k: float(v) for k, v in state_lib.to_host(stacked).items()}
+        means = {k: float(v) for k, v in core.to_host(stacked).items()}
         means["steps_per_second"] = self.steps / max(time.perf_counter() - self.t0, 1e-9)
         self.metrics, self.checked = [], 0
         self.restart_clock()
@@ -161,7 +161,7 @@ def run(state, hooks: Hooks, cadence: Cadence, ckpt, writer: MetricsWriter, *,
 
     def save(state) -> None:
         window.check_finite(ckpt)
-        state_lib.save_state(ckpt, state, hooks.host_state())
+        core.save_state(ckpt, state, hooks.host_state())
 
     try:
         while step < total:

@@ -6,7 +6,7 @@ Path: the Flax model is wrapped in a pure function of (params, inputs), converte
 converter understands), placed in a `tf.function` with a fixed `[batch, seq_len]` int32 input
 signature whose params are `tf.Variable`s of a `tf.Module`, and handed to
 `tf.lite.TFLiteConverter.from_concrete_functions`. The resulting model has one signature,
-`serving_default`, with named inputs `input_ids`, `attention_mask`, `token_type_ids` and named
+`serving_default`, with named inputs `input_ids`, `input_mask`, `segment_ids` and named
 outputs chosen from the checkpoint's head:
 
 * `classifier` params  → `logits` [B, num_labels]
@@ -33,17 +33,12 @@ masked scores span [-10000, max score], so the real scores land on a grid of ~40
 turns uniform (a fine-tuned SST-2 model fell to chance). `export_checkpoint` therefore exports
 int8 models with the fill mask (-6) unless told otherwise.
 
-Reading the result: `TFLiteModel` runs a `.tflite` file with the LiteRT interpreter
-(`ai-edge-litert`, XNNPACK), falling back to `tf.lite.Interpreter` when that is not installed.
-
-CLI:
-    python -m mobilebert_jax.export --checkpoint=DIR --format=tflite \
-        --quantize={none,float16,dynamic,int8} --seq_len=128 --out=FILE
+The CLI is `python -m mobilebert_jax.export` (`__main__.py`); running and reading a model are in
+`runtime.py` and `flatbuffer.py`, the calibration text in `calibration.py`.
 """
 from __future__ import annotations
 
 import os
-import sys
 import warnings
 from typing import Any, Callable, Iterable
 
@@ -51,14 +46,14 @@ import jax
 import numpy as np
 from flax.core import meta
 
-from mobilebert_jax import cli, files
+from mobilebert_jax import files
+from mobilebert_jax.export.calibration import representative_inputs
+from mobilebert_jax.export.flatbuffer import float_node_names
+from mobilebert_jax.export.runtime import INPUT_NAMES, import_tensorflow
 from mobilebert_jax.models import (MobileBertConfig, MobileBertForQuestionAnswering,
                                    MobileBertForSequenceClassification, MobileBertModel)
 
-INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 QUANTIZE_MODES = ("none", "float16", "dynamic", "int8")
-FLOAT16_MAX = 65504.0
-SIGNATURE_KEY = "serving_default"
 # Groups of graph nodes (by tensor-name pattern) an int8 export can keep in float:
 # LAYER_NORM - the LayerNorm statistics (mean, variance, rsqrt);
 # ERF        - the erf polynomial of the exact GELU: in int8 it aborts the TFLite runtime
@@ -79,7 +74,6 @@ FLOAT_NODE_GROUPS = {"LAYER_NORM": r"/LayerNorm/", "ERF": r"/intermediate/erfc",
 INT8_FLOAT_OPS = ("BATCH_MATMUL", "SOFTMAX", "LAYER_NORM", "RESIDUAL")
 
 
-# -- the function to export ------------------------------------------------------------------
 def task_of(params: dict) -> str:
     """The head a params tree carries: "classification", "question_answering" or "encoder"."""
     if "bert" not in params:
@@ -108,7 +102,7 @@ def inference_params(params: dict) -> dict:
 
 
 def inference_fn(config: MobileBertConfig, params: dict) -> Callable:
-    """`f(params, input_ids, attention_mask, token_type_ids) -> {name: array}` in inference
+    """`f(params, input_ids, input_mask, segment_ids) -> {name: array}` in inference
     mode (no dropout, float32) for the head `params` carry."""
     config = config.replace(dtype="float32", remat="none")
     task = task_of(params)
@@ -120,11 +114,11 @@ def inference_fn(config: MobileBertConfig, params: dict) -> Callable:
     else:
         model = MobileBertModel(config)
 
-    def apply(p, input_ids, attention_mask, token_type_ids):
+    def apply(p, input_ids, input_mask, segment_ids):
         if task == "encoder":
-            out = model.apply({"params": p["bert"]}, input_ids, token_type_ids, attention_mask)
+            out = model.apply({"params": p["bert"]}, input_ids, segment_ids, input_mask)
             return {"sequence_output": out.sequence_output, "pooled_output": out.pooled_output}
-        out = model.apply({"params": p}, input_ids, token_type_ids, attention_mask)
+        out = model.apply({"params": p}, input_ids, segment_ids, input_mask)
         if task == "classification":
             return {"logits": out.logits}
         return {"start_logits": out.start_logits, "end_logits": out.end_logits}
@@ -132,16 +126,9 @@ def inference_fn(config: MobileBertConfig, params: dict) -> Callable:
     return apply
 
 
-# -- conversion ----------------------------------------------------------------------------------
-def _tf():
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import tensorflow as tf
-    return tf
-
-
 def _converter(config: MobileBertConfig, params: dict, seq_len: int, batch_size: int):
     """A TFLiteConverter for the model's serving function, and the module owning its params."""
-    tf = _tf()
+    tf = import_tensorflow()
     from jax.experimental import jax2tf
 
     if not 1 <= seq_len <= config.max_position_embeddings:
@@ -158,8 +145,8 @@ def _converter(config: MobileBertConfig, params: dict, seq_len: int, batch_size:
     spec = [tf.TensorSpec((batch_size, seq_len), tf.int32, name=n) for n in INPUT_NAMES]
 
     @tf.function(autograph=False, input_signature=spec)
-    def serve(input_ids, attention_mask, token_type_ids):
-        return converted(module.params, input_ids, attention_mask, token_type_ids)
+    def serve(input_ids, input_mask, segment_ids):
+        return converted(module.params, input_ids, input_mask, segment_ids)
 
     module.serve = serve
     with warnings.catch_warnings():
@@ -174,7 +161,7 @@ def to_tflite(config: MobileBertConfig, params: dict, seq_len: int = 128,
               export_mask_mode: str | None = None) -> bytes:
     """The `.tflite` flatbuffer of the model `params` carry.
 
-    `representative`: int32 arrays `input_ids`, `attention_mask`, `token_type_ids` of shape
+    `representative`: int32 arrays `input_ids`, `input_mask`, `segment_ids` of shape
     [N, seq_len] (required for `int8`). `float_ops`: TFLite op names (e.g. "SOFTMAX") kept in
     float in an int8 model. `export_mask_mode`: "add"/"fill" overrides the config's mask mode.
     """
@@ -185,7 +172,7 @@ def to_tflite(config: MobileBertConfig, params: dict, seq_len: int = 128,
     float_ops = tuple(float_ops)
     if float_ops and quantize != "int8":
         raise ValueError("float_ops only applies to quantize='int8'")
-    tf = _tf()
+    tf = import_tensorflow()
     converter, _module = _converter(config, params, seq_len, batch_size)
     if quantize == "float16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -209,7 +196,7 @@ def to_tflite(config: MobileBertConfig, params: dict, seq_len: int = 128,
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     float_model = _converter(config, params, seq_len, batch_size)[0].convert()
-                names = _float_node_names(float_model, groups)
+                names = float_node_names(float_model, [FLOAT_NODE_GROUPS[g] for g in groups])
             return _selective_int8(converter, batches, float_ops, names)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -235,7 +222,7 @@ def _selective_int8(converter, batches: list, float_ops: tuple[str, ...],
                     mask_nodes: list[str]) -> bytes:
     """Full int8 with some ops left in float (TFLite quantization debugger). Entries of
     `float_ops` are TFLite op types ("SOFTMAX") or names of `FLOAT_NODE_GROUPS`."""
-    tf = _tf()
+    tf = import_tensorflow()
     op_types = [op for op in float_ops if op not in FLOAT_NODE_GROUPS]
     options = tf.lite.experimental.QuantizationDebugOptions(
         denylisted_ops=op_types or None, denylisted_nodes=mask_nodes or None)
@@ -246,203 +233,6 @@ def _selective_int8(converter, batches: list, float_ops: tuple[str, ...],
         return debugger.get_nondebug_quantized_model()
 
 
-def _float_node_names(float_model: bytes, groups: list[str]) -> list[str]:
-    """Output tensor names, in a float model, of the ops in the named `FLOAT_NODE_GROUPS`."""
-    import re
-
-    pattern = re.compile("|".join(FLOAT_NODE_GROUPS[g] for g in groups))
-    interp = _plain_interpreter(float_model)
-    produced = {int(i) for op in interp._get_ops_details() for i in op["outputs"]}
-    return [d["name"] for d in interp.get_tensor_details()
-            if int(d["index"]) in produced and pattern.search(d["name"])]
-
-
-# -- representative data -------------------------------------------------------------------------
-def representative_inputs(tokenizer, seq_len: int, num_examples: int = 100,
-                          source: str = "gensim_wiki", seed: int = 0) -> dict[str, np.ndarray]:
-    """Real inputs for int8 calibration: `num_examples` rows of [CLS] a [SEP] (b [SEP]).
-
-    `source`: "gensim_wiki" (sentence pairs of varied length from the Wikipedia sample in the
-    gensim wheel) or a GLUE task directory (e.g. /data/glue/SST-2; its train.tsv, else dev.tsv).
-    """
-    from mobilebert_jax.data import glue
-
-    if num_examples < 1:
-        raise ValueError(f"num_examples must be positive, got {num_examples}")
-    rng = np.random.default_rng(seed)
-    if source == "gensim_wiki":
-        examples = _wiki_examples(rng, num_examples, seq_len)
-    else:
-        task = _glue_task_of_dir(source)
-        split = "train" if os.path.isfile(os.path.join(source, "train.tsv")) else "dev"
-        pool = glue.load_glue(task, source, split)
-        idx = rng.choice(len(pool), size=min(num_examples, len(pool)), replace=False)
-        examples = [pool[i] for i in idx]
-    feats = glue.featurize_glue(examples, tokenizer, seq_len)
-    return {n: feats[n] for n in INPUT_NAMES}
-
-
-def _wiki_examples(rng: np.random.Generator, num_examples: int, seq_len: int) -> list:
-    """Word spans of Wikipedia text, their lengths spread from a few words to past `seq_len`
-    tokens (so calibration sees padded and full rows), half of them split into pairs."""
-    from mobilebert_jax.data.corpus import iter_documents
-    from mobilebert_jax.data.glue import GlueExample
-
-    examples = []
-    for doc in iter_documents("gensim_wiki"):
-        words = " ".join(doc).split()
-        i = 0
-        while len(examples) < num_examples:
-            n = int(rng.integers(4, max(5, seq_len)))
-            if i + n > len(words):
-                break
-            span, i = words[i:i + n], i + n
-            cut = int(rng.integers(1, n)) if rng.random() < 0.5 else n
-            examples.append(GlueExample(f"wiki-{len(examples)}", " ".join(span[:cut]),
-                                        " ".join(span[cut:]) or None, None))
-        if len(examples) >= num_examples:
-            break
-    if not examples:
-        raise ValueError("the gensim Wikipedia sample yielded no text")
-    return examples
-
-
-def _glue_task_of_dir(path: str) -> str:
-    from mobilebert_jax.data import glue
-
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"calibration data directory not found: {path}")
-    return glue.get_task(os.path.basename(os.path.normpath(path))).name
-
-
-# -- running and inspecting ------------------------------------------------------------------------
-class TFLiteModel:
-    """A `.tflite` model (path or bytes) run through its `serving_default` signature."""
-
-    def __init__(self, model: str | bytes, num_threads: int = 2, use_xnnpack: bool = True):
-        interpreter_cls, resolver = _interpreter_class(use_xnnpack)
-        kwargs = {"model_path": model} if isinstance(model, str) else {"model_content": model}
-        if isinstance(model, str) and not os.path.isfile(model):
-            raise FileNotFoundError(f"TFLite model not found: {model}")
-        if resolver is not None:
-            kwargs["experimental_op_resolver_type"] = resolver
-        self.interpreter = interpreter_cls(num_threads=num_threads, **kwargs)
-        signatures = self.interpreter.get_signature_list()
-        if SIGNATURE_KEY not in signatures:
-            raise ValueError(f"TFLite model has no {SIGNATURE_KEY!r} signature")
-        self.input_names = tuple(signatures[SIGNATURE_KEY]["inputs"])
-        self.output_names = tuple(signatures[SIGNATURE_KEY]["outputs"])
-        self._runner = self.interpreter.get_signature_runner(SIGNATURE_KEY)
-        details = self._runner.get_input_details()
-        self.input_shape = tuple(int(d) for d in details["input_ids"]["shape"])
-
-    def __call__(self, **inputs) -> dict[str, np.ndarray]:
-        feed = {n: np.asarray(inputs[n], dtype=np.int32) for n in INPUT_NAMES}
-        return {k: np.array(v) for k, v in self._runner(**feed).items()}
-
-    def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Runs row blocks of the model's batch size over [N, S] arrays; N must divide."""
-        b = self.input_shape[0]
-        n = np.shape(inputs["input_ids"])[0]
-        if n % b:
-            raise ValueError(f"{n} rows do not split into batches of {b}")
-        parts = [self(**{k: inputs[k][i:i + b] for k in INPUT_NAMES}) for i in range(0, n, b)]
-        return {k: np.concatenate([p[k] for p in parts]) for k in self.output_names}
-
-
-def _interpreter_class(use_xnnpack: bool):
-    try:
-        from ai_edge_litert import interpreter as litert
-    except ImportError:  # pragma: no cover - depends on the installed runtime
-        litert = _tf().lite
-        resolver_enum = litert.experimental.OpResolverType
-    else:
-        resolver_enum = litert.OpResolverType
-    resolver = None if use_xnnpack else resolver_enum.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-    return litert.Interpreter, resolver
-
-
-def constant_tensors(model: bytes | str) -> dict[str, np.ndarray]:
-    """Every constant (weight, bias, scalar) of a `.tflite` model by tensor name, dequantized
-    to float64 where the tensor carries quantization parameters."""
-    interp = _plain_interpreter(model)
-    produced, consumed = set(), set()
-    for op in interp._get_ops_details():
-        produced.update(int(i) for i in op["outputs"])
-        consumed.update(int(i) for i in op["inputs"] if i >= 0)
-    inputs = {int(d["index"]) for d in interp.get_input_details()}
-    out = {}
-    for detail in interp.get_tensor_details():
-        idx = int(detail["index"])
-        if idx not in consumed or idx in produced or idx in inputs:
-            continue
-        try:
-            value = np.asarray(interp.get_tensor(idx))
-        except ValueError:  # a tensor without data (e.g. a variable)
-            continue
-        out[f"{detail['name']}#{idx}"] = _dequantize(value, detail["quantization_parameters"])
-    return out
-
-
-def _dequantize(value: np.ndarray, qparams: dict) -> np.ndarray:
-    scales = np.asarray(qparams.get("scales", []), dtype=np.float64)
-    if scales.size == 0:
-        return value
-    zero = np.asarray(qparams.get("zero_points", [0]), dtype=np.float64)
-    axis = int(qparams.get("quantized_dimension", 0))
-    shape = [1] * value.ndim
-    if scales.size > 1 and value.ndim:
-        shape[axis] = scales.size
-    return (value.astype(np.float64) - zero.reshape(shape if zero.size > 1 else ())) \
-        * scales.reshape(shape if scales.size > 1 else ())
-
-
-def max_abs_float_constant(model: bytes | str) -> float:
-    """The largest finite magnitude of any float constant of the model, or inf if a constant
-    is ±inf. NaN (the fill value of an out-of-range embedding gather, representable in
-    float16) is skipped. Quantized weights and biases count at their dequantized values."""
-    largest = 0.0
-    for value in constant_tensors(model).values():
-        if value.dtype.kind != "f" or value.size == 0:
-            continue
-        if np.any(np.isinf(value)):
-            return float("inf")
-        finite = value[np.isfinite(value)]
-        if finite.size:
-            largest = max(largest, float(np.max(np.abs(finite))))
-    return largest
-
-
-def float16_overflows(model: bytes | str) -> list[str]:
-    """Names of the float constants that would overflow (become ±inf) in float16."""
-    return [name for name, value in constant_tensors(model).items()
-            if value.dtype.kind == "f" and value.size
-            and np.any(np.abs(value[~np.isnan(value)]) > FLOAT16_MAX)]
-
-
-def _plain_interpreter(model: bytes | str):
-    """An allocated interpreter without delegates, for reading the graph and its constants."""
-    interpreter_cls, resolver = _interpreter_class(use_xnnpack=False)
-    interp = interpreter_cls(model_content=_read_model(model), num_threads=1,
-                             experimental_op_resolver_type=resolver)
-    interp.allocate_tensors()
-    return interp
-
-
-def _read_model(model: bytes | str) -> bytes:
-    if isinstance(model, bytes):
-        return model
-    with open(model, "rb") as f:
-        return f.read()
-
-
-def op_names(model: bytes | str) -> set[str]:
-    """The TFLite builtin op names the model uses."""
-    interp = _plain_interpreter(model)
-    return {op["op_name"] for op in interp._get_ops_details()}
-
-
-# -- checkpoint → file ---------------------------------------------------------------------------
 def default_options(config: MobileBertConfig, quantize: str,
                     float_ops: Iterable[str] | None = None,
                     export_mask_mode: str | None = None) -> tuple[tuple[str, ...], str | None]:
@@ -492,53 +282,3 @@ def export_checkpoint(checkpoint_dir: str, out: str, quantize: str = "none", seq
             "outputs": output_names(params), "quantize": quantize, "seq_len": seq_len,
             "mask_mode": export_mask_mode or config.attention_mask_mode,
             "float_ops": float_ops}
-
-
-def parse_args(argv: list[str]):
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m mobilebert_jax.export",
-                                     description="Export a checkpoint to TFLite.")
-    parser.add_argument("--checkpoint", required=True, help="Project checkpoint directory.")
-    parser.add_argument("--format", default="tflite", choices=["tflite"], help="Output format.")
-    parser.add_argument("--quantize", default="none", choices=QUANTIZE_MODES)
-    parser.add_argument("--seq_len", type=int, default=128,
-                        help="Fixed sequence length of the exported model.")
-    parser.add_argument("--out", required=True, help="Output .tflite file.")
-    parser.add_argument("--calibration_data", default="gensim_wiki",
-                        help="int8 calibration text: 'gensim_wiki' or a GLUE task directory.")
-    parser.add_argument("--num_calibration", type=int, default=100,
-                        help="Calibration examples for int8.")
-    parser.add_argument("--tokenizer", default=None, help="Tokenizer (default: the checkpoint's).")
-    parser.add_argument("--float_ops", default=None,
-                        help="int8: comma-separated TFLite op types or node groups kept in "
-                        f"float (default {','.join(INT8_FLOAT_OPS)}; '' for none; node groups: "
-                        f"{', '.join(FLOAT_NODE_GROUPS)}).")
-    parser.add_argument("--mask_mode", default=None, choices=["add", "fill"],
-                        help="Override the attention mask mode at export (default: the "
-                        "model's; for int8, fill).")
-    return parser.parse_args(argv)
-
-
-def main(argv=None) -> int:
-    args = parse_args(list(sys.argv if argv is None else argv)[1:])
-    try:
-        if not args.checkpoint or not args.out:
-            raise ValueError("--checkpoint and --out are required")
-        summary = export_checkpoint(args.checkpoint, args.out, args.quantize, args.seq_len,
-                                    args.calibration_data, args.num_calibration,
-                                    args.tokenizer,
-                                    None if args.float_ops is None
-                                    else [o for o in args.float_ops.split(",") if o],
-                                    args.mask_mode)
-    except cli.EXPECTED as e:
-        return cli.fail(e)
-    print(f"wrote {summary['out']} ({summary['bytes'] / 1e6:.1f} MB, {summary['task']}, "
-          f"outputs {', '.join(summary['outputs'])}, quantize={summary['quantize']}, "
-          f"seq_len={summary['seq_len']}, mask={summary['mask_mode']}"
-          f"{', float ' + '+'.join(summary['float_ops']) if summary['float_ops'] else ''})")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
