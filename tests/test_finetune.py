@@ -2,6 +2,7 @@
 written here (eval results, best checkpoint, submission files), the sweep table, the optimizer
 options, and one-line errors for bad input."""
 import json
+import shutil
 import os
 import sys
 
@@ -17,7 +18,7 @@ from mobilebert_jax.data import glue as glue_data
 from mobilebert_jax.models.config import MobileBertConfig
 from mobilebert_jax.models.heads import MobileBertForPreTraining
 from mobilebert_jax.data import finetune_input
-from mobilebert_jax.train import finetune, finetune_steps, optim, sweep
+from mobilebert_jax.train import finetune, optim, sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GLUE_CONFIG = os.path.join(REPO, "configs", "finetune_glue.py")
@@ -119,6 +120,29 @@ def glue_args(ckpt, data, workdir, *extra):
             *extra]
 
 
+def _files(root):
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+@pytest.mark.parametrize("kind", ["teacher_run", "converted_checkpoint"])
+def test_finetune_refuses_another_jobs_workdir(tiny_checkpoint, glue_dir, tmp_path, capsys,
+                                               kind):
+    """Pointed at a teacher's workdir, or at a converted checkpoint directory, fine-tuning
+    stops in one line before writing anything there."""
+    workdir = tmp_path / "taken"
+    shutil.copytree(tiny_checkpoint, workdir)
+    if kind == "teacher_run":
+        (workdir / "config.json").write_text(json.dumps({"trainer": "pretrain"}))
+    before = _files(workdir)
+    rc, err = run_main(glue_args(tiny_checkpoint, glue_dir, workdir), capsys)
+    assert rc == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "use a new --workdir" in lines[0], err
+    assert ("pretrain run" in lines[0]) == (kind == "teacher_run")
+    assert _files(workdir) == before
+
+
 def test_glue_end_to_end_through_main(tiny_checkpoint, glue_dir, tmp_path, capsys):
     workdir = tmp_path / "run"
     rc, err = run_main(glue_args(tiny_checkpoint, glue_dir, workdir), capsys)
@@ -208,7 +232,7 @@ def test_no_bias_correction_option_is_wired():
     first = {}
     for bias_correction in (False, True):
         config.bias_correction = bias_correction
-        opt = finetune_steps.optimizer_config(config, total_steps=10)
+        opt = finetune.optimizer_config(config, total_steps=10)
         assert opt["bias_correction"] is bias_correction and opt["name"] == "adamw"
         assert opt["clip_norm"] == 1.0 and opt["warmup_steps"] == 0
         tx, _ = optim.make_optimizer(opt)
@@ -221,7 +245,7 @@ def test_no_bias_correction_option_is_wired():
 
 
 def test_warmup_is_ten_percent_and_decays_to_zero():
-    opt = finetune_steps.optimizer_config(finetune_glue.get_config("rte"), total_steps=100)
+    opt = finetune.optimizer_config(finetune_glue.get_config("rte"), total_steps=100)
     assert opt["warmup_steps"] == 10
     schedule = optim.make_schedule(opt)
     assert float(schedule(0)) == 0.0 and float(schedule(100)) == 0.0

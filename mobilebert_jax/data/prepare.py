@@ -277,9 +277,9 @@ def prepare_dataset(corpus_spec: str, tokenizer_path: str, out_dir: str, seq_len
             tokenizer, seq_len, max_predictions_per_seq, masked_lm_prob, whole_word_masking)
     start = time.perf_counter()
     layout.progress_line(progress, f"{len(tasks)} read tasks over {input_bytes / 1e6:.1f} MB of "
-                        f"input from {len(specs)} source(s), {settings['num_shards']} train shards; "
-                        f"{runner} with {num_workers if 'Direct' in runner else 'its'} "
-                        "worker(s)")
+                         f"input from {len(specs)} source(s), {settings['num_shards']} train "
+                         f"shards; {runner} with "
+                         f"{num_workers if 'Direct' in runner else 'its'} worker(s)")
     staging = _staging_dir(out_dir)
     try:
         counters = beam_job.run(tasks, tokenizer, staging, settings, static_cfg, options,

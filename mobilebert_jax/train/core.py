@@ -175,7 +175,7 @@ def check_accumulation(batch_size: int, accum_steps: int) -> None:
                          f"grad_accum_steps={accum_steps}")
 
 
-# -- compilation and evaluation ---------------------------------------------------------------------
+# -- compilation and evaluation -----------------------------------------------------------------
 def compile_step(step_fn, args, name: str):
     """AOT-compiles `step_fn` for `args`; logs compile time and XLA's memory analysis."""
     start, hits = time.perf_counter(), compile_cache.hits()
@@ -209,7 +209,7 @@ def evaluate(eval_fn, params, batches, mesh, max_steps: int | None = None) -> tu
     return sums, n
 
 
-# -- checkpoints ------------------------------------------------------------------------------------
+# -- checkpoints ----------------------------------------------------------------------------------
 def save_state(ckpt, state: TrainState, host_state: dict) -> bool:
     """Starts saving `state` (async) with the trainer's host-side JSON `host_state`."""
     meta = {"step": state.step, "rng": state.rng, "extra": state.extra}
@@ -230,11 +230,23 @@ def restore_state(ckpt, state: TrainState, shardings: TrainState):
     return TrainState(m["step"], params, opt_state, m["rng"], m["extra"]), host_state
 
 
-def check_workdir_model(workdir: str, model_config: MobileBertConfig) -> None:
-    """A workdir that already holds checkpoints of another model shape is an error, not a
-    silent re-initialisation. Writes nothing: `record_run` does, once the state is restored
-    (the restore checks the params themselves against the config, `model_config.json` or not)."""
+def check_workdir_model(workdir: str, model_config: MobileBertConfig, trainer: str) -> None:
+    """A workdir that holds another job's run (its `config.json` names another trainer), a
+    checkpoint directory that is no run's workdir (a converted model), or checkpoints of another
+    model shape is an error, not a silent re-initialisation or an overwrite. Writes nothing:
+    `record_run` does, once the state is restored (the restore checks the params themselves
+    against the config, `model_config.json` or not)."""
+    run_config = files.join(workdir, "config.json")
     path = files.join(workdir, checkpoint.MODEL_CONFIG)
+    if files.isfile(run_config):
+        previous = files.read_json(run_config, "run config").get("trainer")
+        if previous != trainer:
+            raise ValueError(f"workdir {workdir} holds a {previous} run (its config.json), not "
+                             f"a {trainer} run; use a new --workdir")
+    elif files.isfile(path):
+        raise ValueError(f"workdir {workdir} is a checkpoint directory ({checkpoint.MODEL_CONFIG}"
+                         f" without a run's config.json); use a new --workdir and point "
+                         f"init_checkpoint or teacher_checkpoint at it")
     has_ckpt = checkpoint.latest_step(workdir) is not None
     if has_ckpt and files.isfile(path):
         old = MobileBertConfig.from_json_file(path)

@@ -37,20 +37,25 @@ def load_teacher_config(path: str) -> MobileBertConfig:
 
 def loss_settings(config, num_layers: int) -> distill_stages.LossSettings:
     weights = {k: float(v) for k, v in config.transfer.weights.items()}
-    return distill_stages.LossSettings(num_layers, weights, bool(config.transfer.all_teacher_layers),
-                           float(config.distill_ground_truth_ratio))
+    return distill_stages.LossSettings(num_layers, weights,
+                                       bool(config.transfer.all_teacher_layers),
+                                       float(config.distill_ground_truth_ratio))
+
+
+def abstract_teacher(teacher_cfg: MobileBertConfig, seq_len: int, mesh, rules):
+    """(abstract teacher params with their shardings, shardings)."""
+    model = MobileBertForPreTraining(teacher_cfg)
+    ids = jnp.zeros((1, seq_len), jnp.int32)
+    abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), ids)["params"])
+    shardings = parallel.logical_shardings(abstract, mesh, rules)
+    return core.abstract_like(nn.meta.unbox(abstract), shardings), shardings
 
 
 def load_teacher(path: str, teacher_cfg: MobileBertConfig, seq_len: int, mesh, rules):
     """Teacher params restored straight onto their shardings (never materialised on one
     host first); returns (params, shardings)."""
-    model = MobileBertForPreTraining(teacher_cfg)
-    ids = jnp.zeros((1, seq_len), jnp.int32)
-    abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), ids)["params"])
-    shardings = parallel.logical_shardings(abstract, mesh, rules)
-    target = core.abstract_like(nn.meta.unbox(abstract), shardings)
-    params = checkpoint.load_params(files.resolve(path), target=target)
-    return params, shardings
+    target, shardings = abstract_teacher(teacher_cfg, seq_len, mesh, rules)
+    return checkpoint.load_params(files.resolve(path), target=target), shardings
 
 
 class Optimizers:
@@ -65,7 +70,8 @@ class Optimizers:
     def tx(self, phase: str):
         if phase not in self._tx:
             if phase == distill_stages.TRANSFER:
-                self._tx[phase] = distill_stages.transfer_optimizer(self.config.transfer, self.multipliers)
+                self._tx[phase] = distill_stages.transfer_optimizer(self.config.transfer,
+                                                                    self.multipliers)
             else:
                 self._tx[phase], self.schedule = distill_stages.pd_optimizer(
                     self.config.optimizer, self.config.total_steps, self.plan.pd_start)
@@ -90,9 +96,53 @@ class Optimizers:
         opt_sh = core.opt_state_shardings(tx, params, param_sh, self.mesh)
 
         def fresh(p):
-            return layer_multipliers.reset_opt_state(tx, p, step if phase == distill_stages.TRANSFER else None)
+            return layer_multipliers.reset_opt_state(
+                tx, p, step if phase == distill_stages.TRANSFER else None)
         with jax.set_mesh(self.mesh):
             return jax.jit(fresh, out_shardings=opt_sh)(params), opt_sh
+
+
+def build_program(config, mesh, rules, teacher_cfg: MobileBertConfig, seq_len: int,
+                  max_predictions: int, optimizers: Optimizers | None = None,
+                  start_step: int = 0) -> core.Program:
+    """Every step program of the run, one per stage (`"<stage name> step"`: each PKT layer's
+    transfer stage, pre-training distillation, ...) and the eval step, with their state
+    shardings (the stage's optimizer) and abstract arguments, from the config and the
+    teacher's model config alone (no data, no workdir). The program's state is that of the
+    stage of `start_step`."""
+    student_cfg = MobileBertConfig.from_dict(config.model.to_dict())
+    settings = loss_settings(config, student_cfg.num_hidden_layers)
+    plan = distill_stages.StagePlan(config.strategy, student_cfg.num_hidden_layers,
+                                    config.steps_per_layer)
+    optimizers = optimizers or Optimizers(config, plan, mesh)
+    model = MobileBertForPreTraining(student_cfg)
+    ids = jnp.zeros((1, seq_len), jnp.int32)
+
+    def init_params():
+        return model.init(jax.random.PRNGKey(config.seed), ids)["params"]
+
+    teacher, teacher_sh = abstract_teacher(teacher_cfg, seq_len, mesh, rules)
+    batch_sh, repl = parallel.batch_sharding(mesh), parallel.replicated(mesh)
+    batch = pretraining_input.abstract_batch(config.batch_size, seq_len, max_predictions,
+                                             batch_sh)
+    extra = {"stage": jnp.zeros((), jnp.int32)}
+    states = {phase: core.state_shardings(init_params, optimizers.tx(phase), mesh, rules, extra)
+              for phase in dict.fromkeys(stage.phase for stage in plan.stages)}
+    steps = {}
+    for stage in plan.stages:
+        abstract_state, sh = states[stage.phase]
+        fn = distill_stages.make_train_step(
+            stage, teacher_cfg, student_cfg, settings, optimizers.tx(stage.phase),
+            optimizers.learning_rates(stage.phase), config.grad_accum_steps)
+        jitted = jax.jit(fn, in_shardings=(sh, batch_sh, teacher_sh), out_shardings=(sh, repl),
+                         donate_argnums=0)
+        steps[f"{stage.name} step"] = (jitted, (abstract_state, batch, teacher))
+    start = plan.stage_at(start_step)
+    abstract_state, shardings = states[start.phase]
+    eval_step = jax.jit(objectives.make_eval_step(model),
+                        in_shardings=(shardings.params, batch_sh), out_shardings=repl)
+    steps["eval step"] = (eval_step, (abstract_state.params, batch))
+    return core.Program(shardings, abstract_state, steps, init_params, optimizers.tx(start.phase))
 
 
 def train_and_evaluate(config, workdir: str) -> dict[str, float]:
@@ -102,15 +152,17 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     distill_stages.check_student_preset(config.student, student_cfg)
     teacher_cfg = load_teacher_config(config.teacher_checkpoint)
     settings = loss_settings(config, student_cfg.num_hidden_layers)
-    distill_stages.check_compatible(teacher_cfg, student_cfg, attention_transfer=settings.weights["at"] != 0)
-    plan = distill_stages.StagePlan(config.strategy, student_cfg.num_hidden_layers, config.steps_per_layer)
+    distill_stages.check_compatible(teacher_cfg, student_cfg,
+                                    attention_transfer=settings.weights["at"] != 0)
+    plan = distill_stages.StagePlan(config.strategy, student_cfg.num_hidden_layers,
+                                    config.steps_per_layer)
     if config.total_steps > plan.pd_start:  # a bad PD schedule fails now, not at its stage
         distill_stages.pd_optimizer(config.optimizer, config.total_steps, plan.pd_start)
     core.check_accumulation(config.batch_size, config.grad_accum_steps)
 
     # -- workdir, logging ------------------------------------------------------------------------
     files.makedirs(workdir)
-    core.check_workdir_model(workdir, student_cfg)
+    core.check_workdir_model(workdir, student_cfg, config.trainer)
 
     # -- mesh ------------------------------------------------------------------------------------
     mesh = parallel.make_mesh(config.mesh.shape)
@@ -134,14 +186,13 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     # -- student state ---------------------------------------------------------------------------
     ckpt = checkpoint.TrainCheckpointer(workdir, config.keep_checkpoints,
                                         config.async_checkpointing)
-    start_stage = plan.stage_at(ckpt.latest_step() or 0)
+    start_step = ckpt.latest_step() or 0
     optimizers = Optimizers(config, plan, mesh)
-    model = MobileBertForPreTraining(student_cfg)
-    ids = jnp.zeros((1, info.seq_len), jnp.int32)
+    program = build_program(config, mesh, rules, teacher_cfg, info.seq_len,
+                            info.max_predictions_per_seq, optimizers, start_step)
     state, shardings = core.create_sharded_state(
-        lambda: model.init(jax.random.PRNGKey(config.seed), ids)["params"],
-        optimizers.tx(start_stage.phase), config.seed, mesh, rules,
-        extra={"stage": jnp.asarray(start_stage.index, jnp.int32)})
+        program.init_params, program.tx, config.seed, mesh, rules,
+        extra={"stage": jnp.asarray(plan.stage_at(start_step).index, jnp.int32)})
     log(f"student: {sum(x.size for x in jax.tree_util.tree_leaves(state.params)):,} parameters")
     log(f"student sharding: {parallel.sharding_report(state.params, shardings.params).summary()}")
 
@@ -164,31 +215,15 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         log("student embeddings and MLM/NSP heads copied from the teacher")
     core.record_run(workdir, config, student_cfg, tokenizer.path)
 
-    # -- step functions: one per (stage kind, layers, depth), compiled when first needed -----------
-    batch_sh = parallel.batch_sharding(mesh)
-    repl = parallel.replicated(mesh)
-    example = pretraining_input.abstract_batch(config.batch_size, info.seq_len,
-                                               info.max_predictions_per_seq, batch_sh)
+    # -- step functions: one per stage, compiled when first needed ------------------------------
     compiled = {}
-    current = {"shardings": shardings}
 
-    def step_fn_for(stage: distill_stages.Stage, state):
-        key = (stage.kind, stage.layers, stage.depth)
-        if key not in compiled:
-            sh = current["shardings"]
-            fn = distill_stages.make_train_step(
-                stage, teacher_cfg, student_cfg, settings, optimizers.tx(stage.phase),
-                optimizers.learning_rates(stage.phase), config.grad_accum_steps)
-            jitted = jax.jit(fn, in_shardings=(sh, batch_sh, teacher_sh),
-                             out_shardings=(sh, repl), donate_argnums=0)
+    def compiled_step(name: str):
+        if name not in compiled:
+            fn, args = program.steps[name]
             with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-                args = (core.abstract_like(state, sh), example,
-                        core.abstract_like(teacher_params, teacher_sh))
-                compiled[key] = core.compile_step(jitted, args, f"{stage.name} step")
-        return compiled[key]
-
-    eval_step = jax.jit(objectives.make_eval_step(model),
-                        in_shardings=(shardings.params, batch_sh), out_shardings=repl)
+                compiled[name] = core.compile_step(fn, args, name)
+        return compiled[name]
 
     def enter(state, step: int):
         """At a stage boundary: the PD optimizer replaces the transfer one, or (optionally)
@@ -197,32 +232,30 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         old, new = plan.stage_at(step - 1), plan.stage_at(step)
         if new.phase != old.phase or (new.phase == distill_stages.TRANSFER
                                       and config.transfer.reset_optimizer_each_stage):
-            opt_state, opt_sh = optimizers.init(new.phase, state.params,
-                                                current["shardings"].params, step)
+            opt_state, _ = optimizers.init(new.phase, state.params, shardings.params, step)
             state = state.replace(opt_state=opt_state)
-            current["shardings"] = current["shardings"].replace(opt_state=opt_sh)
         log(f"step {step}: stage {new.index} ({new.name})")
         state = state.replace(extra={"stage": jax.device_put(jnp.asarray(new.index, jnp.int32),
-                                                             repl)})
+                                                             shardings.step)})
         if step < config.total_steps:
-            step_fn_for(new, state)
+            compiled_step(f"{new.name} step")
         return state
 
     # -- loop ------------------------------------------------------------------------------------
     def step_fn(state, step):
         batch = parallel.global_batch(next(train_iter), mesh)
-        return step_fn_for(plan.stage_at(step), state)(state, batch, teacher_params)
+        return compiled_step(f"{plan.stage_at(step).name} step")(state, batch, teacher_params)
 
     def evaluate_fn(state, step):
         loader = pretraining_input.eval_loader(config, info)
         if loader is None:
             return None
-        ev = objectives.summarize_eval(*core.evaluate(eval_step, state.params, loader, mesh,
-                                                      config.eval_steps))
+        ev = objectives.summarize_eval(*core.evaluate(compiled_step("eval step"), state.params,
+                                                      loader, mesh, config.eval_steps))
         return dict(ev, stage=plan.stage_at(step).index)
 
     if int(state.step) < config.total_steps:
-        step_fn_for(plan.stage_at(int(state.step)), state)
+        compiled_step(f"{plan.stage_at(int(state.step)).name} step")
     hooks = loop.Hooks(
         train_step=step_fn, evaluate=evaluate_fn,
         is_boundary=lambda step: plan.stage_at(step).index != plan.stage_at(step - 1).index,

@@ -106,8 +106,9 @@ def check_student_preset(preset: str, student: MobileBertConfig) -> None:
     for name in PRESET_SWITCHES:
         if PRESETS[preset][name] != getattr(student, name):
             raise ValueError(f"config.student={preset!r} but config.model has {name}="
-                             f"{getattr(student, name)!r} (the preset has {PRESETS[preset][name]!r});"
-                             f" pick the student with the config variant (e.g. :tiny)")
+                             f"{getattr(student, name)!r} (the preset has "
+                             f"{PRESETS[preset][name]!r}); pick the student with the config "
+                             "variant (e.g. :tiny)")
 
 
 def check_compatible(teacher: MobileBertConfig, student: MobileBertConfig,

@@ -72,7 +72,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     # -- workdir, model config -------------------------------------------------------------------
     model_config = MobileBertConfig.from_dict(config.model.to_dict())
     files.makedirs(workdir)
-    core.check_workdir_model(workdir, model_config)
+    core.check_workdir_model(workdir, model_config, config.trainer)
 
     # -- mesh ------------------------------------------------------------------------------------
     mesh = parallel.make_mesh(config.mesh.shape)
