@@ -391,7 +391,7 @@ def test_lines_that_are_not_utf8_are_skipped_and_counted(bad_files, tmp_path):
     first_bad = (bad_files / "some_bad_lines.txt").read_bytes().index(b"Latin-1 caf\xe9")
     assert (f"warning: {bad_files}/some_bad_lines.txt: skipped 2 of 81 lines that are not UTF-8 "
             f"text (first at byte {first_bad})") in r.stderr
-    from mobilebert_jax.data.prepare import read_meta
+    from mobilebert_jax.data.dataset_layout import read_meta
 
     assert sum(read_meta(str(tmp_path / "data"))["num_documents"].values()) == 39
 

@@ -87,6 +87,6 @@ def test_qat_fine_tuning_exports_to_int8(tiny_checkpoint, glue_dir, tmp_path, ca
     tflite.export_checkpoint(str(qat_dir), str(out), "int8", seq_len=16, num_calibration=8)
     runner = runtime.TFLiteModel(str(out))
     ids = np.full((1, 16), 5, np.int32)
-    logits = runner(input_ids=ids, attention_mask=np.ones_like(ids),
-                    token_type_ids=np.zeros_like(ids))["logits"]
+    logits = runner(input_ids=ids, input_mask=np.ones_like(ids),
+                    segment_ids=np.zeros_like(ids))["logits"]
     assert logits.shape == (1, 2) and np.isfinite(logits).all()

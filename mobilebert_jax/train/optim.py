@@ -228,7 +228,7 @@ def stacked_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-6,
 
     def update_fn(updates, state, params=None):
         if params is None:
-            raise ValueError("this optimizer needs the params: tx.update(grads, state, params)")
+            raise ValueError("this optimizer needs the params: pass them to its update")
         grads, treedef = jax.tree.flatten(updates)
         weights = treedef.flatten_up_to(params)
         n = len(grads)
