@@ -16,7 +16,7 @@ table also gives the 10th/90th percentiles, and the machine's load average is pr
 and after so a noisy run is visible. The last rows give BERT_BASE / MobileBERT per runtime
 (how many times faster MobileBERT is).
 
-    python -m mobilebert_jax.bench.latency [--models=mobilebert,mobilebert_tiny,bert_base]
+    python -m benchmarks.latency [--models=mobilebert,mobilebert_tiny,bert_base]
         [--runtimes=jax,tflite_float,tflite_int8,torch] [--runs=30] [--threads=2]
         [--float_ops=BATCH_MATMUL,SOFTMAX] [--json=PATH]
 """
@@ -30,7 +30,7 @@ from typing import Callable
 
 import numpy as np
 
-from mobilebert_jax.bench.common import write_json
+from benchmarks.common import write_json
 
 MODELS = ("mobilebert", "mobilebert_tiny", "bert_base")
 RUNTIMES = ("jax", "tflite_float", "tflite_int8", "torch")
@@ -174,7 +174,7 @@ def export_float_ops(float_ops) -> tuple[str, ...]:
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m mobilebert_jax.bench.latency",
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.latency",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--runtimes", default=",".join(RUNTIMES))

@@ -1,7 +1,7 @@
 """GLUE fine-tuning of one HF checkpoint with this project (JAX) and with HF transformers
 (PyTorch), same data, same order, same hyperparameters, on the same machine.
 
-    python -m mobilebert_jax.bench.finetune --task=mrpc --data_dir=GLUE_DIR \
+    python -m benchmarks.finetune --task=mrpc --data_dir=GLUE_DIR \
         --workdir=/tmp/bench_mrpc [--hf_dir=DIR] [--learning_rate=5e-5 --num_epochs=3 \
         --batch_size=32 --max_seq_length=128 --seed=0 --train_subset=N --frameworks=jax,hf]
 
@@ -37,7 +37,7 @@ import numpy as np
 
 from mobilebert_jax import cli
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def default_hf_dir() -> str:
@@ -259,13 +259,13 @@ def run_hf(args) -> dict:
 # -- One step, side by side ----------------------------------------------------------------------
 def compare_steps(args, pairs: int) -> dict:
     """The fine-tuning step of each side on the same first training batch, timed in turn
-    (JAX, PyTorch, JAX, ...; `bench.common.alternate`) after a warm-up (compilation) of each:
+    (JAX, PyTorch, JAX, ...; `common.alternate`) after a warm-up (compilation) of each:
     the median of the per-pair ratios, their range, the load average and the fusion count of
     the compiled JAX step."""
     import jax
 
     from mobilebert_jax import checkpoint
-    from mobilebert_jax.bench.common import alternate, fusion_count, load_average
+    from benchmarks.common import alternate, fusion_count, load_average
     from mobilebert_jax.models import MobileBertForSequenceClassification
     from mobilebert_jax.train import finetune_data, finetune_steps
 

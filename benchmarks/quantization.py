@@ -12,11 +12,11 @@ Sub-commands:
   scores, FFN outputs), the quantity full-int8 calibration has to cover with 256 levels.
 
 Example:
-    python -m mobilebert_jax.bench.quantization finetune --checkpoint=/tmp/minilm \
+    python -m benchmarks.quantization finetune --checkpoint=/tmp/minilm \
         --task_dir=GLUE_DIR/SST-2 --out=/tmp/sst2_minilm
-    python -m mobilebert_jax.bench.quantization drop --checkpoint=/tmp/sst2_minilm \
+    python -m benchmarks.quantization drop --checkpoint=/tmp/sst2_minilm \
         --task_dir=GLUE_DIR/SST-2
-    python -m mobilebert_jax.bench.quantization ranges --preset=mobilebert
+    python -m benchmarks.quantization ranges --preset=mobilebert
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ import optax
 from flax.core import meta
 
 from mobilebert_jax import checkpoint, cli, export
-from mobilebert_jax.bench.common import write_json
+from benchmarks.common import write_json
 from mobilebert_jax.data import glue
 from mobilebert_jax.data.tokenizers import load_tokenizer
 from mobilebert_jax.models import MobileBertForSequenceClassification, MobileBertModel, get_config

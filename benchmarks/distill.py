@@ -1,6 +1,6 @@
 """Distillation step benchmark on this machine, in one process:
 
-    python -m mobilebert_jax.bench.distill [--sizes=smoke|full] [--batch=8] [--seq=128] [--steps=5]
+    python -m benchmarks.distill [--sizes=smoke|full] [--batch=8] [--seq=128] [--steps=5]
 
 Times (median of `--steps` after a warm-up), with random weights and a synthetic batch:
   * the teacher forward (encoder + MLM/NSP heads at the masked positions);
@@ -23,7 +23,7 @@ from absl import app, flags
 from flax import linen as nn
 
 from mobilebert_jax import host_memory
-from mobilebert_jax.bench.common import load_average, time_calls, write_json
+from benchmarks.common import load_average, time_calls, write_json
 from mobilebert_jax.models import MobileBertForPreTraining, get_config
 from mobilebert_jax.train import distill_steps as ds
 from mobilebert_jax.train import optim, pretrain

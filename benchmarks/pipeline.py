@@ -1,6 +1,6 @@
 """The whole pipeline at a scale this CPU can run, resumable, and one table of the paper's claims:
 
-    python -m mobilebert_jax.bench.pipeline --workdir=runs/pipeline --glue_dir=GLUE_DIR \
+    python -m benchmarks.pipeline --workdir=runs/pipeline --glue_dir=GLUE_DIR \
         [--teacher_steps=3000] [--steps_per_layer=100] [--pd_steps=600] [--batch_size=32] \
         [--tasks=sst2,mrpc] [--seeds=0] [--stages=teacher,students,finetune,int8] \
         [--finetune_flags=[TASK:]KEY=VALUE,...] [--seq_len=128]
@@ -11,7 +11,7 @@
 2. students  the MobileBERT-shaped student of `configs/distill.py:smoke` (NoNorm, bottlenecks,
              stacked FFNs, ReLU) by PKT + PD from that teacher, and the same student trained
              from scratch with MLM + NSP for the same steps, batch and data
-             (`mobilebert_jax.bench.transfer`'s runs);
+             (`benchmarks.transfer`'s runs);
 3. finetune  teacher, PKT student and scratch student on each task (`configs/finetune_glue.py`,
              the full train set, the dev metrics), for each seed; `--finetune_flags`
              overrides its fields for every task (`KEY=VALUE`) or one (`TASK:KEY=VALUE`);
@@ -39,8 +39,8 @@ import sys
 import time
 from types import SimpleNamespace
 
-from mobilebert_jax.bench import transfer
-from mobilebert_jax.bench.transfer import mean_std
+from benchmarks import transfer
+from benchmarks.transfer import mean_std
 
 STAGES = ("teacher", "students", "finetune", "int8")
 TASK_DIRS = {"sst2": "SST-2", "mrpc": "MRPC", "rte": "RTE", "cola": "CoLA", "stsb": "STS-B",
@@ -118,7 +118,7 @@ def int8_rows(float_dir: str, qat_dir: str, task_dir: str, seq_len: int) -> list
     import numpy as np
 
     from mobilebert_jax import checkpoint, export
-    from mobilebert_jax.bench import quantization
+    from benchmarks import quantization
     from mobilebert_jax.data.tokenizers import load_tokenizer
     tokenizer = load_tokenizer(checkpoint.tokenizer_file(float_dir))
     dev = quantization.glue_features(task_dir, "dev", tokenizer, seq_len)
