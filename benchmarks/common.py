@@ -1,5 +1,5 @@
 """Pieces the benchmarks share (no flags here, so any benchmark may import them): synthetic
-pretraining batches, a median step timer, the JAX pretraining-step timing (whole, or split into
+pretraining batches, the call timers, the JAX pretraining-step timing (whole, or split into
 forward / gradient / optimizer update) and the JSON results file every benchmark can write."""
 from __future__ import annotations
 
@@ -38,14 +38,21 @@ def synthetic_batch(config, batch: int, seq: int, predictions: int, seed: int = 
     }
 
 
-def time_calls(fn, steps: int) -> float:
-    fn()  # warm-up
+def call_seconds(fn, runs: int, warmup: int = 1) -> list[float]:
+    """Seconds of each of `runs` calls of `fn()`, after `warmup` untimed ones."""
+    for _ in range(warmup):
+        fn()
     times = []
-    for _ in range(steps):
+    for _ in range(runs):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return times
+
+
+def time_calls(fn, steps: int, warmup: int = 1) -> float:
+    """Median seconds of `fn()` over `steps` calls after `warmup` untimed ones."""
+    return statistics.median(call_seconds(fn, steps, warmup))
 
 
 def _pretraining_setup(name: str, batch: int, seq: int, predictions: int, dtype: str):

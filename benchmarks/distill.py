@@ -4,7 +4,8 @@
 
 Times (median of `--steps` after a warm-up), with random weights and a synthetic batch:
   * the teacher forward (encoder + MLM/NSP heads at the masked positions);
-  * the student train step on its own (forward, backward, LAMB update; MLM + NSP loss);
+  * the student train step on its own (the pretraining trainer's step: forward, backward, LAMB
+    update; MLM + NSP loss; no dropout, as in distillation);
   * the full-depth distillation step (pre-training distillation: both of the above in one
     program, soft-label MLM), and its ratio to the sum of the two (goal: <= 1.15);
   * the PKT transfer step of every stage k with only layers <= k run, against the same stage
@@ -17,17 +18,17 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import ml_collections
 from absl import app, flags
 from flax import linen as nn
 
 from mobilebert_jax import host_memory
-from benchmarks.common import load_average, time_calls, write_json
 from mobilebert_jax.models import MobileBertForPreTraining, get_config
 from mobilebert_jax.train import distill_steps as ds
 from mobilebert_jax.train import optim, pretrain
 from mobilebert_jax.train.state import TrainState
+
+from benchmarks.common import load_average, synthetic_batch, time_calls, write_json
 
 flags.DEFINE_enum("sizes", "smoke", ["smoke", "full"], "Teacher/student sizes.")
 flags.DEFINE_integer("batch", 8, "Batch size.")
@@ -37,19 +38,6 @@ flags.DEFINE_integer("steps", 5, "Timed steps (median reported), after one warm-
 flags.DEFINE_string("json", None, "Also write the results to this JSON file.")
 FLAGS = flags.FLAGS
 RATIO_GOAL = 1.15
-
-
-def synthetic_batch(vocab_size: int, batch: int, seq: int, predictions: int, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    positions = np.sort(np.stack([rng.choice(np.arange(1, seq), predictions, replace=False)
-                                  for _ in range(batch)]), axis=1)
-    return {"input_ids": rng.integers(1000, vocab_size, (batch, seq)),
-            "segment_ids": (np.arange(seq)[None] >= seq // 2).repeat(batch, 0),
-            "input_mask": np.ones((batch, seq)),
-            "masked_lm_positions": positions,
-            "masked_lm_ids": rng.integers(1000, vocab_size, (batch, predictions)),
-            "masked_lm_weights": np.ones((batch, predictions), np.float32),
-            "next_sentence_labels": rng.integers(0, 2, (batch,))}
 
 
 def model_configs(sizes: str):
@@ -69,8 +57,8 @@ def _block(tree):
 
 def run_benchmark(sizes: str, batch: int, seq: int, predictions: int, steps: int) -> dict:
     teacher_cfg, student_cfg = model_configs(sizes)
-    data = {k: jnp.asarray(v, jnp.float32 if k == "masked_lm_weights" else jnp.int32)
-            for k, v in synthetic_batch(student_cfg.vocab_size, batch, seq, predictions).items()}
+    data = {k: jnp.asarray(v)
+            for k, v in synthetic_batch(student_cfg, batch, seq, predictions).items()}
 
     def init(cfg, seed):
         return nn.meta.unbox(MobileBertForPreTraining(cfg).init(
@@ -79,7 +67,7 @@ def run_benchmark(sizes: str, batch: int, seq: int, predictions: int, steps: int
     t_params, s_params = init(teacher_cfg, 0), init(student_cfg, 1)
     opt = ml_collections.ConfigDict(dict(name="lamb", learning_rate=1e-4, warmup_steps=0,
                                          total_steps=1000))
-    pd_tx, _ = optim.make_optimizer(opt)
+    pd_tx, pd_schedule = optim.make_optimizer(opt)
     settings = ds.LossSettings(student_cfg.num_hidden_layers, {})
     results = {}
 
@@ -87,26 +75,21 @@ def run_benchmark(sizes: str, batch: int, seq: int, predictions: int, steps: int
         MobileBertForPreTraining(teacher_cfg), p, b, deterministic=True))
     results["teacher_forward"] = time_calls(lambda: _block(teacher_fwd(t_params, data)), steps)
 
-    def student_step(state, b):
-        def loss_fn(p):
-            out = pretrain.forward(MobileBertForPreTraining(student_cfg), p, b, True)
-            return pretrain.pretraining_losses(out, b)[0]
-        grads = jax.grad(loss_fn)(state.params)
-        updates, opt_state = pd_tx.update(grads, state.opt_state, state.params)
-        return state.replace(params=jax.tree_util.tree_map(jnp.add, state.params, updates),
-                             opt_state=opt_state, step=state.step + 1)
-
     def timed_state_step(fn, tx):
         state = [TrainState(jnp.zeros((), jnp.int32), jax.tree_util.tree_map(jnp.copy, s_params),
-                            tx.init(s_params), None)]
+                            tx.init(s_params), jax.random.key_data(jax.random.PRNGKey(0)))]
 
         def call():
             state[0] = fn(state[0])
             _block(state[0].params)
         return time_calls(call, steps)
 
-    jit_student = jax.jit(student_step, donate_argnums=0)
-    results["student_step"] = timed_state_step(lambda s: jit_student(s, data), pd_tx)
+    # The pretraining trainer's step on the student; without dropout, as distillation runs it.
+    student = MobileBertForPreTraining(student_cfg.replace(hidden_dropout_prob=0.0,
+                                                           attention_probs_dropout_prob=0.0))
+    student_step = jax.jit(pretrain.make_train_step(student, pd_tx, pd_schedule, 1),
+                           donate_argnums=0)
+    results["student_step"] = timed_state_step(lambda s: student_step(s, data)[0], pd_tx)
 
     pd_stage = ds.StagePlan("pkt", student_cfg.num_hidden_layers, 1).stages[-1]
     pd_step = jax.jit(ds.make_train_step(pd_stage, teacher_cfg, student_cfg, settings, pd_tx,

@@ -26,10 +26,8 @@ the side-by-side figure. `--frameworks= --step_pairs=N` times only the steps.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
-import pathlib
 import sys
 import time
 
@@ -37,7 +35,7 @@ import numpy as np
 
 from mobilebert_jax import cli
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+from benchmarks.transfer import load_config
 
 
 def default_hf_dir() -> str:
@@ -48,11 +46,7 @@ def default_hf_dir() -> str:
 
 def glue_config(args):
     """configs/finetune_glue.py with the benchmark's settings."""
-    spec = importlib.util.spec_from_file_location("finetune_glue_config",
-                                                  REPO / "configs" / "finetune_glue.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(args.task)
+    config = load_config("finetune_glue", args.task)
     config.update(init_checkpoint=args.checkpoint, data_dir=args.data_dir,
                   learning_rate=args.learning_rate, num_epochs=args.num_epochs,
                   batch_size=args.batch_size, max_seq_length=args.max_seq_length,

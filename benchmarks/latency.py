@@ -30,7 +30,7 @@ from typing import Callable
 
 import numpy as np
 
-from benchmarks.common import write_json
+from benchmarks.common import call_seconds, write_json
 
 MODELS = ("mobilebert", "mobilebert_tiny", "bert_base")
 RUNTIMES = ("jax", "tflite_float", "tflite_int8", "torch")
@@ -38,15 +38,9 @@ NAMES = {"mobilebert": "MobileBERT", "mobilebert_tiny": "MobileBERT_TINY",
          "bert_base": "BERT_BASE"}
 
 
-def time_calls(fn: Callable[[], object], runs: int, warmup: int) -> dict[str, float]:
+def latency_ms(fn: Callable[[], object], runs: int, warmup: int) -> dict[str, float]:
     """Median and 10th/90th percentile wall time of `fn()` in milliseconds."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
+    times = [1e3 * t for t in call_seconds(fn, runs, warmup)]
     return {"median_ms": float(np.median(times)), "p10_ms": float(np.percentile(times, 10)),
             "p90_ms": float(np.percentile(times, 90)), "runs": runs}
 
@@ -136,7 +130,7 @@ def bench_model(preset: str, runtimes, runs: int, warmup: int, threads: int,
         else:
             fn = torch_runner(config, inputs, threads)
         setup = time.time() - start
-        results[runtime] = {**time_calls(fn, runs, warmup), "setup_s": round(setup, 1)}
+        results[runtime] = {**latency_ms(fn, runs, warmup), "setup_s": round(setup, 1)}
         print(f"  {NAMES[preset]:<16} {runtime:<13} {results[runtime]['median_ms']:8.2f} ms "
               f"(p10 {results[runtime]['p10_ms']:.2f}, p90 {results[runtime]['p90_ms']:.2f}; "
               f"setup {setup:.0f}s; load {os.getloadavg()[0]:.1f})", file=sys.stderr, flush=True)

@@ -16,10 +16,11 @@ import numpy as np
 from absl import app, flags
 from flax import linen as nn
 
-from benchmarks.common import write_json
 from mobilebert_jax import convert
 from mobilebert_jax.models import (PRESETS, MobileBertForPreTraining, MobileBertModel,
                                    get_config)
+
+from benchmarks.common import write_json
 
 flags.DEFINE_string("fixtures", "tests/fixtures", "Folder of the hf_* parity fixtures.")
 flags.DEFINE_string("json", None, "Also write the results to this JSON file.")

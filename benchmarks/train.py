@@ -23,10 +23,11 @@ import jax
 from absl import app, flags
 
 from mobilebert_jax import host_memory
-from benchmarks.common import (alternate, jax_step_runner, jax_step_split,
-                                         load_average, synthetic_batch, time_calls, write_json)
 from mobilebert_jax.metrics import throughput
 from mobilebert_jax.models import get_config, to_hf_config
+
+from benchmarks.common import (alternate, jax_step_runner, jax_step_split, load_average,
+                               synthetic_batch, time_calls, write_json)
 
 flags.DEFINE_integer("batch", 8, "Batch size.")
 flags.DEFINE_integer("seq", 128, "Sequence length.")
