@@ -152,8 +152,9 @@ def main(argv=None) -> int:
     flags.DEFINE_enum("command", None, ["finetune", "drop", "ranges"], "What to run.")
     flags.DEFINE_string("checkpoint", None, "Project checkpoint directory.")
     flags.DEFINE_string("task_dir", None, "finetune/drop: the GLUE SST-2 task directory.")
-    flags.DEFINE_string("out", None, "finetune: output checkpoint directory.")
-    flags.DEFINE_integer("steps", 600, "finetune: optimizer steps.")
+    flags.DEFINE_string("out", None, "finetune: the trainer's workdir, the output checkpoint "
+                        "directory (a run there resumes).")
+    flags.DEFINE_integer("steps", 600, "finetune: optimizer steps (whole epochs past one).")
     flags.DEFINE_integer("seq_len", 64, "Sequence length.")
     flags.DEFINE_integer("batch_size", 32, "finetune: batch size.")
     flags.DEFINE_string("preset", "mobilebert", "ranges without --checkpoint: random preset.")
