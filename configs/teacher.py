@@ -11,7 +11,7 @@ Default: the paper's recipe (LAMB, 500k steps, batch 4096, seq 128, 30,522 WordP
 English Wikipedia from TFDS). `phase2`: the optional seq-512 phase, starting from a phase-1
 checkpoint. `smoke`: a small IB-BERT-shaped teacher on the Wikipedia sample inside the gensim
 wheel, minutes on a CPU. `v4_64` (32 chips) and `gpu8` (8× H100 80 GB, or H200): the paper's
-batch 4096 × 128 with the mesh, remat policy and accumulation that `mobilebert_jax.bench.memory`
+batch 4096 × 128 with the mesh, remat policy and accumulation that `mobilebert_jax.plan.memory`
 plans for that machine (README, "Memory plan").
 """
 import os

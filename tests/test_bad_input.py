@@ -202,7 +202,7 @@ def test_unreadable_files_are_named_by_the_metrics_cli(tmp_path, content, expect
 ])
 def test_pipeline_arguments_are_checked_before_any_run(tmp_path, args, expected):
     workdir = tmp_path / "pipeline"
-    r = run_module("mobilebert_jax.bench.pipeline", f"--workdir={workdir}",
+    r = run_module("benchmarks.pipeline", f"--workdir={workdir}",
                    f"--glue_dir={tmp_path}", *args)
     assert r.returncode == 1 and "Traceback" not in r.stdout + r.stderr
     last = r.stderr.strip().splitlines()[-1]

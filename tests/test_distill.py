@@ -327,12 +327,12 @@ def test_student_override_must_match_model():
 
 
 def test_claims_runs_give_scratch_and_distilled_students_the_same_model_and_budget(monkeypatch):
-    """bench.transfer: the from-scratch baseline must train the very student the distillation
+    """benchmarks.transfer: the from-scratch baseline must train the very student the distillation
     runs train, for the same steps, batch, data and PD optimizer settings."""
     from absl import flags
     from ml_collections import config_flags
 
-    from mobilebert_jax.bench import transfer
+    from benchmarks import transfer
 
     monkeypatch.chdir(transfer.REPO)
     args = SimpleNamespace(teacher="runs/some_teacher", steps_per_layer=3, pd_steps=5, batch_size=4)

@@ -1,4 +1,4 @@
-"""Remat policies: same numbers, less memory; the memory bench's analytic activation count against
+"""Remat policies: same numbers, less memory; the memory planner's analytic activation count against
 XLA's memory analysis; the teacher variants planned for TPU v4-64 and 8 GPUs."""
 import json
 import os
@@ -61,10 +61,10 @@ def test_remat_reads_old_booleans_and_names_unknown_policies(tmp_path):
 
 @pytest.fixture(scope="module")
 def plan(tmp_path_factory):
-    """The memory bench on the gpu8 variant (its scheduler flag needs a fresh process)."""
+    """The memory planner on the gpu8 variant (its scheduler flag needs a fresh process)."""
     out = tmp_path_factory.mktemp("memory") / "plan.json"
     env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
-    r = subprocess.run([sys.executable, "-m", "mobilebert_jax.bench.memory",
+    r = subprocess.run([sys.executable, "-m", "mobilebert_jax.plan.memory",
                         "--config=configs/teacher.py:gpu8", "--target=8xH100", f"--json={out}"],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -104,7 +104,7 @@ def test_gpu8_variant_fits_by_the_plan(plan):
 def _plan(tmp_path, config, target):
     out = tmp_path / "plan.json"
     env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
-    r = subprocess.run([sys.executable, "-m", "mobilebert_jax.bench.memory", f"--config={config}",
+    r = subprocess.run([sys.executable, "-m", "mobilebert_jax.plan.memory", f"--config={config}",
                         f"--target={target}", "--check=false", f"--json={out}"],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]

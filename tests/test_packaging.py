@@ -1,6 +1,8 @@
 """Packaging: every module of the package imports, and every third-party package it imports is
 declared in setup.py, so an undeclared dependency fails here in seconds (and not deep inside
-a trainer on a user's fresh machine)."""
+a trainer on a user's fresh machine). The benchmarks (`benchmarks/`, run from a checkout) are
+not installed, the package never imports them, and their own dependencies are in the `bench`
+extra."""
 import ast
 import importlib
 import importlib.metadata
@@ -16,24 +18,32 @@ from absl import flags
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE_DIR = ROOT / "mobilebert_jax"
+BENCHMARKS_DIR = ROOT / "benchmarks"
 
 
-def all_modules() -> list[str]:
-    names = ["mobilebert_jax"]
-    for info in pkgutil.walk_packages([str(PACKAGE_DIR)], prefix="mobilebert_jax."):
+def all_modules(directory: pathlib.Path = PACKAGE_DIR) -> list[str]:
+    names = [directory.name]
+    for info in pkgutil.walk_packages([str(directory)], prefix=f"{directory.name}."):
         names.append(info.name)
     return sorted(names)
 
 
-def declared_requirements() -> set[str]:
-    """Normalised distribution names in setup.py's install_requires and every extra, read by
-    running setup.py with `setuptools.setup` captured."""
+def setup_arguments() -> dict:
+    """The keyword arguments setup.py passes to `setuptools.setup` (run with it captured)."""
     captured = {}
     with mock.patch("setuptools.setup", lambda **kw: captured.update(kw)):
         runpy.run_path(str(ROOT / "setup.py"), run_name="__main__")
+    return captured
+
+
+def declared_requirements(extras=None) -> set[str]:
+    """Normalised distribution names in setup.py's install_requires and its extras (every extra
+    when `extras` is None)."""
+    captured = setup_arguments()
     reqs = list(captured["install_requires"])
-    for extra in captured["extras_require"].values():
-        reqs.extend(extra)
+    for name, extra in captured["extras_require"].items():
+        if extras is None or name in extras:
+            reqs.extend(extra)
     return {normalise(re.split(r"[\[<>=!~; ]", r, maxsplit=1)[0]) for r in reqs}
 
 
@@ -41,10 +51,10 @@ def normalise(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def imported_top_level_names() -> dict[str, str]:
-    """Top-level names of every absolute import in the package -> one file importing it."""
+def imported_top_level_names(directory: pathlib.Path = PACKAGE_DIR) -> dict[str, str]:
+    """Top-level names of every absolute import under `directory` -> one file importing it."""
     names: dict[str, str] = {}
-    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+    for path in sorted(directory.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 tops = [a.name.split(".")[0] for a in node.names]
@@ -57,10 +67,11 @@ def imported_top_level_names() -> dict[str, str]:
     return names
 
 
-@pytest.mark.parametrize("name", all_modules())
+@pytest.mark.parametrize("name", all_modules() + all_modules(BENCHMARKS_DIR))
 def test_every_module_imports(name):
     # Entry points define absl flags at import; several share names (--steps, --batch), so the
-    # flags a module defines are removed again after it imported.
+    # flags a module defines are removed again after it imported. The benchmarks import from
+    # the repository root, as `python -m benchmarks.NAME` runs them.
     before = set(flags.FLAGS)
     try:
         importlib.import_module(name)
@@ -69,12 +80,14 @@ def test_every_module_imports(name):
             delattr(flags.FLAGS, flag)
 
 
-def undeclared_imports(declared: set[str]) -> list[str]:
-    """Third-party top-level imports of the package whose distribution is not in `declared`."""
+def undeclared_imports(declared: set[str], directory: pathlib.Path = PACKAGE_DIR) -> list[str]:
+    """Third-party top-level imports under `directory` whose distribution is not in
+    `declared`."""
     distributions = importlib.metadata.packages_distributions()
     undeclared = []
-    for top, where in imported_top_level_names().items():
-        if top == "mobilebert_jax" or top in sys.stdlib_module_names or top == "__future__":
+    for top, where in imported_top_level_names(directory).items():
+        if (top in ("mobilebert_jax", "benchmarks", "__future__")
+                or top in sys.stdlib_module_names):
             continue
         dists = {normalise(d) for d in distributions.get(top, [])}
         assert dists, f"{where} imports {top!r}, which no installed distribution provides"
@@ -190,3 +203,21 @@ def test_an_upward_import_and_a_cycle_are_caught():
     assert layer_violations(edges + [sibling]) == [" -> ".join(sibling)]
     back = ("mobilebert_jax.data.dataset_layout", "mobilebert_jax.data.prepare")
     assert import_cycles(edges + [back])
+
+
+def test_benchmarks_are_not_installed_nor_imported_by_the_package():
+    packages = setup_arguments()["packages"]
+    assert "mobilebert_jax.plan" in packages
+    assert all(p == "mobilebert_jax" or p.startswith("mobilebert_jax.") for p in packages), packages
+    assert (BENCHMARKS_DIR / "__init__.py").is_file()
+    assert not any((PACKAGE_DIR / "bench").glob("*.py"))  # the benchmarks left the package
+    assert "benchmarks" not in imported_top_level_names(PACKAGE_DIR)
+
+
+def test_every_third_party_import_of_the_benchmarks_is_in_the_bench_extra():
+    undeclared = undeclared_imports(declared_requirements(extras=("bench",)), BENCHMARKS_DIR)
+    assert not undeclared, "benchmarks import, not in install_requires or the bench extra: " \
+        + "; ".join(undeclared)
+    # psutil is for the data benchmark only: an extra, not an install requirement.
+    assert "psutil" not in declared_requirements(extras=())
+    assert "psutil" in declared_requirements(extras=("bench",))

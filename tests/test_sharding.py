@@ -81,3 +81,17 @@ def test_indivisible_dimension_is_replicated_and_reported():
     total, _, sharded = layout(params, param_sh, mesh)
     assert report.replicated_bytes == total - sharded
     assert "replicated: " in report.summary()
+
+
+def test_planner_layout_on_an_abstract_mesh_matches_the_trainers_shardings():
+    from mobilebert_jax.plan import sharding as plan_sharding
+
+    mesh = parallel.make_mesh((1, 8, 1))
+    params, param_sh, opt_state, opt_sh = abstract_state("mobilebert", mesh)
+    reports = plan_sharding.layout("mobilebert", (1, 8, 1))
+    for key, tree, sh in (("params", params, param_sh), ("opt_state", opt_state, opt_sh)):
+        want = parallel.sharding_report(tree, sh)
+        assert reports[key].per_device_bytes == want.per_device_bytes, key
+        assert reports[key].total_bytes == want.total_bytes, key
+    with pytest.raises(ValueError, match="is not data x fsdp x tensor"):
+        plan_sharding.parse_mesh("2x4")

@@ -58,16 +58,21 @@ def make_model(config, task, model_config):
     return qat.quantization_aware(model) if config.get("qat", False) else model
 
 
+def init_params(model, seed: int, seq_len: int):
+    """The (boxed) initial params of a fine-tuning model: the encoder is replaced from the
+    checkpoint afterwards, so this fixes the task head's starting weights."""
+    ids = jnp.zeros((1, seq_len), jnp.int32)
+    return model.init(jax.random.PRNGKey(seed), ids, ids, ids)["params"]
+
+
 def build_program(config, mesh, rules, task, model_config, seq_len: int,
                   total_steps: int) -> core.Program:
     """The fine-tuning run's state shardings, jitted train and predict steps and their abstract
     arguments, from the config and the task alone (no data, no workdir)."""
     model = make_model(config, task, model_config)
     tx, schedule = optim.make_optimizer(optimizer_config(config, total_steps))
-    ids = jnp.zeros((1, seq_len), jnp.int32)
-
-    def init_params():  # the encoder is replaced from the checkpoint: this fixes the head's init
-        return model.init(jax.random.PRNGKey(int(config.seed)), ids, ids, ids)["params"]
+    def initial_params():
+        return init_params(model, int(config.seed), seq_len)
 
     def loss_fn(params, batch, rng):
         out = model.apply({"params": params}, batch["input_ids"], batch["segment_ids"],
@@ -79,7 +84,7 @@ def build_program(config, mesh, rules, task, model_config, seq_len: int,
                           batch["input_mask"], deterministic=True)
         return {k: getattr(out, k) for k in OUTPUTS if hasattr(out, k)}
 
-    abstract_state, shardings = core.state_shardings(init_params, tx, mesh, rules)
+    abstract_state, shardings = core.state_shardings(initial_params, tx, mesh, rules)
     batch_sh, repl = parallel.batch_sharding(mesh), parallel.replicated(mesh)
     step = core.make_train_step(loss_fn, tx, int(config.grad_accum_steps),
                                 log_fields=lambda state: {"learning_rate": schedule(state.step)})
@@ -97,7 +102,7 @@ def build_program(config, mesh, rules, task, model_config, seq_len: int,
     return core.Program(shardings, abstract_state,
                         {"train step": (train_step, (abstract_state, train_batch)),
                          "predict step": (predict, (abstract_state.params, eval_batch))},
-                        init_params, tx)
+                        initial_params, tx)
 
 
 def load_encoder(state, shardings, directory: str):

@@ -39,6 +39,13 @@ def optimizer_config(config):
     return opt
 
 
+def make_train_step(model, tx, schedule, accum_steps: int):
+    """`train_step(state, batch) -> (state, metrics)`: MLM + NSP with dropout through the
+    training core, logging the learning rate."""
+    return core.make_train_step(objectives.make_loss_fn(model), tx, accum_steps,
+                                log_fields=lambda state: {"learning_rate": schedule(state.step)})
+
+
 def build_program(config, mesh, rules, seq_len: int, max_predictions: int) -> core.Program:
     """The teacher run's state shardings, jitted train and eval steps and their abstract
     arguments, from the config alone (no data, no workdir): what `train_and_evaluate` compiles
@@ -53,9 +60,7 @@ def build_program(config, mesh, rules, seq_len: int, max_predictions: int) -> co
     abstract_state, shardings = core.state_shardings(init_params, tx, mesh, rules)
     batch_sh = parallel.batch_sharding(mesh)
     repl = parallel.replicated(mesh)
-    step = core.make_train_step(objectives.make_loss_fn(model), tx, config.grad_accum_steps,
-                                log_fields=lambda state: {"learning_rate": schedule(state.step)})
-    train_step = jax.jit(step, in_shardings=(shardings, batch_sh),
+    train_step = jax.jit(make_train_step(model, tx, schedule, config.grad_accum_steps), in_shardings=(shardings, batch_sh),
                          out_shardings=(shardings, repl), donate_argnums=0)
     eval_step = jax.jit(objectives.make_eval_step(model),
                         in_shardings=(shardings.params, batch_sh), out_shardings=repl)

@@ -1,7 +1,6 @@
 """Pieces the benchmarks share (no flags here, so any benchmark may import them): synthetic
-pretraining batches, a median step timer, the JAX pretraining-step timing (whole, or split into
-forward / gradient / optimizer update), the parameter and LAMB-state layout of a model on an
-abstract mesh, and the JSON results file every benchmark can write."""
+pretraining batches, the call timers, the JAX pretraining-step timing (whole, or split into
+forward / gradient / optimizer update) and the JSON results file every benchmark can write."""
 from __future__ import annotations
 
 import json
@@ -16,13 +15,11 @@ import ml_collections
 import numpy as np
 import optax
 from flax import linen as nn
-from jax.sharding import AbstractMesh, AxisType
 
-from mobilebert_jax import parallel
 from mobilebert_jax.metrics import throughput
-from mobilebert_jax.models import MobileBertConfig, MobileBertForPreTraining, get_config
-from mobilebert_jax.train import optim, pretrain
-from mobilebert_jax.train.state import TrainState
+from mobilebert_jax.models import MobileBertForPreTraining, get_config
+from mobilebert_jax.train import objectives, optim, pretrain
+from mobilebert_jax.train.core import TrainState
 
 
 def synthetic_batch(config, batch: int, seq: int, predictions: int, seed: int = 0):
@@ -41,14 +38,21 @@ def synthetic_batch(config, batch: int, seq: int, predictions: int, seed: int = 
     }
 
 
-def time_calls(fn, steps: int) -> float:
-    fn()  # warm-up
+def call_seconds(fn, runs: int, warmup: int = 1) -> list[float]:
+    """Seconds of each of `runs` calls of `fn()`, after `warmup` untimed ones."""
+    for _ in range(warmup):
+        fn()
     times = []
-    for _ in range(steps):
+    for _ in range(runs):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return times
+
+
+def time_calls(fn, steps: int, warmup: int = 1) -> float:
+    """Median seconds of `fn()` over `steps` calls after `warmup` untimed ones."""
+    return statistics.median(call_seconds(fn, steps, warmup))
 
 
 def _pretraining_setup(name: str, batch: int, seq: int, predictions: int, dtype: str):
@@ -118,8 +122,8 @@ def jax_step_split(name: str, batch: int, seq: int, predictions: int, steps: int
     rng = jax.random.PRNGKey(1)
 
     def loss_fn(params):
-        out = pretrain.forward(model, params, data, deterministic=False, rng=rng)
-        return pretrain.pretraining_losses(out, data)[0]
+        out = objectives.forward(model, params, data, deterministic=False, rng=rng)
+        return objectives.pretraining_losses(out, data)[0]
 
     forward = jax.jit(loss_fn)
     grad = jax.jit(jax.grad(loss_fn))
@@ -136,24 +140,6 @@ def jax_step_split(name: str, batch: int, seq: int, predictions: int, steps: int
         "optimizer": time_calls(
             lambda: jax.block_until_ready(update(state.params, state.opt_state, grads)), steps),
     }
-
-
-def layout(model_config: str | MobileBertConfig, shape: tuple[int, ...]) -> dict:
-    """Parameter and LAMB-state reports of a preset name or config on an abstract mesh of
-    `shape`."""
-    mesh = AbstractMesh(shape, parallel.MESH_AXES,
-                        axis_types=(AxisType.Auto,) * len(parallel.MESH_AXES))
-    if isinstance(model_config, str):
-        model_config = get_config(model_config)
-    model = MobileBertForPreTraining(model_config)
-    ids = jnp.zeros((1, 8), jnp.int32)
-    boxed = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), ids)["params"])
-    params = nn.meta.unbox(boxed)
-    param_sh = parallel.logical_shardings(boxed, mesh, parallel.DEFAULT_RULES)
-    tx, _ = optim.make_optimizer(optim.default_optimizer_config())
-    opt_sh = parallel.opt_state_shardings(tx, params, param_sh, mesh)
-    return {"params": parallel.sharding_report(params, param_sh),
-            "opt_state": parallel.sharding_report(jax.eval_shape(tx.init, params), opt_sh)}
 
 
 def write_json(path: str | None, results) -> None:

@@ -1,7 +1,7 @@
 """Data pipeline benchmark: the Beam preparation at 1 and 2 local workers on three corpus sizes,
 then loader throughput against training consumption.
 
-    python -m mobilebert_jax.bench.data [--text_dir=../shared/data/text] [--json=PATH]
+    python -m benchmarks.data [--text_dir=../shared/data/text] [--json=PATH]
 
 Preparation: corpora of about 3, 15 and 60 MB of real English in the `= Title =` layout are
 built from `--text_dir` (the Wikipedia sample's articles and the Gutenberg books cut into
@@ -173,8 +173,8 @@ def measure_loader(data_dir: str, batch_size: int, seconds: float, num_threads: 
 
 def train_step_examples_per_second(batch: int = 8, seq_len: int = 128) -> float:
     """Examples per second of the full IB-BERT_LARGE teacher pretraining step on this CPU (MLM +
-    NSP, backward, LAMB) at batch 8 x seq 128, timed as in `mobilebert_jax.bench.train`."""
-    from mobilebert_jax.bench.common import jax_step_seconds
+    NSP, backward, LAMB) at batch 8 x seq 128, timed as in `benchmarks.train`."""
+    from benchmarks.common import jax_step_seconds
 
     seconds, _ = jax_step_seconds("ibbert_large", batch, seq_len, 20, steps=2)
     return batch / seconds
@@ -194,7 +194,7 @@ def projection(rate_mb_per_min_per_worker: float) -> list[str]:
 
 
 def run(text_dir: str, loader_seconds: float, repeats: int) -> dict:
-    from mobilebert_jax.bench.common import load_average
+    from benchmarks.common import load_average
 
     results = {"load_average_before": load_average(), "runs": []}
     with tempfile.TemporaryDirectory(prefix="bench_data_") as tmp:
@@ -299,7 +299,7 @@ if __name__ == "__main__":
     from absl import flags as _flags
 
     _flags.DEFINE_string("text_dir", os.path.join(os.path.dirname(os.path.dirname(
-        os.path.dirname(os.path.abspath(__file__)))), "..", "shared", "data", "text"),
+        os.path.abspath(__file__))), "..", "shared", "data", "text"),
         "Directory with wiki_sample.txt and gutenberg/*.txt.")
     _flags.DEFINE_float("loader_seconds", 10.0, "How long to time the loader (0: skip it).")
     _flags.DEFINE_integer("repeats", 1, "Runs per corpus size and worker count (best is kept).")

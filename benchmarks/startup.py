@@ -1,7 +1,7 @@
 """Start-to-first-step time of the smoke teacher and of a smoke distillation run, with and
 without JAX's persistent compilation cache:
 
-    python -m mobilebert_jax.bench.startup --workdir=DIR [--repeats=2] [--json=PATH]
+    python -m benchmarks.startup --workdir=DIR [--repeats=2] [--json=PATH]
 
 Every run is `python -m mobilebert_jax.main` as a user starts it (one process, this machine's
 CPU device), on one dataset prepared first into DIR/data (so no run pays for data preparation),
@@ -33,8 +33,8 @@ import subprocess
 import sys
 import time
 
-from mobilebert_jax.bench.common import load_average, write_json
-from mobilebert_jax.bench.transfer import REPO, load_config
+from benchmarks.common import load_average, write_json
+from benchmarks.transfer import REPO, load_config
 
 STEP_LINE = re.compile(r"^step \d+/\d+")
 TEACHER_STEPS = 200  # never reached: the teacher runs are stopped after their first step

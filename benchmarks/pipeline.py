@@ -1,6 +1,6 @@
 """The whole pipeline at a scale this CPU can run, resumable, and one table of the paper's claims:
 
-    python -m mobilebert_jax.bench.pipeline --workdir=runs/pipeline --glue_dir=GLUE_DIR \
+    python -m benchmarks.pipeline --workdir=runs/pipeline --glue_dir=GLUE_DIR \
         [--teacher_steps=3000] [--steps_per_layer=100] [--pd_steps=600] [--batch_size=32] \
         [--tasks=sst2,mrpc] [--seeds=0] [--stages=teacher,students,finetune,int8] \
         [--finetune_flags=[TASK:]KEY=VALUE,...] [--seq_len=128]
@@ -11,12 +11,12 @@
 2. students  the MobileBERT-shaped student of `configs/distill.py:smoke` (NoNorm, bottlenecks,
              stacked FFNs, ReLU) by PKT + PD from that teacher, and the same student trained
              from scratch with MLM + NSP for the same steps, batch and data
-             (`mobilebert_jax.bench.transfer`'s runs);
+             (`benchmarks.transfer`'s runs);
 3. finetune  teacher, PKT student and scratch student on each task (`configs/finetune_glue.py`,
              the full train set, the dev metrics), for each seed; `--finetune_flags`
              overrides its fields for every task (`KEY=VALUE`) or one (`TASK:KEY=VALUE`);
 4. int8      the fine-tuned PKT student of the first task and seed exported to TFLite: float,
-             post-training int8 as `mobilebert_jax.export` makes it (`export.default_options`:
+             post-training int8 as `mobilebert_jax.export` makes it (`tflite.default_options`:
              its default float ops and, for an additive-mask model, the fill mask) and int8
              with every op quantized (same mask); the same student fine-tuned with
              quantization-aware training (`--config.qat=true`) exported to int8; dev
@@ -39,8 +39,8 @@ import sys
 import time
 from types import SimpleNamespace
 
-from mobilebert_jax.bench import transfer
-from mobilebert_jax.bench.transfer import mean_std
+from benchmarks import transfer
+from benchmarks.transfer import mean_std
 
 STAGES = ("teacher", "students", "finetune", "int8")
 TASK_DIRS = {"sst2": "SST-2", "mrpc": "MRPC", "rte": "RTE", "cola": "CoLA", "stsb": "STS-B",
@@ -100,9 +100,9 @@ def finetune_result(workdir: str) -> dict | None:
 def tflite_latency_ms(model: bytes, features: dict) -> float:
     """Median milliseconds of one sequence (the first of `features`) through the TFLite model
     (XNNPACK, 2 threads)."""
-    from mobilebert_jax import export
-    runner = export.TFLiteModel(model, num_threads=2)
-    feed = {k: features[k][:1] for k in export.INPUT_NAMES}
+    from mobilebert_jax.export import runtime
+    runner = runtime.TFLiteModel(model, num_threads=2)
+    feed = {k: features[k][:1] for k in runtime.INPUT_NAMES}
     runner(**feed)
     times = []
     for _ in range(LATENCY_RUNS):
@@ -117,12 +117,13 @@ def int8_rows(float_dir: str, qat_dir: str, task_dir: str, seq_len: int) -> list
     exports of it and of the QAT-fine-tuned model; every drop is against that float model."""
     import numpy as np
 
-    from mobilebert_jax import checkpoint, export
-    from mobilebert_jax.bench import quantization
+    from mobilebert_jax import checkpoint
+    from mobilebert_jax.export import calibration, runtime, tflite
+    from benchmarks import quantization
     from mobilebert_jax.data.tokenizers import load_tokenizer
     tokenizer = load_tokenizer(checkpoint.tokenizer_file(float_dir))
     dev = quantization.glue_features(task_dir, "dev", tokenizer, seq_len)
-    calib = export.representative_inputs(tokenizer, seq_len, 100, task_dir)
+    calib = calibration.representative_inputs(tokenizer, seq_len, 100, task_dir)
     config, params = checkpoint.load_pretrained(float_dir)
     reference = quantization.jax_logits(config, params, dev)
     ref_acc = float((reference.argmax(-1) == dev["labels"]).mean())
@@ -133,11 +134,11 @@ def int8_rows(float_dir: str, qat_dir: str, task_dir: str, seq_len: int) -> list
             ("TFLite int8, post-training, every op", float_dir, "int8", ()),
             ("TFLite int8, QAT fine-tuning + export default", qat_dir, "int8", None)):
         config, params = checkpoint.load_pretrained(source)
-        float_ops, mask_mode = export.default_options(config, quantize, float_ops)
-        model = export.to_tflite(config, params, seq_len, quantize,
+        float_ops, mask_mode = tflite.default_options(config, quantize, float_ops)
+        model = tflite.to_tflite(config, params, seq_len, quantize,
                                  calib if quantize == "int8" else None, float_ops=float_ops,
                                  export_mask_mode=mask_mode)
-        logits = export.TFLiteModel(model, num_threads=2).predict(dev)["logits"]
+        logits = runtime.TFLiteModel(model, num_threads=2).predict(dev)["logits"]
         acc = float((logits.argmax(-1) == dev["labels"]).mean())
         rows.append({"model": name, "accuracy": acc, "drop_points": 100 * (ref_acc - acc),
                      "max_abs_logit_diff": float(np.abs(logits - reference).max()),

@@ -7,7 +7,7 @@ random weights at its real size (latency does not depend on the values), and is 
 * `tflite_float`  the TFLite export, float32, XNNPACK
 * `tflite_int8`   the full-integer TFLite export as the export CLI makes it (calibrated on real
                   Wikipedia text, fill mask, attention core and residual stream in float:
-                  `export.INT8_FLOAT_OPS`)
+                  `tflite.INT8_FLOAT_OPS`)
 * `torch`         HF transformers `MobileBertModel` / `BertModel`, PyTorch eager,
                   `torch.set_num_threads(threads)`, `torch.inference_mode()`
 
@@ -16,7 +16,7 @@ table also gives the 10th/90th percentiles, and the machine's load average is pr
 and after so a noisy run is visible. The last rows give BERT_BASE / MobileBERT per runtime
 (how many times faster MobileBERT is).
 
-    python -m mobilebert_jax.bench.latency [--models=mobilebert,mobilebert_tiny,bert_base]
+    python -m benchmarks.latency [--models=mobilebert,mobilebert_tiny,bert_base]
         [--runtimes=jax,tflite_float,tflite_int8,torch] [--runs=30] [--threads=2]
         [--float_ops=BATCH_MATMUL,SOFTMAX] [--json=PATH]
 """
@@ -30,7 +30,7 @@ from typing import Callable
 
 import numpy as np
 
-from mobilebert_jax.bench.common import write_json
+from benchmarks.common import call_seconds, write_json
 
 MODELS = ("mobilebert", "mobilebert_tiny", "bert_base")
 RUNTIMES = ("jax", "tflite_float", "tflite_int8", "torch")
@@ -38,15 +38,9 @@ NAMES = {"mobilebert": "MobileBERT", "mobilebert_tiny": "MobileBERT_TINY",
          "bert_base": "BERT_BASE"}
 
 
-def time_calls(fn: Callable[[], object], runs: int, warmup: int) -> dict[str, float]:
+def latency_ms(fn: Callable[[], object], runs: int, warmup: int) -> dict[str, float]:
     """Median and 10th/90th percentile wall time of `fn()` in milliseconds."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
+    times = [1e3 * t for t in call_seconds(fn, runs, warmup)]
     return {"median_ms": float(np.median(times)), "p10_ms": float(np.percentile(times, 10)),
             "p90_ms": float(np.percentile(times, 90)), "runs": runs}
 
@@ -57,34 +51,35 @@ def example_inputs(config, seq_len: int, seed: int = 0) -> dict[str, np.ndarray]
     ids = rng.integers(1000, config.vocab_size, (1, seq_len)).astype(np.int32)
     types = np.zeros((1, seq_len), np.int32)
     types[:, seq_len // 2:] = 1
-    return {"input_ids": ids, "attention_mask": np.ones((1, seq_len), np.int32),
-            "token_type_ids": types}
+    return {"input_ids": ids, "input_mask": np.ones((1, seq_len), np.int32),
+            "segment_ids": types}
 
 
 def jax_runner(config, params, inputs) -> Callable[[], object]:
     import jax
-    from mobilebert_jax import export
+    from mobilebert_jax.export import runtime, tflite
 
-    fn = jax.jit(export.inference_fn(config, params))
-    args = [jax.device_put(inputs[n]) for n in export.INPUT_NAMES]
+    fn = jax.jit(tflite.inference_fn(config, params))
+    args = [jax.device_put(inputs[n]) for n in runtime.INPUT_NAMES]
     params = jax.device_put(params)
     return lambda: jax.block_until_ready(fn(params, *args))
 
 
 def tflite_runner(config, params, inputs, quantize: str, threads: int, seq_len: int,
                   float_ops=None) -> Callable[[], object]:
-    from mobilebert_jax import export
+    from mobilebert_jax.export import calibration, runtime, tflite
     from mobilebert_jax.data.tokenizers import load_tokenizer
 
     calib = None
     if quantize == "int8":
-        calib = export.representative_inputs(load_tokenizer("bert-base-uncased"), seq_len, 8)
+        calib = calibration.representative_inputs(load_tokenizer("bert-base-uncased"), seq_len,
+                                                  8)
     # as `python -m mobilebert_jax.export` builds it
-    float_ops, mask_mode = export.default_options(config, quantize,
+    float_ops, mask_mode = tflite.default_options(config, quantize,
                                                   float_ops if quantize == "int8" else None)
-    model = export.TFLiteModel(export.to_tflite(config, params, seq_len, quantize, calib,
-                                                float_ops=float_ops, export_mask_mode=mask_mode),
-                               num_threads=threads)
+    model = runtime.TFLiteModel(tflite.to_tflite(config, params, seq_len, quantize, calib,
+                                                 float_ops=float_ops, export_mask_mode=mask_mode),
+                                num_threads=threads)
     return lambda: model(**inputs)
 
 
@@ -102,7 +97,8 @@ def torch_runner(config, inputs, threads: int) -> Callable[[], object]:
     else:
         model = transformers.MobileBertModel(transformers.MobileBertConfig(**hf))
     model.eval()
-    feed = {k: torch.from_numpy(v.astype(np.int64)) for k, v in inputs.items()}
+    hf_names = {"input_mask": "attention_mask", "segment_ids": "token_type_ids"}
+    feed = {hf_names.get(k, k): torch.from_numpy(v.astype(np.int64)) for k, v in inputs.items()}
 
     def run():
         with torch.inference_mode():
@@ -136,7 +132,7 @@ def bench_model(preset: str, runtimes, runs: int, warmup: int, threads: int,
         else:
             fn = torch_runner(config, inputs, threads)
         setup = time.time() - start
-        results[runtime] = {**time_calls(fn, runs, warmup), "setup_s": round(setup, 1)}
+        results[runtime] = {**latency_ms(fn, runs, warmup), "setup_s": round(setup, 1)}
         print(f"  {NAMES[preset]:<16} {runtime:<13} {results[runtime]['median_ms']:8.2f} ms "
               f"(p10 {results[runtime]['p10_ms']:.2f}, p90 {results[runtime]['p90_ms']:.2f}; "
               f"setup {setup:.0f}s; load {os.getloadavg()[0]:.1f})", file=sys.stderr, flush=True)
@@ -168,13 +164,13 @@ def format_table(results: dict[str, dict], runtimes) -> str:
 
 
 def export_float_ops(float_ops) -> tuple[str, ...]:
-    from mobilebert_jax import export
+    from mobilebert_jax.export import tflite
 
-    return export.INT8_FLOAT_OPS if float_ops is None else tuple(float_ops)
+    return tflite.INT8_FLOAT_OPS if float_ops is None else tuple(float_ops)
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m mobilebert_jax.bench.latency",
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.latency",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--runtimes", default=",".join(RUNTIMES))
@@ -184,7 +180,7 @@ def parse_args(argv):
     parser.add_argument("--seq_len", type=int, default=128)
     parser.add_argument("--float_ops", default=None,
                         help="tflite_int8: ops kept in float, comma-separated, as the export "
-                        "CLI's --float_ops ('' for none; default: export.INT8_FLOAT_OPS).")
+                        "CLI's --float_ops ('' for none; default: tflite.INT8_FLOAT_OPS).")
     parser.add_argument("--json", default=None, help="Also write the results to this file.")
     return parser.parse_args(argv)
 

@@ -1,6 +1,6 @@
 """Training-step benchmark on this machine, in one process:
 
-    python -m mobilebert_jax.bench.train [--batch=8] [--seq=128] [--steps=5]
+    python -m benchmarks.train [--batch=8] [--seq=128] [--steps=5]
         [--models=mobilebert,ibbert_large] [--dtype=float32|bfloat16] [--split] [--json=PATH]
 
 For each model: one full pretraining step (MLM at the gathered positions + NSP, forward, backward,
@@ -23,10 +23,11 @@ import jax
 from absl import app, flags
 
 from mobilebert_jax import host_memory
-from mobilebert_jax.bench.common import (alternate, jax_step_runner, jax_step_split,
-                                         load_average, synthetic_batch, time_calls, write_json)
 from mobilebert_jax.metrics import throughput
 from mobilebert_jax.models import get_config, to_hf_config
+
+from benchmarks.common import (alternate, jax_step_runner, jax_step_split, load_average,
+                               synthetic_batch, time_calls, write_json)
 
 flags.DEFINE_integer("batch", 8, "Batch size.")
 flags.DEFINE_integer("seq", 128, "Sequence length.")

@@ -1,6 +1,6 @@
 """Parameter counts of the presets and conversion parity errors, as printed in the README:
 
-    python -m mobilebert_jax.bench.parity [--fixtures=tests/fixtures]
+    python -m benchmarks.parity [--fixtures=tests/fixtures]
 
 Counts come from `jax.eval_shape` (nothing is allocated). Parity: the HF fixtures under
 `--fixtures` (random HF models with their saved outputs) imported with the converter, and the
@@ -16,10 +16,11 @@ import numpy as np
 from absl import app, flags
 from flax import linen as nn
 
-from mobilebert_jax.bench.common import write_json
 from mobilebert_jax import convert
 from mobilebert_jax.models import (PRESETS, MobileBertForPreTraining, MobileBertModel,
                                    get_config)
+
+from benchmarks.common import write_json
 
 flags.DEFINE_string("fixtures", "tests/fixtures", "Folder of the hf_* parity fixtures.")
 flags.DEFINE_string("json", None, "Also write the results to this JSON file.")

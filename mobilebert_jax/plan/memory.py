@@ -1,60 +1,37 @@
 """Per-device memory plan of a pretraining config on a target machine:
 
-    python -m mobilebert_jax.bench.memory --config=configs/teacher.py --target=v4-64
+    python -m mobilebert_jax.plan.memory --config=configs/teacher.py --target=v4-64
         [--mesh=4x8x1] [--remat=none|full|dots_no_batch] [--grad_accum_steps=N]
         [--batch_size=B] [--seq_len=S] [--check=true] [--json=PATH]
 
-For the mesh (`--mesh`, or the config's `mesh.shape` resolved on the target's devices), remat
-policy and accumulation it reports, per device: parameters and LAMB state (counted from the
-project's own shardings, `parallel.sharding_report` on an abstract mesh of that shape), gradients
-and updates (one float32 copy of the sharded params each, one more
-for the accumulator when accumulating), activations (an analytic count, `activation_bytes`) and
-the total; then the smallest setting that fits the target (fewest micro-batches first, then the
-cheapest remat policy: none, dots_no_batch, full).
+Per device, for the mesh (`--mesh`, or the config's `mesh.shape` on the target's devices), remat
+policy and accumulation: parameters and LAMB state (the project's own shardings on an abstract
+mesh), gradients and updates, activations (an analytic count) and the total; then the smallest
+setting that fits (fewest micro-batches, then remat none < dots_no_batch < full). A distillation
+config is planned with its frozen teacher (`--teacher_preset`) in the step.
 
-A distillation config (`configs/distill.py`, trainer `distill`) is planned with its teacher in
-the same step: the teacher's params (frozen: no LAMB state, no gradients; `--teacher_preset`,
-default IB-BERT_LARGE, in the student's compute dtype, since a plan reads no checkpoint), the
-teacher's forward pass (not differentiated: one block's intermediates live at a time) and the
-teacher outputs the losses keep, for the two kinds of step the run has: the last layer-wise
-transfer stage (all student blocks differentiated; the compared layer's hidden state and
-attention map, and with `transfer.all_teacher_layers` every teacher hidden state) and
-pre-training distillation (the teacher's MLM logits and softmax at the masked positions). The
-larger of the two is the row's total.
-
-Measured vs estimated: the figures for the target are estimates (nothing is compiled at that size).
-`--check` (default) also compiles the train step's forward and backward pass (`jax.grad` of the
-pretraining loss) of a small IB-BERT-shaped check config at two depths on 8 fake CPU devices and
-prints XLA's temporaries per added layer next to the analytic count for the same config: the
-first column is measured (XLA's memory analysis on this CPU), the second estimated.
+The target's figures are estimates. `--check` (default) also compiles the forward and backward
+pass of a small IB-BERT-shaped config at two depths on 8 CPU devices and prints XLA's temporaries
+per added layer (measured) next to the analytic count (estimated).
 """
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
+import sys
 
-os.environ["XLA_FLAGS"] = " ".join([
-    os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8",
-    # The CPU default (a concurrency-optimised scheduler) runs recomputations early and so keeps
-    # about as much as without remat; the memory-minimising scheduler lets remat show.
-    "--xla_cpu_enable_concurrency_optimized_scheduler=false"]).strip()
+import jax
+import jax.numpy as jnp
+from absl import app, flags
+from flax import linen as nn
+from ml_collections import config_flags
 
-import dataclasses  # noqa: E402
-import math  # noqa: E402
-import sys  # noqa: E402
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-from absl import app, flags  # noqa: E402
-from flax import linen as nn  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from mobilebert_jax import cli, parallel  # noqa: E402
-from mobilebert_jax.bench.common import (layout, load_average, synthetic_batch,  # noqa: E402
-                                         write_json)
-from mobilebert_jax.models.config import (PRESETS, REMAT_POLICIES, MobileBertConfig,  # noqa: E402
-                                          get_config)
-from mobilebert_jax.models.heads import MobileBertForPreTraining  # noqa: E402
-from mobilebert_jax.train import pretrain  # noqa: E402
+from mobilebert_jax import cli, files, parallel
+from mobilebert_jax.models.config import PRESETS, REMAT_POLICIES, MobileBertConfig, get_config
+from mobilebert_jax.models.heads import MobileBertForPreTraining
+from mobilebert_jax.plan.sharding import layout
+from mobilebert_jax.train import objectives
 
 GIB = 2 ** 30
 USABLE_FRACTION = 0.85  # of a device's memory: XLA's own workspace, fragmentation, the runtime
@@ -85,6 +62,9 @@ CHECK = dict(hidden_size=128, embedding_size=64, intra_bottleneck_size=256, inte
              hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 CHECK_BATCH, CHECK_SEQ, CHECK_PREDICTIONS, CHECK_MESH = 256, 128, 20, (2, 4, 1)
 CHECK_LAYERS = (1, 2)
+# The CPU default (a concurrency-optimised scheduler) runs recomputations early and so keeps about
+# as much as without remat; the memory-minimising scheduler lets remat show.
+CHECK_XLA_FLAGS = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
 
 
 def layer_bytes_per_token(c: MobileBertConfig, seq_len: int, policy: str,
@@ -172,7 +152,9 @@ def teacher_bytes(t: MobileBertConfig, micro_batch_per_device: int, seq_len: int
 
 def distill_activations(s: MobileBertConfig, t: MobileBertConfig, micro: int, seq_len: int,
                         predictions: int, policy: str, all_teacher_layers: bool) -> dict:
-    """Student + teacher activations of the larger of the two distillation steps."""
+    """Student + teacher activations of the larger of the two kinds of distillation step: the
+    last layer-wise transfer stage (every student block differentiated) and pre-training
+    distillation."""
     act = activation_bytes(s.replace(remat=policy), micro, seq_len, predictions, policy)
     encoder = act["layers"] + act["recompute"] + act["embeddings"]
     # The transfer losses read the student's last attention map in float32 too.
@@ -193,8 +175,9 @@ def state_bytes(c: MobileBertConfig, mesh: tuple[int, ...]) -> tuple[int, int]:
 
 @dataclasses.dataclass(frozen=True)
 class Teacher:
-    """The frozen teacher of a distillation plan: its config, its params' bytes per device and
-    whether mean/variance compare with all its layers."""
+    """The frozen teacher of a distillation plan (no LAMB state, no gradients): its config (a
+    preset in the student's compute dtype, since a plan reads no checkpoint), its params' bytes
+    per device and whether mean/variance compare with all its layers."""
     config: MobileBertConfig
     params: int
     all_layers: bool
@@ -240,11 +223,39 @@ def propose(c, target, mesh, batch, seq_len, predictions, state,
     return None
 
 
+def check_devices(count: int) -> list:
+    """`count` CPU devices for the check and the memory-minimising XLA scheduler, set up before
+    JAX starts a backend (the plan itself needs no device: its meshes are abstract)."""
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {CHECK_XLA_FLAGS}".strip()
+    try:
+        jax.config.update("jax_num_cpu_devices", count)
+    except RuntimeError:  # a backend is running already: its CPU devices must do
+        pass
+    devices = jax.devices("cpu")
+    if len(devices) < count:
+        raise cli.CommandError(f"the check needs {count} CPU devices, JAX has {len(devices)} "
+                               "(run it in a new process, or with --check=false)")
+    return devices[:count]
+
+
+def batch_spec(batch: int, seq_len: int, predictions: int, sharding) -> dict:
+    """Shapes and dtypes of a pretraining batch (`data/loader.py`), placed by `sharding`."""
+    def spec(shape, dtype=jnp.int32):
+        return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
+
+    return {"input_ids": spec((batch, seq_len)), "input_mask": spec((batch, seq_len)),
+            "segment_ids": spec((batch, seq_len)),
+            "masked_lm_positions": spec((batch, predictions)),
+            "masked_lm_ids": spec((batch, predictions)),
+            "masked_lm_weights": spec((batch, predictions), jnp.float32),
+            "next_sentence_labels": spec((batch,))}
+
+
 def xla_grad_temporaries(c: MobileBertConfig, batch: int, seq_len: int, predictions: int,
                          mesh_shape: tuple[int, ...]) -> int:
     """XLA's temporaries per device of the train step's forward and backward pass (`jax.grad` of
     the pretraining loss, gradients out in the params' shardings) on the fake CPU devices."""
-    mesh = parallel.make_mesh(mesh_shape, jax.devices()[:math.prod(mesh_shape)])
+    mesh = parallel.make_mesh(mesh_shape, check_devices(math.prod(mesh_shape)))
     rules = parallel.rules_from_config(parallel.DEFAULT_RULES)
     model = MobileBertForPreTraining(c)
     ids = jnp.zeros((1, seq_len), jnp.int32)
@@ -253,13 +264,11 @@ def xla_grad_temporaries(c: MobileBertConfig, batch: int, seq_len: int, predicti
     params = jax.tree_util.tree_map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), nn.meta.unbox(boxed),
         param_sh)
-    batch_sh = parallel.batch_sharding(mesh)
-    example = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sh)
-               for k, v in synthetic_batch(c, batch, seq_len, predictions).items()}
+    example = batch_spec(batch, seq_len, predictions, parallel.batch_sharding(mesh))
 
     def loss(p, b):
-        out = pretrain.forward(model, p, b, deterministic=False, rng=jax.random.PRNGKey(0))
-        return pretrain.pretraining_losses(out, b)[0]
+        out = objectives.forward(model, p, b, deterministic=False, rng=jax.random.PRNGKey(0))
+        return objectives.pretraining_losses(out, b)[0]
 
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         compiled = jax.jit(jax.grad(loss), out_shardings=param_sh).lower(params, example).compile()
@@ -288,6 +297,11 @@ def check(policies, depths=CHECK_LAYERS) -> list[dict]:
             row["xla_per_layer"] = (xla[-1] - xla[0]) / (depths[-1] - depths[0])
         rows.append(row)
     return rows
+
+
+def load_average() -> str:
+    """This machine's 1/5/15-minute load average (the check's timings share it)."""
+    return "/".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def _gib(x: float) -> str:
@@ -360,7 +374,9 @@ def main(argv):
               f"{_gib(r['params']):>8}{_gib(r['opt_state']):>8}{_gib(r['grads_and_updates']):>8}"
               f"{_gib(r['activations']):>8}{extra}{_gib(r['total']):>8}  {r['fits']} ({what})")
     print(f"load average {results['load_average_before']} -> {results['load_average_after']}")
-    write_json(FLAGS.json, results)
+    if FLAGS.json:
+        files.write_json(FLAGS.json, results)
+        print(f"wrote {FLAGS.json}")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 """Distillation step benchmark on this machine, in one process:
 
-    python -m mobilebert_jax.bench.distill [--sizes=smoke|full] [--batch=8] [--seq=128] [--steps=5]
+    python -m benchmarks.distill [--sizes=smoke|full] [--batch=8] [--seq=128] [--steps=5]
 
 Times (median of `--steps` after a warm-up), with random weights and a synthetic batch:
   * the teacher forward (encoder + MLM/NSP heads at the masked positions);
-  * the student train step on its own (forward, backward, LAMB update; MLM + NSP loss);
+  * the student train step on its own (the pretraining trainer's step: forward, backward, LAMB
+    update; MLM + NSP loss; no dropout, as in distillation);
   * the full-depth distillation step (pre-training distillation: both of the above in one
     program, soft-label MLM), and its ratio to the sum of the two (goal: <= 1.15);
   * the PKT transfer step of every stage k with only layers <= k run, against the same stage
@@ -17,17 +18,17 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import ml_collections
 from absl import app, flags
 from flax import linen as nn
 
 from mobilebert_jax import host_memory
-from mobilebert_jax.bench.common import load_average, time_calls, write_json
 from mobilebert_jax.models import MobileBertForPreTraining, get_config
 from mobilebert_jax.train import distill_stages
-from mobilebert_jax.train import optim, pretrain
-from mobilebert_jax.train.state import TrainState
+from mobilebert_jax.train import objectives, optim, pretrain
+from mobilebert_jax.train.core import TrainState
+
+from benchmarks.common import load_average, synthetic_batch, time_calls, write_json
 
 flags.DEFINE_enum("sizes", "smoke", ["smoke", "full"], "Teacher/student sizes.")
 flags.DEFINE_integer("batch", 8, "Batch size.")
@@ -37,19 +38,6 @@ flags.DEFINE_integer("steps", 5, "Timed steps (median reported), after one warm-
 flags.DEFINE_string("json", None, "Also write the results to this JSON file.")
 FLAGS = flags.FLAGS
 RATIO_GOAL = 1.15
-
-
-def synthetic_batch(vocab_size: int, batch: int, seq: int, predictions: int, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    positions = np.sort(np.stack([rng.choice(np.arange(1, seq), predictions, replace=False)
-                                  for _ in range(batch)]), axis=1)
-    return {"input_ids": rng.integers(1000, vocab_size, (batch, seq)),
-            "segment_ids": (np.arange(seq)[None] >= seq // 2).repeat(batch, 0),
-            "input_mask": np.ones((batch, seq)),
-            "masked_lm_positions": positions,
-            "masked_lm_ids": rng.integers(1000, vocab_size, (batch, predictions)),
-            "masked_lm_weights": np.ones((batch, predictions), np.float32),
-            "next_sentence_labels": rng.integers(0, 2, (batch,))}
 
 
 def model_configs(sizes: str):
@@ -69,8 +57,8 @@ def _block(tree):
 
 def run_benchmark(sizes: str, batch: int, seq: int, predictions: int, steps: int) -> dict:
     teacher_cfg, student_cfg = model_configs(sizes)
-    data = {k: jnp.asarray(v, jnp.float32 if k == "masked_lm_weights" else jnp.int32)
-            for k, v in synthetic_batch(student_cfg.vocab_size, batch, seq, predictions).items()}
+    data = {k: jnp.asarray(v)
+            for k, v in synthetic_batch(student_cfg, batch, seq, predictions).items()}
 
     def init(cfg, seed):
         return nn.meta.unbox(MobileBertForPreTraining(cfg).init(
@@ -79,56 +67,54 @@ def run_benchmark(sizes: str, batch: int, seq: int, predictions: int, steps: int
     t_params, s_params = init(teacher_cfg, 0), init(student_cfg, 1)
     opt = ml_collections.ConfigDict(dict(name="lamb", learning_rate=1e-4, warmup_steps=0,
                                          total_steps=1000))
-    pd_tx, _ = optim.make_optimizer(opt)
+    pd_tx, pd_schedule = optim.make_optimizer(opt)
     settings = distill_stages.LossSettings(student_cfg.num_hidden_layers, {})
     results = {}
 
-    teacher_fwd = jax.jit(lambda p, b: pretrain.forward(
+    teacher_fwd = jax.jit(lambda p, b: objectives.forward(
         MobileBertForPreTraining(teacher_cfg), p, b, deterministic=True))
     results["teacher_forward"] = time_calls(lambda: _block(teacher_fwd(t_params, data)), steps)
 
-    def student_step(state, b):
-        def loss_fn(p):
-            out = pretrain.forward(MobileBertForPreTraining(student_cfg), p, b, True)
-            return pretrain.pretraining_losses(out, b)[0]
-        grads = jax.grad(loss_fn)(state.params)
-        updates, opt_state = pd_tx.update(grads, state.opt_state, state.params)
-        return state.replace(params=jax.tree_util.tree_map(jnp.add, state.params, updates),
-                             opt_state=opt_state, step=state.step + 1)
-
     def timed_state_step(fn, tx):
         state = [TrainState(jnp.zeros((), jnp.int32), jax.tree_util.tree_map(jnp.copy, s_params),
-                            tx.init(s_params), None)]
+                            tx.init(s_params), jax.random.key_data(jax.random.PRNGKey(0)))]
 
         def call():
             state[0] = fn(state[0])
             _block(state[0].params)
         return time_calls(call, steps)
 
-    jit_student = jax.jit(student_step, donate_argnums=0)
-    results["student_step"] = timed_state_step(lambda s: jit_student(s, data), pd_tx)
+    # The pretraining trainer's step on the student; without dropout, as distillation runs it.
+    student = MobileBertForPreTraining(student_cfg.replace(hidden_dropout_prob=0.0,
+                                                           attention_probs_dropout_prob=0.0))
+    student_step = jax.jit(pretrain.make_train_step(student, pd_tx, pd_schedule, 1),
+                           donate_argnums=0)
+    results["student_step"] = timed_state_step(lambda s: student_step(s, data)[0], pd_tx)
 
     pd_stage = distill_stages.StagePlan("pkt", student_cfg.num_hidden_layers, 1).stages[-1]
-    pd_step = jax.jit(distill_stages.make_train_step(pd_stage, teacher_cfg, student_cfg, settings, pd_tx,
-                                         lambda s: {}), donate_argnums=0)
-    results["distill_step"] = timed_state_step(lambda s: pd_step(s, t_params, data)[0], pd_tx)
+    pd_step = jax.jit(distill_stages.make_train_step(pd_stage, teacher_cfg, student_cfg,
+                                                     settings, pd_tx, lambda s: {}),
+                      donate_argnums=0)
+    results["distill_step"] = timed_state_step(lambda s: pd_step(s, data, t_params)[0], pd_tx)
 
     cfg = ml_collections.ConfigDict(dict(learning_rate=1.5e-3, multiplier=3.0,
                                          lower_multiplier=0.1, hard_freeze=False,
                                          optimizer="lamb", weight_decay=0.01, clip_norm=1.0))
     n = student_cfg.num_hidden_layers
-    tx = distill_stages.transfer_optimizer(cfg, distill_stages.transfer_multipliers(cfg, "pkt", n, 10))
+    tx = distill_stages.transfer_optimizer(
+        cfg, distill_stages.transfer_multipliers(cfg, "pkt", n, 10))
     plan = distill_stages.StagePlan("pkt", n, 10)
     stages = sorted({0, n // 2, n - 1})
     results["transfer"] = {}
     for k in stages:
         stage = plan.stages[k]
-        full_stage = distill_stages.Stage(stage.index, stage.kind, stage.layers, n, stage.start, stage.end)
+        full_stage = distill_stages.Stage(stage.index, stage.kind, stage.layers, n, stage.start,
+                                          stage.end)
         times = []
         for st in (stage, full_stage):
-            fn = jax.jit(distill_stages.make_train_step(st, teacher_cfg, student_cfg, settings, tx,
-                                            lambda s: {}), donate_argnums=0)
-            times.append(timed_state_step(lambda s, fn=fn: fn(s, t_params, data)[0], tx))
+            fn = jax.jit(distill_stages.make_train_step(st, teacher_cfg, student_cfg, settings,
+                                                        tx, lambda s: {}), donate_argnums=0)
+            times.append(timed_state_step(lambda s, fn=fn: fn(s, data, t_params)[0], tx))
         results["transfer"][k] = tuple(times)
     return results
 

@@ -1,6 +1,6 @@
 """The paper's distillation claims at small scale, run end to end and tabulated:
 
-    python -m mobilebert_jax.bench.transfer --teacher=runs/teacher_long --workdir=runs/claims \
+    python -m benchmarks.transfer --teacher=runs/teacher_long --workdir=runs/claims \
         [--seeds=0,1] [--steps_per_layer=100] [--pd_steps=600] [--batch_size=32] \
         [--runs=scratch,pkt,jkt,akt] [--distill_flags=KEY=VALUE,...]
 
@@ -30,7 +30,7 @@ import statistics
 import subprocess
 import sys
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
+REPO = pathlib.Path(__file__).resolve().parents[1]
 RUNS = ("scratch", "pkt", "jkt", "akt")
 WHOLE_SPLIT = 1_000_000  # eval_steps: the held-out pass ends with the split, at any batch size
 

@@ -1,7 +1,7 @@
 """GLUE fine-tuning of one HF checkpoint with this project (JAX) and with HF transformers
 (PyTorch), same data, same order, same hyperparameters, on the same machine.
 
-    python -m mobilebert_jax.bench.finetune --task=mrpc --data_dir=GLUE_DIR \
+    python -m benchmarks.finetune --task=mrpc --data_dir=GLUE_DIR \
         --workdir=/tmp/bench_mrpc [--hf_dir=DIR] [--learning_rate=5e-5 --num_epochs=3 \
         --batch_size=32 --max_seq_length=128 --seed=0 --train_subset=N --frameworks=jax,hf]
 
@@ -26,10 +26,8 @@ the side-by-side figure. `--frameworks= --step_pairs=N` times only the steps.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
-import pathlib
 import sys
 import time
 
@@ -37,7 +35,7 @@ import numpy as np
 
 from mobilebert_jax import cli
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
+from benchmarks.transfer import load_config
 
 
 def default_hf_dir() -> str:
@@ -48,11 +46,7 @@ def default_hf_dir() -> str:
 
 def glue_config(args):
     """configs/finetune_glue.py with the benchmark's settings."""
-    spec = importlib.util.spec_from_file_location("finetune_glue_config",
-                                                  REPO / "configs" / "finetune_glue.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(args.task)
+    config = load_config("finetune_glue", args.task)
     config.update(init_checkpoint=args.checkpoint, data_dir=args.data_dir,
                   learning_rate=args.learning_rate, num_epochs=args.num_epochs,
                   batch_size=args.batch_size, max_seq_length=args.max_seq_length,
@@ -134,11 +128,11 @@ def jax_classifier_init(checkpoint_dir: str, num_labels: int, seed: int, seq_len
 
     from mobilebert_jax import checkpoint
     from mobilebert_jax.models import MobileBertForSequenceClassification
-    from mobilebert_jax.train import finetune_steps
+    from mobilebert_jax.train import finetune
 
     model = MobileBertForSequenceClassification(checkpoint.load_config(checkpoint_dir),
                                                 num_labels)
-    params = jax.jit(lambda: nn.meta.unbox(finetune_steps.init_params(model, seed, seq_len)))()
+    params = jax.jit(lambda: nn.meta.unbox(finetune.init_params(model, seed, seq_len)))()
     head = jax.tree_util.tree_map(np.asarray, params["classifier"])
     return head["kernel"], head["bias"]
 
@@ -150,7 +144,7 @@ def hf_setup(args, data):
     import transformers
 
     from mobilebert_jax.data import finetune_input
-    from mobilebert_jax.train import finetune_steps, optim
+    from mobilebert_jax.train import finetune, optim
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(os.cpu_count() or 1)
@@ -164,7 +158,7 @@ def hf_setup(args, data):
         model.classifier.bias.copy_(torch.from_numpy(np.array(bias)))
     n = len(data.train.features["input_ids"])
     steps = finetune_input.num_batches(n, args.batch_size) * args.num_epochs
-    opt_cfg = finetune_steps.optimizer_config(glue_config(args), steps)
+    opt_cfg = finetune.optimizer_config(glue_config(args), steps)
     schedule = optim.make_schedule(opt_cfg)
     no_decay = [p for name, p in model.named_parameters() if "bias" in name or "LayerNorm" in name]
     decay = [p for name, p in model.named_parameters()
@@ -189,12 +183,18 @@ def hf_setup(args, data):
     return model, steps, step
 
 
+# the HF model's names of the project's input keys
+HF_NAMES = {"input_mask": "attention_mask", "segment_ids": "token_type_ids"}
+
+
 def hf_tensors(batch, keys):
-    """The real rows of a padded `finetune_input` batch as torch int64 tensors."""
+    """The real rows of a padded `finetune_input` batch as torch int64 tensors, under the HF
+    model's argument names."""
     import torch
 
     real = int(batch["weights"].sum())
-    return {k: torch.from_numpy(np.asarray(batch[k][:real])).long() for k in keys}
+    return {HF_NAMES.get(k, k): torch.from_numpy(np.asarray(batch[k][:real])).long()
+            for k in keys}
 
 
 def load_data(args):
@@ -260,39 +260,45 @@ def run_hf(args) -> dict:
 # -- One step, side by side ----------------------------------------------------------------------
 def compare_steps(args, pairs: int) -> dict:
     """The fine-tuning step of each side on the same first training batch, timed in turn
-    (JAX, PyTorch, JAX, ...; `bench.common.alternate`) after a warm-up (compilation) of each:
+    (JAX, PyTorch, JAX, ...; `common.alternate`) after a warm-up (compilation) of each:
     the median of the per-pair ratios, their range, the load average and the fusion count of
     the compiled JAX step."""
     import jax
 
-    from mobilebert_jax import checkpoint
-    from mobilebert_jax.bench.common import alternate, fusion_count, load_average
-    from mobilebert_jax.models import MobileBertForSequenceClassification
-    from mobilebert_jax.data import finetune_input
-    from mobilebert_jax.train import finetune_steps
+    from flax import linen as nn
 
-    task = finetune_input.glue_task(args.task)
+    from benchmarks.common import alternate, fusion_count, load_average
+    from mobilebert_jax import checkpoint, parallel
+    from mobilebert_jax.data import finetune_input
+    from mobilebert_jax.train import core, finetune, finetune_tasks
+
     data = load_data(args)
     config = glue_config(args)
+    task = finetune_tasks.task_for(config)
+    features = data.train.features
+    n, seq_len = features["input_ids"].shape
     keys = finetune_input.MODEL_INPUTS + ("labels",)
-    model = MobileBertForSequenceClassification(checkpoint.load_config(args.checkpoint),
-                                                task.num_labels,
-                                                float(config.classifier_dropout))
-    trainer = finetune_steps.Trainer(
-        config, model, data.train.features, keys,
-        lambda out, b: finetune_steps.glue_loss(out.logits, b, task.is_regression))
-    trainer.load_encoder(args.checkpoint)
-    batch = trainer.batch_at(0)
-    compiled = trainer.train_step.lower(trainer.state, batch).compile()
+    mesh = parallel.make_mesh(config.mesh.shape)
+    rules = parallel.rules_from_config(config.mesh.rules)
+    total = finetune_input.num_batches(n, args.batch_size) * args.num_epochs
+    program = finetune.build_program(config, mesh, rules, task,
+                                     checkpoint.load_config(args.checkpoint), seq_len, total)
+    state, shardings = core.create_sharded_state(program.init_params, program.tx,
+                                                 int(config.seed), mesh, rules)
+    state = [finetune.load_encoder(state, shardings, args.checkpoint)]
+    order = finetune_input.epoch_order(n, 0, args.seed)
+    hf_batch = finetune_input.batch_at(features, order, 0, args.batch_size, keys)
+    batch = parallel.global_batch(parallel.process_rows(hf_batch), mesh)
+    step_fn, abstract_args = program.steps["train step"]
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        compiled = step_fn.lower(*abstract_args).compile()
 
     def jax_step():
-        trainer.state, metrics = compiled(trainer.state, batch)
+        state[0], metrics = compiled(state[0], batch)
         jax.block_until_ready(metrics["loss"])
 
     hf_model, _, hf_step = hf_setup(args, data)
     hf_model.train()
-    order = finetune_input.epoch_order(len(data.train.features["input_ids"]), 0, args.seed)
-    hf_batch = finetune_input.batch_at(data.train.features, order, 0, args.batch_size, keys)
     times = alternate(jax_step, lambda: hf_step(hf_batch, 0), pairs)
     ratios = sorted(t / j for j, t in times)
     median = lambda xs: float(np.median(xs))  # noqa: E731

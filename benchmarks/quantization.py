@@ -3,8 +3,8 @@ activation ranges that decide whether int8 survives.
 
 Sub-commands:
 
-* `finetune` - a short GLUE classification fine-tune (optax AdamW, warm-up + linear decay,
-  clipping 1.0, dropout) of a project checkpoint, saved as a checkpoint directory with a
+* `finetune` - a short GLUE classification fine-tune of a project checkpoint by the project's
+  fine-tuning trainer (`finetune_config`), whose workdir is a checkpoint directory with a
   `classifier` head and the tokenizer: a fine-tuned model to measure export drops on.
 * `drop` - accuracy of the JAX model and of each TFLite export on a GLUE dev set, and the drop
   of each export in accuracy points.
@@ -12,11 +12,11 @@ Sub-commands:
   scores, FFN outputs), the quantity full-int8 calibration has to cover with 256 levels.
 
 Example:
-    python -m mobilebert_jax.bench.quantization finetune --checkpoint=/tmp/minilm \
+    python -m benchmarks.quantization finetune --checkpoint=/tmp/minilm \
         --task_dir=GLUE_DIR/SST-2 --out=/tmp/sst2_minilm
-    python -m mobilebert_jax.bench.quantization drop --checkpoint=/tmp/sst2_minilm \
+    python -m benchmarks.quantization drop --checkpoint=/tmp/sst2_minilm \
         --task_dir=GLUE_DIR/SST-2
-    python -m mobilebert_jax.bench.quantization ranges --preset=mobilebert
+    python -m benchmarks.quantization ranges --preset=mobilebert
 """
 from __future__ import annotations
 
@@ -27,14 +27,16 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax.core import meta
 
-from mobilebert_jax import checkpoint, cli, export
-from mobilebert_jax.bench.common import write_json
+from mobilebert_jax import checkpoint, cli
+from mobilebert_jax.export import calibration, runtime, tflite
 from mobilebert_jax.data import glue
 from mobilebert_jax.data.tokenizers import load_tokenizer
-from mobilebert_jax.models import MobileBertForSequenceClassification, MobileBertModel, get_config
+from mobilebert_jax.models import MobileBertModel, get_config
+
+from benchmarks.common import write_json
+from benchmarks.transfer import load_config
 
 
 def glue_features(task_dir: str, split: str, tokenizer, seq_len: int,
@@ -47,58 +49,53 @@ def glue_features(task_dir: str, split: str, tokenizer, seq_len: int,
 
 
 # -- fine-tuning --------------------------------------------------------------------------------
+def finetune_config(checkpoint_dir: str, task_dir: str, steps: int, batch_size: int,
+                    learning_rate: float, seq_len: int, seed: int):
+    """`configs/finetune_glue.py` for the task of `task_dir` at these settings. About `steps`
+    updates: one epoch over the first `steps * batch_size` training examples, or whole epochs
+    over all of them when there are fewer; warm-up over the first 10% then linear decay, AdamW
+    with bias correction, clipping 1.0, dropout 0.1."""
+    task = glue.get_task(os.path.basename(os.path.normpath(task_dir)))
+    num_train = len(glue.load_glue(task, task_dir, "train"))
+    wanted = steps * batch_size
+    config = load_config("finetune_glue", task.name)
+    config.update(init_checkpoint=checkpoint_dir, data_dir=task_dir, batch_size=batch_size,
+                  learning_rate=learning_rate, max_seq_length=seq_len, seed=seed,
+                  train_subset=wanted if wanted < num_train else 0,
+                  num_epochs=max(1, round(wanted / num_train)), decay_after_warmup=True,
+                  bias_correction=True, predict_test=False, log_every=25)
+    if not checkpoint.tokenizer_file(checkpoint_dir):
+        config.tokenizer = "bert-base-uncased"
+    return config
+
+
 def finetune(checkpoint_dir: str, task_dir: str, out_dir: str, steps: int = 600,
              batch_size: int = 32, learning_rate: float = 1e-4, seq_len: int = 64,
              seed: int = 0) -> str:
-    """Fine-tunes the encoder of `checkpoint_dir` with a fresh classifier; saves to `out_dir`."""
-    config, params = checkpoint.load_pretrained(checkpoint_dir)
-    tokenizer = load_tokenizer(checkpoint.tokenizer_file(checkpoint_dir) or "bert-base-uncased")
-    train = glue_features(task_dir, "train", tokenizer, seq_len)
-    num_labels = int(train["labels"].max()) + 1
-    model = MobileBertForSequenceClassification(config, num_labels)
-    rng = jax.random.PRNGKey(seed)
-    init = meta.unbox(model.init(rng, jnp.ones((1, seq_len), jnp.int32))["params"])
-    params = {"bert": meta.unbox(params["bert"]), "classifier": init["classifier"]}
-    schedule = optax.join_schedules(
-        [optax.linear_schedule(0.0, learning_rate, max(1, steps // 10)),
-         optax.linear_schedule(learning_rate, 0.0, steps - steps // 10)], [max(1, steps // 10)])
-    tx = optax.chain(optax.clip_by_global_norm(1.0),
-                     optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.01))
-    opt_state = tx.init(params)
+    """Fine-tunes the encoder of `checkpoint_dir` with a fresh classifier by the project's
+    fine-tuning trainer into `out_dir` (a project checkpoint directory holding the best dev
+    epoch's params and the tokenizer; a run already there resumes or stands)."""
+    from mobilebert_jax import config_checks
+    from mobilebert_jax.train import finetune as finetune_trainer
 
-    @jax.jit
-    def step(params, opt_state, batch, key):
-        def loss_fn(p):
-            logits = model.apply({"params": p}, batch["input_ids"], batch["token_type_ids"],
-                                 batch["attention_mask"], deterministic=False,
-                                 rngs={"dropout": key}).logits
-            return optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"]).mean()
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    order = np.random.default_rng(seed).permutation(len(train["labels"]))
-    start = time.time()
-    for i in range(steps):
-        idx = order[(np.arange(batch_size) + i * batch_size) % len(order)]
-        batch = {k: jnp.asarray(v[idx]) for k, v in train.items()}
-        params, opt_state, loss = step(params, opt_state, batch, jax.random.fold_in(rng, i))
-        if i % 25 == 0 or i == steps - 1:
-            print(f"step {i} loss {float(loss):.4f} ({time.time() - start:.0f}s)", flush=True)
-    checkpoint.save_pretrained(out_dir, config, params,
-                               tokenizer_path=checkpoint.tokenizer_file(checkpoint_dir))
+    config = finetune_config(checkpoint_dir, task_dir, steps, batch_size, learning_rate,
+                             seq_len, seed)
+    config_checks.check_config(config)
+    results = finetune_trainer.train_and_evaluate(config, out_dir)
+    best = results["best"]
+    print(f"best dev epoch {best['epoch']} (step {best['step']}): {best['metrics']}", flush=True)
     return out_dir
 
 
 # -- accuracy drop --------------------------------------------------------------------------------
 def jax_logits(config, params, feats: dict, batch_size: int = 64) -> np.ndarray:
-    params = export.inference_params(params)
-    fn = jax.jit(export.inference_fn(config, params))
+    params = tflite.inference_params(params)
+    fn = jax.jit(tflite.inference_fn(config, params))
     out = []
     for i in range(0, len(feats["input_ids"]), batch_size):
-        sl = {k: feats[k][i:i + batch_size] for k in export.INPUT_NAMES}
-        out.append(np.asarray(fn(params, sl["input_ids"], sl["attention_mask"],
-                                 sl["token_type_ids"])["logits"]))
+        sl = {k: feats[k][i:i + batch_size] for k in runtime.INPUT_NAMES}
+        out.append(np.asarray(fn(params, sl["input_ids"], sl["input_mask"],
+                                 sl["segment_ids"])["logits"]))
     return np.concatenate(out)
 
 
@@ -114,14 +111,14 @@ def accuracy_drop(checkpoint_dir: str, task_dir: str, seq_len: int = 64,
     ref = jax_logits(config, params, dev)
     rows = [{"model": "jax fp32", "accuracy": float((ref.argmax(-1) == labels).mean()),
              "max_abs_logit_diff": 0.0, "bytes": None}]
-    calib = export.representative_inputs(tokenizer, seq_len, num_calibration, task_dir)
+    calib = calibration.representative_inputs(tokenizer, seq_len, num_calibration, task_dir)
     runs = [(m, {}) for m in modes] + [(name, kw) for name, kw in (variants or {}).items()]
     for name, kwargs in runs:
-        quantize = name if name in export.QUANTIZE_MODES else "int8"
+        quantize = name if name in tflite.QUANTIZE_MODES else "int8"
         start = time.time()
-        data = export.to_tflite(config, params, seq_len, quantize,
+        data = tflite.to_tflite(config, params, seq_len, quantize,
                                 calib if quantize == "int8" else None, **kwargs)
-        logits = export.TFLiteModel(data, num_threads=threads).predict(dev)["logits"]
+        logits = runtime.TFLiteModel(data, num_threads=threads).predict(dev)["logits"]
         acc = float((logits.argmax(-1) == labels).mean())
         rows.append({"model": f"tflite {name}", "accuracy": acc, "bytes": len(data),
                      "max_abs_logit_diff": float(np.abs(logits - ref).max()),
@@ -135,8 +132,8 @@ def activation_ranges(config, params, feats: dict) -> dict[str, float]:
     """Max |value| of each norm output, FFN/attention dense output and score tensor, grouped by
     the module path with the layer index dropped (max over layers)."""
     model = MobileBertModel(config)
-    _, state = model.apply({"params": params}, feats["input_ids"], feats["token_type_ids"],
-                           feats["attention_mask"], capture_intermediates=True,
+    _, state = model.apply({"params": params}, feats["input_ids"], feats["segment_ids"],
+                           feats["input_mask"], capture_intermediates=True,
                            mutable=["intermediates"])
     flat = jax.tree_util.tree_flatten_with_path(state["intermediates"])[0]
     ranges: dict[str, float] = {}
@@ -156,8 +153,9 @@ def main(argv=None) -> int:
     flags.DEFINE_enum("command", None, ["finetune", "drop", "ranges"], "What to run.")
     flags.DEFINE_string("checkpoint", None, "Project checkpoint directory.")
     flags.DEFINE_string("task_dir", None, "finetune/drop: the GLUE SST-2 task directory.")
-    flags.DEFINE_string("out", None, "finetune: output checkpoint directory.")
-    flags.DEFINE_integer("steps", 600, "finetune: optimizer steps.")
+    flags.DEFINE_string("out", None, "finetune: the trainer's workdir, the output checkpoint "
+                        "directory (a run there resumes).")
+    flags.DEFINE_integer("steps", 600, "finetune: optimizer steps (whole epochs past one).")
     flags.DEFINE_integer("seq_len", 64, "Sequence length.")
     flags.DEFINE_integer("batch_size", 32, "finetune: batch size.")
     flags.DEFINE_string("preset", "mobilebert", "ranges without --checkpoint: random preset.")
@@ -188,7 +186,7 @@ def main(argv=None) -> int:
                 "int8 fill, attention float": {"export_mask_mode": "fill",
                                                "float_ops": ["BATCH_MATMUL", "SOFTMAX"]},
                 "int8 export default": {"export_mask_mode": "fill",
-                                        "float_ops": list(export.INT8_FLOAT_OPS)}})
+                                        "float_ops": list(tflite.INT8_FLOAT_OPS)}})
             base = rows[0]["accuracy"]
             for r in rows:
                 print(f"{r['model']:<28} acc {100 * r['accuracy']:6.2f}  drop "
@@ -204,7 +202,7 @@ def main(argv=None) -> int:
                 config = get_config(FLAGS.preset)
                 params = meta.unbox(MobileBertModel(config).init(
                     jax.random.PRNGKey(0), jnp.ones((1, 8), jnp.int32))["params"])
-            feats = export.representative_inputs(load_tokenizer("bert-base-uncased"),
+            feats = calibration.representative_inputs(load_tokenizer("bert-base-uncased"),
                                                  FLAGS.seq_len, 8)
             ranges = activation_ranges(config, params, feats)
             for key, value in sorted(ranges.items()):

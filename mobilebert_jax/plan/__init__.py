@@ -1,0 +1,3 @@
+"""What a user runs before a job: the per-device memory plan of a config on a target machine
+(`python -m mobilebert_jax.plan.memory`) and the parameter and optimizer-state layout under the
+default sharding rules (`python -m mobilebert_jax.plan.sharding`)."""
