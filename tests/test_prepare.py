@@ -10,9 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from mobilebert_jax.data import corpus
+from mobilebert_jax.data import corpus, prepare
 from mobilebert_jax.data import loader as loader_lib
-from mobilebert_jax.data import prepare
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEQ_LEN, MAX_PRED = 64, 10
@@ -187,11 +186,11 @@ def test_a_killed_run_is_not_a_dataset_and_a_rerun_finishes(corpus_spec, referen
 
 
 def test_the_trainer_refuses_a_dataset_prepared_otherwise(reference, bert_vocab_path, tmp_path):
-    from configs import teacher
     from mobilebert_jax.train import inputs
+    from tests.helpers import config_module
 
     def config(**data):
-        c = teacher.get_config("smoke")
+        c = config_module("teacher").get_config("smoke")
         c.data.update(dataset_dir=reference, corpus="", **{
             k: v for k, v in SETTINGS.items() if k != "shard_mb"})
         c.data.update(**data)
