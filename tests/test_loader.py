@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from mobilebert_jax.data import loader as loader_lib
-from mobilebert_jax.data import prepare
-from mobilebert_jax.data import tokenizers
+from mobilebert_jax.data import prepare, tokenizers
 
 SEQ_LEN, MAX_PRED = 64, 10
 

@@ -7,9 +7,15 @@ import sys
 import pytest
 
 from mobilebert_jax.metrics.glue import glue_metrics
-from mobilebert_jax.metrics.squad import (exact_score, f1_score_v1, f1_score_v2,
-                                          normalize_answer, squad_scores, squad_v1_scores,
-                                          squad_v2_scores)
+from mobilebert_jax.metrics.squad import (
+    exact_score,
+    f1_score_v1,
+    f1_score_v2,
+    normalize_answer,
+    squad_scores,
+    squad_v1_scores,
+    squad_v2_scores,
+)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
