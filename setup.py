@@ -19,6 +19,7 @@ setup(
     version="0.1.0",
     description="MobileBERT and its IB-BERT teacher in JAX/Flax: pretraining, "
     "progressive knowledge transfer, fine-tuning, conversion and export.",
+    license="Apache-2.0",  # LICENSE
     python_requires=">=3.11",
     packages=find_packages(include=["mobilebert_jax", "mobilebert_jax.*"]),
     install_requires=[
