@@ -217,6 +217,7 @@ def test_predictions_for_unknown_questions_are_counted(bad_files):
     assert '"exact_match": 100.0' in r.stdout
 
 
+@pytest.mark.slow
 def test_a_failed_start_leaves_the_workdir_as_it_was(small_pretraining_data, tmp_path):
     """A workdir whose model_config.json is gone, restarted with another model: refused by the
     checkpoint's own shapes, and neither model_config.json nor config.json is (re)written."""

@@ -23,6 +23,9 @@ from tests.helpers import (
     tiny_teacher_config,
 )
 
+# Every test here runs against the emulator, most of them whole training jobs in subprocesses.
+pytestmark = [pytest.mark.emulator, pytest.mark.slow]
+
 
 def read_object(emulator, uri: str) -> bytes:
     """An object's bytes straight from the server (no client cache in between)."""

@@ -240,6 +240,7 @@ def test_trainer_freezes_layers_above_the_stage(pkt_run, teacher_dir):
                               teacher["cls"]["predictions"]["output_bias"])
 
 
+@pytest.mark.slow
 def test_resume_across_stage_boundaries_is_bitwise(pkt_run, data_dir, teacher_dir, tmp_path):
     workdir = str(tmp_path / "resumed")
     for total in (SPL, 2 * SPL, 2 * SPL + 3):  # stop at both boundaries, then finish
@@ -249,6 +250,7 @@ def test_resume_across_stage_boundaries_is_bitwise(pkt_run, data_dir, teacher_di
     assert all(a[s] == b[s] for s in a), [(s, a[s], b[s]) for s in a if a[s] != b[s]]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["smoke,jkt", "smoke,akt"])
 def test_jkt_and_akt_run(data_dir, teacher_dir, tmp_path, variant):
     workdir = str(tmp_path / "run")

@@ -30,6 +30,8 @@ def data_dir(small_pretraining_data):
     return small_pretraining_data
 
 
+@pytest.mark.multiprocess
+@pytest.mark.slow
 def test_sigterm_to_one_process_stops_every_process_at_one_step(data_dir, tmp_path):
     total = 40
     settings = dict(total_steps=total, checkpoint_every=1000,
@@ -60,6 +62,8 @@ def test_sigterm_to_one_process_stops_every_process_at_one_step(data_dir, tmp_pa
     assert all(a[s] == b[s] for s in a), [(s, a[s], b[s]) for s in a if a[s] != b[s]]
 
 
+@pytest.mark.multiprocess
+@pytest.mark.slow
 def test_resume_on_another_process_count_continues_the_global_batches(data_dir, tmp_path):
     settings = dict(total_steps=6, checkpoint_every=3, optimizer=dict(total_steps=6))
     straight = str(tmp_path / "straight")  # 1 process x 8 devices, uninterrupted
@@ -83,6 +87,8 @@ def test_resume_on_another_process_count_continues_the_global_batches(data_dir, 
             assert abs(got[step] - base[step]) <= 1e-5, (run, step, got[step], base[step])
 
 
+@pytest.mark.multiprocess
+@pytest.mark.slow
 def test_distillation_across_a_stage_boundary_in_two_processes(data_dir, tmp_path):
     teacher_dir = str(tmp_path / "teacher")
     save_tiny_teacher(teacher_dir)
@@ -100,6 +106,8 @@ def test_distillation_across_a_stage_boundary_in_two_processes(data_dir, tmp_pat
         assert abs(runs[1][step] - runs[2][step]) <= 1e-5, (step, runs[1][step], runs[2][step])
 
 
+@pytest.mark.multiprocess
+@pytest.mark.slow
 def test_glue_fine_tuning_in_two_processes_matches_one(tiny_checkpoint, glue_dir, tmp_path):
     results = {}
     for n in (1, 2):
@@ -117,6 +125,7 @@ def test_glue_fine_tuning_in_two_processes_matches_one(tiny_checkpoint, glue_dir
     assert all(abs(l1[s] - l2[s]) <= 1e-5 for s in l1)
 
 
+@pytest.mark.slow
 def test_fine_tuning_killed_mid_epoch_resumes_to_the_same_result(tiny_checkpoint, glue_dir,
                                                                  tmp_path):
     overrides = glue_overrides(tiny_checkpoint, glue_dir)

@@ -96,6 +96,7 @@ def test_any_cut_into_read_tasks_yields_each_document_once(tmp_path, chunk):
         ["Alpha one.", "Alpha two."], ["Gamma."]]
 
 
+@pytest.mark.slow
 def test_same_bytes_with_two_workers_and_other_read_tasks(reference, corpus_spec, tmp_path):
     meta = prepare.read_meta(reference)
     assert meta["num_shards"]["train"] >= 3  # several shards, so the grouping is exercised

@@ -61,6 +61,7 @@ def test_resume_is_bitwise_identical(data_dir, tmp_path):
     assert config.hidden_size == 32 and "cls" in params
 
 
+@pytest.mark.slow
 def test_meshes_give_the_same_losses(data_dir, tmp_path):
     runs = {}
     for shape in [(8, 1, 1), (2, 2, 2), (1, 4, 2)]:
@@ -75,6 +76,7 @@ def test_meshes_give_the_same_losses(data_dir, tmp_path):
             assert abs(got[step] - base[step]) <= 1e-5, (shape, step, got[step], base[step])
 
 
+@pytest.mark.slow
 def test_sigterm_saves_exits_cleanly_and_resumes_exactly(data_dir, tmp_path):
     total = 40
     straight = str(tmp_path / "straight")

@@ -6,6 +6,7 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import linen as nn
 
 from mobilebert_jax import checkpoint, export
@@ -67,6 +68,7 @@ def test_qat_gradients_pass_straight_through():
         assert float(jnp.linalg.norm(b)) > 0 and cosine > 0.9, (path, cosine)
 
 
+@pytest.mark.slow
 def test_qat_fine_tuning_exports_to_int8(tiny_checkpoint, glue_dir, tmp_path, capsys):
     float_dir, qat_dir = tmp_path / "float", tmp_path / "qat"
     assert run_main(glue_args(tiny_checkpoint, glue_dir, float_dir), capsys)[0] == 0
