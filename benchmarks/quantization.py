@@ -29,14 +29,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax.core import meta
 
-from mobilebert_jax import checkpoint, cli
-from mobilebert_jax.export import calibration, runtime, tflite
-from mobilebert_jax.data import glue
-from mobilebert_jax.data.tokenizers import load_tokenizer
-from mobilebert_jax.models import MobileBertModel, get_config
-
 from benchmarks.common import write_json
 from benchmarks.transfer import load_config
+from mobilebert_jax import checkpoint, cli
+from mobilebert_jax.data import glue
+from mobilebert_jax.data.tokenizers import load_tokenizer
+from mobilebert_jax.export import calibration, runtime, tflite
+from mobilebert_jax.models import MobileBertModel, get_config
 
 
 def glue_features(task_dir: str, split: str, tokenizer, seq_len: int,

@@ -15,19 +15,24 @@ also times the parts of each JAX step on their own (forward, `jax.grad`, LAMB up
 """
 from __future__ import annotations
 
-
 import os
 import statistics
 
 import jax
 from absl import app, flags
 
+from benchmarks.common import (
+    alternate,
+    jax_step_runner,
+    jax_step_split,
+    load_average,
+    synthetic_batch,
+    time_calls,
+    write_json,
+)
 from mobilebert_jax import host_memory
 from mobilebert_jax.metrics import throughput
 from mobilebert_jax.models import get_config, to_hf_config
-
-from benchmarks.common import (alternate, jax_step_runner, jax_step_split, load_average,
-                               synthetic_batch, time_calls, write_json)
 
 flags.DEFINE_integer("batch", 8, "Batch size.")
 flags.DEFINE_integer("seq", 128, "Sequence length.")
@@ -88,7 +93,8 @@ def main(argv):
     print(f"device: {results['device']} ({jax.device_count()} device), "
           f"measured matmul peak {peak / 1e9:.1f} GFLOP/s; batch {b} x seq {s}, {p} MLM positions, "
           f"JAX compute {FLAGS.dtype}; load average {results['load_average_before']}")
-    print(f"{'model':<16}{'runtime':<16}{'step ms':>10}{'tokens/s':>11}{'GFLOP/step':>12}{'MFU':>8}")
+    print(f"{'model':<16}{'runtime':<16}{'step ms':>10}{'tokens/s':>11}{'GFLOP/step':>12}"
+          f"{'MFU':>8}")
 
     def row(name, runtime, seconds, flops, **extra):
         results["rows"].append(dict(model=name, runtime=runtime, step_ms=seconds * 1e3,

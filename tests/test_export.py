@@ -9,12 +9,15 @@ import pytest
 from flax.core import meta
 
 from mobilebert_jax import checkpoint
+from mobilebert_jax.data.tokenizers import load_tokenizer, packaged_bert_uncased_vocab
 from mobilebert_jax.export import calibration, flatbuffer, runtime, tflite
 from mobilebert_jax.export.__main__ import main as export_cli
-from mobilebert_jax.data.tokenizers import load_tokenizer, packaged_bert_uncased_vocab
-from mobilebert_jax.models import (MobileBertForQuestionAnswering,
-                                   MobileBertForSequenceClassification, MobileBertModel,
-                                   get_config)
+from mobilebert_jax.models import (
+    MobileBertForQuestionAnswering,
+    MobileBertForSequenceClassification,
+    MobileBertModel,
+    get_config,
+)
 
 SEQ_LEN = 32
 

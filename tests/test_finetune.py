@@ -2,84 +2,21 @@
 written here (eval results, best checkpoint, submission files), the sweep table, the optimizer
 options, and one-line errors for bad input."""
 import json
-import shutil
 import os
-import sys
+import shutil
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from absl import flags
-from flax import linen as nn
 
 from mobilebert_jax import checkpoint
-from mobilebert_jax.data import glue as glue_data
-from mobilebert_jax.models.config import MobileBertConfig
-from mobilebert_jax.models.heads import MobileBertForPreTraining
 from mobilebert_jax.data import finetune_input
+from mobilebert_jax.data import glue as glue_data
 from mobilebert_jax.train import finetune, optim, sweep
+from tests.helpers import CONFIGS, SPECIALS, WORDS, config_module, glue_args, run_main
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GLUE_CONFIG = os.path.join(REPO, "configs", "finetune_glue.py")
-SQUAD_CONFIG = os.path.join(REPO, "configs", "finetune_squad.py")
-sys.path.insert(0, os.path.join(REPO, "configs"))
-import finetune_glue  # noqa: E402
-
-WORDS = ("the cat dog sat ran on a mat big small red blue house tree is was "
-         "where did go when who park home yesterday today").split()
-SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-
-
-def tiny_model_config(vocab_size: int) -> MobileBertConfig:
-    """A two-layer plain BERT (no bottleneck, LayerNorm, tanh pooler)."""
-    return MobileBertConfig(
-        vocab_size=vocab_size, hidden_size=32, embedding_size=32, num_hidden_layers=2,
-        num_attention_heads=2, intermediate_size=64, hidden_act="gelu_exact",
-        hidden_dropout_prob=0.1, max_position_embeddings=64, trigram_input=False,
-        use_bottleneck=False, intra_bottleneck_size=32, key_query_shared_bottleneck=False,
-        num_feedforward_networks=1, normalization_type="layer_norm",
-        classifier_activation=True)
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ft_ckpt")
-    vocab = root / "vocab.txt"
-    vocab.write_text("\n".join(SPECIALS + WORDS + ["?", "."]) + "\n")
-    config = tiny_model_config(len(SPECIALS) + len(WORDS) + 2)
-    ids = jnp.zeros((1, 8), jnp.int32)
-    params = nn.meta.unbox(
-        MobileBertForPreTraining(config).init(jax.random.PRNGKey(0), ids)["params"])
-    out = root / "ckpt"
-    checkpoint.save_pretrained(str(out), config, params, tokenizer_path=str(vocab))
-    return out
-
-
-def _sentence(rng, n=5):
-    return " ".join(rng.choice(WORDS[:14], size=n))
-
-
-@pytest.fixture(scope="module")
-def glue_dir(tmp_path_factory):
-    """A tiny MRPC folder: label 1 iff both sentences start with 'the'."""
-    root = tmp_path_factory.mktemp("glue") / "MRPC"
-    root.mkdir()
-    rng = np.random.default_rng(0)
-    header = "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String"
-    for split, n in (("train", 24), ("dev", 8), ("test", 8)):
-        rows = []
-        for i in range(n):
-            label = i % 2
-            a = ("the " if label else "a ") + _sentence(rng)
-            b = ("the " if label else "big ") + _sentence(rng)
-            if split == "test":
-                rows.append(f"{100 + i}\t{i}\t{i}\t{a}\t{b}")
-            else:
-                rows.append(f"{label}\t{i}\t{i}\t{a}\t{b}")
-        head = "index\t#1 ID\t#2 ID\t#1 String\t#2 String" if split == "test" else header
-        (root / f"{split}.tsv").write_text("\n".join([head] + rows) + "\n")
-    return root
+SQUAD_CONFIG = CONFIGS / "finetune_squad.py"
+finetune_glue = config_module("finetune_glue")
 
 
 def squad_json(num_articles=3):
@@ -92,32 +29,6 @@ def squad_json(num_articles=3):
                 "answers": [{"text": "the cat", "answer_start": 0}]}]
         articles.append({"title": f"t{a}", "paragraphs": [{"context": context, "qas": qas}]})
     return {"version": "1.1", "data": articles}
-
-
-def run_main(argv, capsys):
-    """main.py in this process (its absl flags parsed from `argv`); returns (rc, stderr)."""
-    from mobilebert_jax import main as main_mod
-
-    argv = ["main"] + [str(a) for a in argv]
-    saved = sys.argv
-    sys.argv = argv  # config_flags finds the --config.* overrides in sys.argv
-    try:
-        flags.FLAGS.unparse_flags()
-        for name in [n for n in flags.FLAGS if n.startswith("config.")]:
-            delattr(flags.FLAGS, name)  # the previous call's overrides
-        flags.FLAGS(argv)
-        rc = main_mod.main([])
-    finally:
-        sys.argv = saved
-    return rc, capsys.readouterr().err
-
-
-def glue_args(ckpt, data, workdir, *extra):
-    return [f"--config={GLUE_CONFIG}:mrpc", f"--workdir={workdir}",
-            f"--config.init_checkpoint={ckpt}", f"--config.data_dir={data}",
-            "--config.batch_size=8", "--config.eval_batch_size=8", "--config.num_epochs=2",
-            "--config.max_seq_length=16", "--config.learning_rate=1e-3", "--config.log_every=1",
-            *extra]
 
 
 def _files(root):

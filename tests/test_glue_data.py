@@ -3,9 +3,17 @@
 import numpy as np
 import pytest
 
-from mobilebert_jax.data.glue import (GLUE_TASKS, GlueExample, featurize_glue, get_task,
-                                      load_glue, read_glue_predictions, read_glue_tsv,
-                                      truncate_pair_lengths, write_glue_submission)
+from mobilebert_jax.data.glue import (
+    GLUE_TASKS,
+    GlueExample,
+    featurize_glue,
+    get_task,
+    load_glue,
+    read_glue_predictions,
+    read_glue_tsv,
+    truncate_pair_lengths,
+    write_glue_submission,
+)
 
 
 @pytest.fixture(scope="module")

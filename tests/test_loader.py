@@ -9,10 +9,8 @@ import sys
 import numpy as np
 import pytest
 
+from mobilebert_jax.data import dataset_layout, prepare, tokenizers
 from mobilebert_jax.data import loader as loader_lib
-from mobilebert_jax.data import dataset_layout
-from mobilebert_jax.data import prepare
-from mobilebert_jax.data import tokenizers
 
 SEQ_LEN, MAX_PRED = 64, 10
 
@@ -273,7 +271,8 @@ def test_bad_data_dirs(tmp_path, data_dir):
         loader_lib.make_pretraining_loader(str(broken), "train", 8, seed=0)
     truncated = tmp_path / "truncated"
     subprocess.run(["cp", "-r", data_dir, str(truncated)], check=True)
-    shard = glob.glob(os.path.join(dataset_layout.tfds_dir(str(truncated)), "*train.array_record*"))[0]
+    shard = glob.glob(os.path.join(dataset_layout.tfds_dir(str(truncated)),
+                                   "*train.array_record*"))[0]
     with open(shard, "r+b") as f:
         f.truncate(os.path.getsize(shard) // 2)
     with pytest.raises(ValueError, match="corrupt pretraining dataset"):

@@ -13,8 +13,7 @@ import pytest
 
 from mobilebert_jax import checkpoint
 from mobilebert_jax.metrics.writers import MetricsWriter
-from mobilebert_jax.train import loop
-from mobilebert_jax.train import core
+from mobilebert_jax.train import core, loop
 
 
 def toy_state(step=0):

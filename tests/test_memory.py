@@ -2,7 +2,6 @@
 XLA's memory analysis; the teacher variants planned for TPU v4-64 and 8 GPUs."""
 import json
 import os
-import pathlib
 import subprocess
 import sys
 
@@ -15,14 +14,12 @@ from flax import linen as nn
 from mobilebert_jax import config_checks
 from mobilebert_jax.models import MobileBertConfig, MobileBertModel, get_config
 from mobilebert_jax.models.heads import MobileBertForPreTraining
+from tests.helpers import REPO, TINY_MODEL, config_module
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "configs"))
-import teacher  # noqa: E402
-
-TINY = dict(vocab_size=64, hidden_size=32, embedding_size=16, num_hidden_layers=1,
-            num_attention_heads=4, intermediate_size=48, intra_bottleneck_size=32,
-            max_position_embeddings=16, hidden_dropout_prob=0.1)
+teacher = config_module("teacher")
+# one block, wider inside than helpers.TINY_MODEL, with dropout
+TINY = dict(TINY_MODEL, num_hidden_layers=1, intermediate_size=48, intra_bottleneck_size=32,
+            hidden_dropout_prob=0.1)
 
 
 def test_remat_policies_give_the_same_loss_and_gradients():
@@ -63,10 +60,10 @@ def test_remat_reads_old_booleans_and_names_unknown_policies(tmp_path):
 def plan(tmp_path_factory):
     """The memory planner on the gpu8 variant (its scheduler flag needs a fresh process)."""
     out = tmp_path_factory.mktemp("memory") / "plan.json"
-    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
     r = subprocess.run([sys.executable, "-m", "mobilebert_jax.plan.memory",
                         "--config=configs/teacher.py:gpu8", "--target=8xH100", f"--json={out}"],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     return json.loads(out.read_text()), r.stdout
 
@@ -103,16 +100,16 @@ def test_gpu8_variant_fits_by_the_plan(plan):
 
 def _plan(tmp_path, config, target):
     out = tmp_path / "plan.json"
-    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
     r = subprocess.run([sys.executable, "-m", "mobilebert_jax.plan.memory", f"--config={config}",
                         f"--target={target}", "--check=false", f"--json={out}"],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     return json.loads(out.read_text())
 
 
 def test_distillation_plan_counts_the_teacher_and_the_machine_variants_fit(tmp_path):
-    import distill
+    distill = config_module("distill")
     # The paper's distillation (batch 2048 x 512, teacher forward in the step) with the default
     # mesh and no remat does not fit a v4-64 chip; the v4_64 variant does.
     default = _plan(tmp_path, "configs/distill.py", "v4-64")

@@ -8,9 +8,15 @@ import pytest
 
 from mobilebert_jax.data.glue import get_task
 from mobilebert_jax.metrics.glue import glue_metrics
-from mobilebert_jax.metrics.squad import (exact_score, f1_score_v1, f1_score_v2,
-                                          normalize_answer, squad_scores, squad_v1_scores,
-                                          squad_v2_scores)
+from mobilebert_jax.metrics.squad import (
+    exact_score,
+    f1_score_v1,
+    f1_score_v2,
+    normalize_answer,
+    squad_scores,
+    squad_v1_scores,
+    squad_v2_scores,
+)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -135,7 +141,8 @@ PREDS = [1, 1, 0, 0, 0, 1, 1, 0]
 
 def test_matthews_on_hand_worked_table():
     # MCC = (TP*TN - FP*FN) / sqrt((TP+FP)(TP+FN)(TN+FP)(TN+FN)) = (9 - 1) / 16.
-    assert glue_metrics(get_task("cola"), PREDS, LABELS) == {"matthews_corrcoef": pytest.approx(0.5)}
+    assert glue_metrics(get_task("cola"), PREDS, LABELS) == {
+        "matthews_corrcoef": pytest.approx(0.5)}
 
 
 def test_accuracy_and_f1():

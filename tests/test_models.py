@@ -11,10 +11,16 @@ import pytest
 from flax import linen as nn
 from flax import traverse_util
 
-from mobilebert_jax.models import (MobileBertConfig, MobileBertForPreTraining,
-                                   MobileBertForQuestionAnswering,
-                                   MobileBertForSequenceClassification, from_hf_config,
-                                   from_official_json, get_config)
+from mobilebert_jax.models import (
+    MobileBertConfig,
+    MobileBertForPreTraining,
+    MobileBertForQuestionAnswering,
+    MobileBertForSequenceClassification,
+    from_hf_config,
+    from_official_json,
+    get_config,
+)
+from tests.helpers import TINY_MODEL
 
 
 def n_params(tree):
@@ -115,11 +121,6 @@ def test_config_json_round_trip(tmp_path):
     assert MobileBertConfig.from_json_file(str(tmp_path / "c.json")) == c
 
 
-TINY = dict(vocab_size=64, hidden_size=32, embedding_size=16, num_hidden_layers=2,
-            num_attention_heads=4, intermediate_size=24, intra_bottleneck_size=16,
-            max_position_embeddings=16)
-
-
 def init(config, model_cls=MobileBertForPreTraining, seed=0, **kw):
     ids = jnp.ones((2, 10), jnp.int32)
     return nn.meta.unbox(model_cls(config, **kw).init(jax.random.PRNGKey(seed), ids))["params"]
@@ -136,7 +137,7 @@ def batch(seed=0, b=2, s=10, vocab=64):
 
 
 def test_pretraining_outputs_api():
-    c = get_config("mobilebert", **TINY)
+    c = get_config("mobilebert", **TINY_MODEL)
     params = init(c)
     ids, types, mask = batch()
     out = MobileBertForPreTraining(c).apply({"params": params}, ids, segment_ids=types,
@@ -167,7 +168,7 @@ def test_pretraining_outputs_api():
 
 
 def test_fill_mask_mode_sets_minus_six_and_keeps_unmasked():
-    c = get_config("mobilebert", **TINY)
+    c = get_config("mobilebert", **TINY_MODEL)
     params = init(c)
     ids, types, mask = batch()
     add = MobileBertForPreTraining(c).apply({"params": params}, ids, types, mask)
@@ -180,7 +181,7 @@ def test_fill_mask_mode_sets_minus_six_and_keeps_unmasked():
 
 
 def test_dropout_and_determinism():
-    c = get_config("ibbert_large", **TINY)
+    c = get_config("ibbert_large", **TINY_MODEL)
     params = init(c)
     ids, types, mask = batch()
     model = MobileBertForPreTraining(c)
@@ -218,7 +219,7 @@ def test_dropout_layer_drops_the_rate_and_keeps_the_expectation(rate, shape):
 
 
 def test_remat_and_bf16_options():
-    c = get_config("mobilebert_tiny", **TINY)
+    c = get_config("mobilebert_tiny", **TINY_MODEL)
     params = init(c)
     ids, types, mask = batch()
 
@@ -240,7 +241,7 @@ def test_remat_and_bf16_options():
 
 
 def test_task_heads():
-    c = get_config("mobilebert", **TINY)
+    c = get_config("mobilebert", **TINY_MODEL)
     ids, types, mask = batch()
     cls_params = init(c, MobileBertForSequenceClassification, num_labels=3)
     out = MobileBertForSequenceClassification(c, num_labels=3).apply(
@@ -258,7 +259,7 @@ def test_task_heads():
 
 
 def test_sequence_longer_than_positions_is_rejected():
-    c = get_config("mobilebert", **TINY)
+    c = get_config("mobilebert", **TINY_MODEL)
     params = init(c)
     with pytest.raises(ValueError, match="exceeds max_position_embeddings"):
         MobileBertForPreTraining(c).apply({"params": params}, jnp.ones((1, 20), jnp.int32))
@@ -325,9 +326,8 @@ def numpy_ibbert_forward(p, ids, types, mask, heads):
 
 
 def test_teacher_matches_numpy_reference():
-    c = get_config("ibbert_large", vocab_size=64, hidden_size=32, embedding_size=16,
-                   num_hidden_layers=3, num_attention_heads=4, intermediate_size=48,
-                   intra_bottleneck_size=48, max_position_embeddings=16)
+    c = get_config("ibbert_large", **dict(TINY_MODEL, num_hidden_layers=3,
+                                          intermediate_size=48, intra_bottleneck_size=48))
     params = init(c, seed=3)
     # move every parameter away from its init so that norms and biases matter
     leaves, tree = jax.tree_util.tree_flatten(params)

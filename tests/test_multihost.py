@@ -3,9 +3,7 @@ preemption signal to one process stops all at the same step; a checkpoint resume
 process count with the next global batches; distillation across a PKT stage boundary and GLUE
 fine-tuning give the results of one process; fine-tuning killed mid-epoch resumes exactly."""
 import json
-import os
 import signal
-import sys
 import time
 
 import numpy as np
@@ -13,36 +11,18 @@ import pytest
 
 from mobilebert_jax import checkpoint
 from mobilebert_jax.train import pretrain
-
-from conftest import (REPO, apply_overrides, dotted_overrides, run_main_processes,
-                      start_main)
-from test_finetune import glue_dir, tiny_checkpoint  # noqa: F401  (shared fixtures)
-
-sys.path.insert(0, os.path.join(str(REPO), "configs"))
-import teacher  # noqa: E402
-
-MODEL = dict(num_hidden_layers=2, hidden_size=32, embedding_size=16, intra_bottleneck_size=64,
-             intermediate_size=64, max_position_embeddings=64)
-
-
-def teacher_overrides(data_dir, **extra):
-    base = dict(model=MODEL, data=dict(dataset_dir=str(data_dir), corpus="", seq_len=64,
-                                       max_predictions_per_seq=10),
-                batch_size=8, log_every=1, eval_every=1000, optimizer=dict(warmup_steps=2))
-    for key, value in extra.items():
-        base[key] = dict(base.get(key, {}), **value) if isinstance(value, dict) else value
-    return base
-
-
-def in_process_config(data_dir, **extra):
-    """The same settings as `teacher_overrides`, as a config for an in-process run."""
-    return apply_overrides(teacher.get_config("smoke"),
-                           dotted_overrides(teacher_overrides(data_dir, **extra)))
-
-
-def losses(workdir):
-    rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
-    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+from tests.helpers import (
+    SPL,
+    TINY_STUDENT,
+    glue_overrides,
+    in_process_config,
+    losses,
+    run_main_processes,
+    save_tiny_teacher,
+    small_data,
+    start_main,
+    teacher_overrides,
+)
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +30,8 @@ def data_dir(small_pretraining_data):
     return small_pretraining_data
 
 
+@pytest.mark.multiprocess
+@pytest.mark.slow
 def test_sigterm_to_one_process_stops_every_process_at_one_step(data_dir, tmp_path):
     total = 40
     settings = dict(total_steps=total, checkpoint_every=1000,
@@ -80,6 +62,8 @@ def test_sigterm_to_one_process_stops_every_process_at_one_step(data_dir, tmp_pa
     assert all(a[s] == b[s] for s in a), [(s, a[s], b[s]) for s in a if a[s] != b[s]]
 
 
+@pytest.mark.multiprocess
+@pytest.mark.slow
 def test_resume_on_another_process_count_continues_the_global_batches(data_dir, tmp_path):
     settings = dict(total_steps=6, checkpoint_every=3, optimizer=dict(total_steps=6))
     straight = str(tmp_path / "straight")  # 1 process x 8 devices, uninterrupted
@@ -103,24 +87,14 @@ def test_resume_on_another_process_count_continues_the_global_batches(data_dir, 
             assert abs(got[step] - base[step]) <= 1e-5, (run, step, got[step], base[step])
 
 
+@pytest.mark.multiprocess
+@pytest.mark.slow
 def test_distillation_across_a_stage_boundary_in_two_processes(data_dir, tmp_path):
-    from test_distill import SPL, STUDENT, TEACHER  # the tiny teacher/student of that module
-
-    import jax
-    import jax.numpy as jnp
-    from flax import linen as nn
-
-    from mobilebert_jax.models.heads import MobileBertForPreTraining
-
     teacher_dir = str(tmp_path / "teacher")
-    params = MobileBertForPreTraining(TEACHER).init(jax.random.PRNGKey(7),
-                                                    jnp.zeros((1, 64), jnp.int32))["params"]
-    checkpoint.save_pretrained(teacher_dir, TEACHER, nn.meta.unbox(params))
-    overrides = dict(teacher_checkpoint=teacher_dir, model=STUDENT,
-                     data=dict(dataset_dir=str(data_dir), corpus="", seq_len=64,
-                               max_predictions_per_seq=10),
-                     batch_size=8, steps_per_layer=SPL, total_steps=SPL + 2, log_every=1,
-                     eval_every=1000, checkpoint_every=1000,
+    save_tiny_teacher(teacher_dir)
+    overrides = dict(teacher_checkpoint=teacher_dir, model=TINY_STUDENT,
+                     data=small_data(data_dir), batch_size=8, steps_per_layer=SPL,
+                     total_steps=SPL + 2, log_every=1, eval_every=1000, checkpoint_every=1000,
                      optimizer=dict(warmup_steps=1, total_steps=3))
     runs = {}
     for n in (1, 2):
@@ -132,12 +106,8 @@ def test_distillation_across_a_stage_boundary_in_two_processes(data_dir, tmp_pat
         assert abs(runs[1][step] - runs[2][step]) <= 1e-5, (step, runs[1][step], runs[2][step])
 
 
-def glue_overrides(ckpt, data):
-    return dict(init_checkpoint=str(ckpt), data_dir=str(data), batch_size=8,
-                eval_batch_size=8, num_epochs=2, max_seq_length=16, learning_rate=1e-3,
-                log_every=1, checkpoint_every=2)
-
-
+@pytest.mark.multiprocess
+@pytest.mark.slow
 def test_glue_fine_tuning_in_two_processes_matches_one(tiny_checkpoint, glue_dir, tmp_path):
     results = {}
     for n in (1, 2):
@@ -155,6 +125,7 @@ def test_glue_fine_tuning_in_two_processes_matches_one(tiny_checkpoint, glue_dir
     assert all(abs(l1[s] - l2[s]) <= 1e-5 for s in l1)
 
 
+@pytest.mark.slow
 def test_fine_tuning_killed_mid_epoch_resumes_to_the_same_result(tiny_checkpoint, glue_dir,
                                                                  tmp_path):
     overrides = glue_overrides(tiny_checkpoint, glue_dir)

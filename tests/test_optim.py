@@ -286,7 +286,8 @@ def test_unknown_optimizer_and_bad_config_raise():
     with pytest.raises(ValueError, match="warmup_steps"):
         optim.make_optimizer(ml_collections.ConfigDict(dict(warmup_steps=20, total_steps=10)))
     with pytest.raises(ValueError, match="unknown optimizer"):
-        distill_stages.transfer_optimizer(_transfer_cfg(optimizer="adagrad"), lambda step: jnp.ones(2))
+        distill_stages.transfer_optimizer(_transfer_cfg(optimizer="adagrad"),
+                                          lambda step: jnp.ones(2))
 
 
 # ------------------------------------------------------------------------------------------
@@ -369,7 +370,8 @@ def test_transfer_optimizer_moves_only_the_right_layers(hard_freeze):
     grads = jax.tree.map(lambda x: jnp.ones_like(x) * 0.7 + x, params)
     p, step, base_lr = 10, 15, 1e-2  # stage 1, t = 5
     cfg = _transfer_cfg(learning_rate=base_lr, hard_freeze=hard_freeze)
-    tx = distill_stages.transfer_optimizer(cfg, distill_stages.transfer_multipliers(cfg, "pkt", 3, p))
+    tx = distill_stages.transfer_optimizer(
+        cfg, distill_stages.transfer_multipliers(cfg, "pkt", 3, p))
     state = layer_multipliers.set_layer_multiplier_step(tx.init(params), step)
     upd, state = jax.jit(tx.update)(grads, state, params)
     new = optax.apply_updates(params, upd)
@@ -396,7 +398,8 @@ def test_transfer_optimizer_moves_only_the_right_layers(hard_freeze):
 def test_transfer_step_restore_and_reset():
     params = _pkt_params()
     cfg = _transfer_cfg()
-    tx = distill_stages.transfer_optimizer(cfg, distill_stages.transfer_multipliers(cfg, "pkt", 3, 10))
+    tx = distill_stages.transfer_optimizer(
+        cfg, distill_stages.transfer_multipliers(cfg, "pkt", 3, 10))
     state = tx.init(params)
     assert int(layer_multipliers.layer_multiplier_step(state)) == 0
     grads = jax.tree.map(jnp.ones_like, params)

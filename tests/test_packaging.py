@@ -111,7 +111,7 @@ def test_a_missing_declaration_is_reported():
 LAYERS = (
     ("cli", "files", "console", "host_memory", "compile_cache"),
     ("parallel", "models"),
-    ("metrics", "checkpoint", "config_checks"),
+    ("metrics", "checkpoint", "config_checks", "config_defaults"),
     ("data",),
     ("train",),
     ("plan", "export", "convert", "predict", "main"),

@@ -10,10 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from mobilebert_jax.data import corpus
+from mobilebert_jax.data import corpus, dataset_layout, prepare
 from mobilebert_jax.data import loader as loader_lib
-from mobilebert_jax.data import dataset_layout
-from mobilebert_jax.data import prepare
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEQ_LEN, MAX_PRED = 64, 10
@@ -98,6 +96,7 @@ def test_any_cut_into_read_tasks_yields_each_document_once(tmp_path, chunk):
         ["Alpha one.", "Alpha two."], ["Gamma."]]
 
 
+@pytest.mark.slow
 def test_same_bytes_with_two_workers_and_other_read_tasks(reference, corpus_spec, tmp_path):
     meta = dataset_layout.read_meta(reference)
     assert meta["num_shards"]["train"] >= 3  # several shards, so the grouping is exercised
@@ -111,7 +110,8 @@ def test_same_bytes_with_two_workers_and_other_read_tasks(reference, corpus_spec
     # What the stages stage (token ids by read task, per-shard counts) does not stay.
     for data_dir in (reference, other):
         assert sorted(os.listdir(data_dir)) == sorted(
-            [dataset_layout.META_FILE, dataset_layout.VOCAB_ARRAYS_FILE, dataset_layout.DATASET_NAME])
+            [dataset_layout.META_FILE, dataset_layout.VOCAB_ARRAYS_FILE,
+             dataset_layout.DATASET_NAME])
     reseeded = _prepare(corpus_spec, tmp_path / "seed", seed=1)
     assert _dataset_files(reseeded) != _dataset_files(reference)
 
@@ -188,11 +188,11 @@ def test_a_killed_run_is_not_a_dataset_and_a_rerun_finishes(corpus_spec, referen
 
 
 def test_the_trainer_refuses_a_dataset_prepared_otherwise(reference, bert_vocab_path, tmp_path):
-    from configs import teacher
     from mobilebert_jax.data import pretraining_input as inputs
+    from tests.helpers import config_module
 
     def config(**data):
-        c = teacher.get_config("smoke")
+        c = config_module("teacher").get_config("smoke")
         c.data.update(dataset_dir=reference, corpus="", **{
             k: v for k, v in SETTINGS.items() if k != "shard_mb"})
         c.data.update(**data)

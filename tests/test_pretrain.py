@@ -1,6 +1,5 @@
 """Teacher trainer: exact resume, mesh equivalence, preemption, NaN guard, bad input and gradient
 accumulation (several processes: test_multihost.py)."""
-import json
 import os
 import signal
 import subprocess
@@ -14,16 +13,21 @@ import numpy as np
 import pytest
 
 from mobilebert_jax import checkpoint
-from mobilebert_jax.data import tokenizers
-from mobilebert_jax.data import finetune_input
+from mobilebert_jax.data import finetune_input, tokenizers
 from mobilebert_jax.train import core, pretrain
 from mobilebert_jax.train.loop import NonFiniteLoss
+from tests.helpers import (
+    CONFIGS,
+    TINY_TEACHER,
+    apply_overrides,
+    config_module,
+    flatten_overrides,
+    losses,
+    small_data,
+    teacher_overrides,
+)
 
-from conftest import apply_overrides
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "configs"))
-import teacher  # noqa: E402
+teacher = config_module("teacher")
 
 
 @pytest.fixture(scope="module")
@@ -33,20 +37,13 @@ def data_dir(small_pretraining_data):
 
 def tiny_config(data_dir, **overrides):
     c = teacher.get_config("smoke")
-    c.model.update(num_hidden_layers=2, hidden_size=32, embedding_size=16,
-                   intra_bottleneck_size=64, intermediate_size=64, num_attention_heads=4,
-                   max_position_embeddings=64)
-    c.data.update(dataset_dir=str(data_dir), corpus="", seq_len=64, max_predictions_per_seq=10)
+    c.model.update(TINY_TEACHER)
+    c.data.update(small_data(data_dir))
     c.update(batch_size=8, total_steps=6, log_every=1, eval_every=1000, eval_steps=2,
              checkpoint_every=3, async_checkpointing=True)
     c.optimizer.update(warmup_steps=2)
     c.optimizer.total_steps = 6  # fixed, whatever total_steps
     return apply_overrides(c, overrides)
-
-
-def losses(workdir):
-    rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
-    return {r["step"]: r["loss"] for r in rows if "loss" in r}
 
 
 def test_resume_is_bitwise_identical(data_dir, tmp_path):
@@ -64,6 +61,7 @@ def test_resume_is_bitwise_identical(data_dir, tmp_path):
     assert config.hidden_size == 32 and "cls" in params
 
 
+@pytest.mark.slow
 def test_meshes_give_the_same_losses(data_dir, tmp_path):
     runs = {}
     for shape in [(8, 1, 1), (2, 2, 2), (1, 4, 2)]:
@@ -78,6 +76,7 @@ def test_meshes_give_the_same_losses(data_dir, tmp_path):
             assert abs(got[step] - base[step]) <= 1e-5, (shape, step, got[step], base[step])
 
 
+@pytest.mark.slow
 def test_sigterm_saves_exits_cleanly_and_resumes_exactly(data_dir, tmp_path):
     total = 40
     straight = str(tmp_path / "straight")
@@ -85,15 +84,9 @@ def test_sigterm_saves_exits_cleanly_and_resumes_exactly(data_dir, tmp_path):
                                             **{"optimizer.total_steps": total}), straight)
     workdir = tmp_path / "preempted"
     cmd = [sys.executable, "-m", "mobilebert_jax.main",
-           f"--config={REPO}/configs/teacher.py:smoke", f"--workdir={workdir}",
-           "--config.model.num_hidden_layers=2", "--config.model.hidden_size=32",
-           "--config.model.embedding_size=16", "--config.model.intra_bottleneck_size=64",
-           "--config.model.intermediate_size=64", "--config.model.max_position_embeddings=64",
-           f"--config.data.dataset_dir={data_dir}", "--config.data.corpus=",
-           "--config.data.seq_len=64", "--config.data.max_predictions_per_seq=10",
-           "--config.batch_size=8", f"--config.total_steps={total}", "--config.log_every=1",
-           "--config.checkpoint_every=1000", "--config.eval_every=1000",
-           "--config.optimizer.warmup_steps=2"]
+           f"--config={CONFIGS}/teacher.py:smoke", f"--workdir={workdir}",
+           *flatten_overrides(teacher_overrides(data_dir, total_steps=total,
+                                                checkpoint_every=1000))]
     # Every program goes to the workdir's compilation cache, however fast it compiled here.
     env = dict(os.environ, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -126,7 +119,8 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path
     workdir = str(tmp_path / "nan")
     pretrain.train_and_evaluate(tiny_config(data_dir, total_steps=2, checkpoint_every=2), workdir)
     before = checkpoint.load_params(workdir)
-    with pytest.raises(NonFiniteLoss, match=r"non-finite .* at step 3.*last good checkpoint: step 2"):
+    with pytest.raises(NonFiniteLoss,
+                       match=r"non-finite .* at step 3.*last good checkpoint: step 2"):
         pretrain.train_and_evaluate(
             tiny_config(data_dir, total_steps=4, checkpoint_every=1,
                         **{"optimizer.learning_rate": 1e38}), workdir)

@@ -6,6 +6,7 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import linen as nn
 
 from mobilebert_jax import checkpoint
@@ -13,13 +14,10 @@ from mobilebert_jax.export import runtime, tflite
 from mobilebert_jax.models import get_config
 from mobilebert_jax.models.heads import MobileBertForSequenceClassification
 from mobilebert_jax.models.qat import quantization_aware
-
-from test_finetune import glue_args, glue_dir, run_main, tiny_checkpoint  # noqa: F401
+from tests.helpers import TINY_MODEL, glue_args, run_main
 
 # MobileBERT-shaped (NoNorm, bottlenecks, 4 stacked FFNs, ReLU), tiny.
-STUDENT = get_config("mobilebert", num_hidden_layers=2, vocab_size=64, hidden_size=32,
-                     embedding_size=16, intra_bottleneck_size=16, intermediate_size=32,
-                     num_attention_heads=4, max_position_embeddings=16)
+STUDENT = get_config("mobilebert", **dict(TINY_MODEL, intermediate_size=32))
 
 
 def _setup():
@@ -71,7 +69,8 @@ def test_qat_gradients_pass_straight_through():
         assert float(jnp.linalg.norm(b)) > 0 and cosine > 0.9, (path, cosine)
 
 
-def test_qat_fine_tuning_exports_to_int8(tiny_checkpoint, glue_dir, tmp_path, capsys):  # noqa: F811
+@pytest.mark.slow
+def test_qat_fine_tuning_exports_to_int8(tiny_checkpoint, glue_dir, tmp_path, capsys):
     float_dir, qat_dir = tmp_path / "float", tmp_path / "qat"
     assert run_main(glue_args(tiny_checkpoint, glue_dir, float_dir), capsys)[0] == 0
     rc, err = run_main(glue_args(tiny_checkpoint, glue_dir, qat_dir, "--config.qat=true"), capsys)

@@ -5,9 +5,15 @@ import time
 import numpy as np
 import pytest
 
-from mobilebert_jax.data.squad import (SquadExample, featurize_squad, parse_squad_json,
-                                       postprocess_squad, read_squad, to_squad_json,
-                                       write_predictions)
+from mobilebert_jax.data.squad import (
+    SquadExample,
+    featurize_squad,
+    parse_squad_json,
+    postprocess_squad,
+    read_squad,
+    to_squad_json,
+    write_predictions,
+)
 from mobilebert_jax.metrics.squad import normalize_answer, squad_scores
 
 NUMBERS = "one two three four five six seven eight nine ten eleven twelve"

@@ -25,11 +25,17 @@ import numpy as np
 
 from mobilebert_jax import files
 from mobilebert_jax.data import corpus as corpus_lib
-from mobilebert_jax.data.dataset_layout import (DOCUMENTS_DIR, EVAL_SPLIT, SHARD_STATS_DIR,
-                                                TRAIN_SPLIT, progress_line, serialize_record,
-                                                shard_file_name, tfds_dir)
-from mobilebert_jax.data import pretraining
-from mobilebert_jax.data import tokenizers
+from mobilebert_jax.data import pretraining, tokenizers
+from mobilebert_jax.data.dataset_layout import (
+    DOCUMENTS_DIR,
+    EVAL_SPLIT,
+    SHARD_STATS_DIR,
+    TRAIN_SPLIT,
+    progress_line,
+    serialize_record,
+    shard_file_name,
+    tfds_dir,
+)
 
 _ENCODE_BATCH_SENTENCES = 4096
 

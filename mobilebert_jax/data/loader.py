@@ -19,8 +19,8 @@ long as the global batch size is the same. Batches are dicts of numpy arrays:
 from __future__ import annotations
 
 import dataclasses
-import json
 import io
+import json
 from typing import Any
 
 import grain

@@ -58,11 +58,9 @@ from typing import Sequence
 import numpy as np
 
 from mobilebert_jax import cli, files
-from mobilebert_jax.data import beam_job
+from mobilebert_jax.data import beam_job, pretraining, tokenizers
 from mobilebert_jax.data import corpus as corpus_lib
 from mobilebert_jax.data import dataset_layout as layout
-from mobilebert_jax.data import pretraining
-from mobilebert_jax.data import tokenizers
 
 
 def _check_settings(seq_len, max_predictions_per_seq, dupe_factor, short_seq_prob,

@@ -8,11 +8,11 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from mobilebert_jax import files
-from mobilebert_jax.data import loader as loader_lib
+from mobilebert_jax.console import log
 from mobilebert_jax.data import dataset_layout as layout
+from mobilebert_jax.data import loader as loader_lib
 from mobilebert_jax.data import prepare as prepare_lib
 from mobilebert_jax.data import tokenizers
-from mobilebert_jax.console import log
 
 
 def dataset_dir(config, workdir: str) -> str:

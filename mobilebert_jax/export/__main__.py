@@ -8,8 +8,12 @@ from __future__ import annotations
 import sys
 
 from mobilebert_jax import cli
-from mobilebert_jax.export.tflite import (FLOAT_NODE_GROUPS, INT8_FLOAT_OPS, QUANTIZE_MODES,
-                                          export_checkpoint)
+from mobilebert_jax.export.tflite import (
+    FLOAT_NODE_GROUPS,
+    INT8_FLOAT_OPS,
+    QUANTIZE_MODES,
+    export_checkpoint,
+)
 
 
 def parse_args(argv: list[str]):

@@ -50,8 +50,12 @@ from mobilebert_jax import files
 from mobilebert_jax.export.calibration import representative_inputs
 from mobilebert_jax.export.flatbuffer import float_node_names
 from mobilebert_jax.export.runtime import INPUT_NAMES, import_tensorflow
-from mobilebert_jax.models import (MobileBertConfig, MobileBertForQuestionAnswering,
-                                   MobileBertForSequenceClassification, MobileBertModel)
+from mobilebert_jax.models import (
+    MobileBertConfig,
+    MobileBertForQuestionAnswering,
+    MobileBertForSequenceClassification,
+    MobileBertModel,
+)
 
 QUANTIZE_MODES = ("none", "float16", "dynamic", "int8")
 # Groups of graph nodes (by tensor-name pattern) an int8 export can keep in float:

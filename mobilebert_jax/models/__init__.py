@@ -1,11 +1,21 @@
 """The MobileBERT model family: config presets, the encoder and its task heads."""
-from mobilebert_jax.models.config import (PRESETS, MobileBertConfig, from_hf_config,
-                                          from_official_json, get_config, to_hf_config)
+from mobilebert_jax.models.config import (
+                                          PRESETS,
+                                          MobileBertConfig,
+                                          from_hf_config,
+                                          from_official_json,
+                                          get_config,
+                                          to_hf_config,
+)
 from mobilebert_jax.models.encoder import EncoderOutput, MobileBertModel
-from mobilebert_jax.models.heads import (ClassificationOutput, MobileBertForPreTraining,
-                                         MobileBertForQuestionAnswering,
-                                         MobileBertForSequenceClassification, PreTrainingOutput,
-                                         SpanOutput)
+from mobilebert_jax.models.heads import (
+                                          ClassificationOutput,
+                                          MobileBertForPreTraining,
+                                          MobileBertForQuestionAnswering,
+                                          MobileBertForSequenceClassification,
+                                          PreTrainingOutput,
+                                          SpanOutput,
+)
 
 __all__ = [
     "PRESETS", "MobileBertConfig", "from_hf_config", "from_official_json", "get_config",

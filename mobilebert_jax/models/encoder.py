@@ -44,7 +44,8 @@ class Embeddings(nn.Module):
         if c.trigram_input:
             e = trigram(e)
         if c.has_embedding_transformation:
-            e = layers.dense(c, c.hidden_size, (layers.EMBEDDING, layers.EMBED), "embedding_transformation")(e)
+            e = layers.dense(c, c.hidden_size, (layers.EMBEDDING, layers.EMBED),
+                             "embedding_transformation")(e)
         positions = self.param("position_embeddings",
                                nn.with_logical_partitioning(init, (layers.POSITION, layers.EMBED)),
                                (c.max_position_embeddings, c.hidden_size), jnp.float32)
@@ -93,8 +94,9 @@ class Pooler(nn.Module):
         first = sequence_output[:, 0]
         if not self.config.classifier_activation:
             return first
-        return jnp.tanh(layers.dense(self.config, self.config.hidden_size, (layers.EMBED, layers.EMBED_OUT),
-                                "dense")(first).astype(jnp.float32))
+        dense = layers.dense(self.config, self.config.hidden_size,
+                             (layers.EMBED, layers.EMBED_OUT), "dense")
+        return jnp.tanh(dense(first).astype(jnp.float32))
 
 
 class MobileBertModel(nn.Module):

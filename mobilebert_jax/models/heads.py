@@ -61,7 +61,8 @@ class MaskedLMHead(nn.Module):
                 (c.vocab_size, c.mlm_extra_columns), jnp.float32)
             weights = jnp.concatenate([weights, extra], axis=1)
         bias = self.param("output_bias",
-                          nn.with_logical_partitioning(nn.initializers.zeros_init(), (layers.VOCAB,)),
+                          nn.with_logical_partitioning(nn.initializers.zeros_init(),
+                                                       (layers.VOCAB,)),
                           (c.vocab_size,), jnp.float32)
         dtype = layers.compute_dtype(c)
         logits = jnp.einsum("...h,vh->...v", t.astype(dtype), weights.astype(dtype))
@@ -94,7 +95,8 @@ class NextSentenceHead(nn.Module):
                                                     (layers.CLASSES, layers.EMBED)),
                        (2, c.hidden_size), jnp.float32)
         b = self.param("output_bias",
-                       nn.with_logical_partitioning(nn.initializers.zeros_init(), (layers.CLASSES,)),
+                       nn.with_logical_partitioning(nn.initializers.zeros_init(),
+                                                    (layers.CLASSES,)),
                        (2,), jnp.float32)
         return pooled.astype(jnp.float32) @ w.T + b
 
@@ -147,7 +149,8 @@ class MobileBertForSequenceClassification(nn.Module):
         out = MobileBertModel(self.config, name="bert")(input_ids, segment_ids,
                                                         input_mask, deterministic)
         x = layers.Dropout(self.classifier_dropout)(out.pooled_output, deterministic=deterministic)
-        logits = layers.dense(self.config, self.num_labels, (layers.EMBED, layers.CLASSES), "classifier")(x)
+        logits = layers.dense(self.config, self.num_labels, (layers.EMBED, layers.CLASSES),
+                              "classifier")(x)
         return ClassificationOutput(logits.astype(jnp.float32), out.pooled_output)
 
 
@@ -161,6 +164,7 @@ class MobileBertForQuestionAnswering(nn.Module):
                  deterministic: bool = True) -> SpanOutput:
         out = MobileBertModel(self.config, name="bert")(input_ids, segment_ids,
                                                         input_mask, deterministic)
-        logits = layers.dense(self.config, 2, (layers.EMBED, layers.CLASSES), "qa_outputs")(out.sequence_output)
+        logits = layers.dense(self.config, 2, (layers.EMBED, layers.CLASSES),
+                              "qa_outputs")(out.sequence_output)
         logits = logits.astype(jnp.float32)
         return SpanOutput(logits[..., 0], logits[..., 1])

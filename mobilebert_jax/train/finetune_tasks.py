@@ -21,8 +21,10 @@ from mobilebert_jax.data import glue as glue_data
 from mobilebert_jax.data import squad as squad_data
 from mobilebert_jax.metrics.glue import glue_metrics
 from mobilebert_jax.metrics.squad import squad_scores
-from mobilebert_jax.models.heads import (MobileBertForQuestionAnswering,
-                                         MobileBertForSequenceClassification)
+from mobilebert_jax.models.heads import (
+    MobileBertForQuestionAnswering,
+    MobileBertForSequenceClassification,
+)
 from mobilebert_jax.train import losses
 
 Predict = Callable[[object, dict], dict]

@@ -6,7 +6,6 @@ logging, evaluation, checkpoints and preemption handling.
 """
 from __future__ import annotations
 
-
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
@@ -60,8 +59,9 @@ def build_program(config, mesh, rules, seq_len: int, max_predictions: int) -> co
     abstract_state, shardings = core.state_shardings(init_params, tx, mesh, rules)
     batch_sh = parallel.batch_sharding(mesh)
     repl = parallel.replicated(mesh)
-    train_step = jax.jit(make_train_step(model, tx, schedule, config.grad_accum_steps), in_shardings=(shardings, batch_sh),
-                         out_shardings=(shardings, repl), donate_argnums=0)
+    train_step = jax.jit(make_train_step(model, tx, schedule, config.grad_accum_steps),
+                         in_shardings=(shardings, batch_sh), out_shardings=(shardings, repl),
+                         donate_argnums=0)
     eval_step = jax.jit(objectives.make_eval_step(model),
                         in_shardings=(shardings.params, batch_sh), out_shardings=repl)
     batch = pretraining_input.abstract_batch(config.batch_size, seq_len, max_predictions,

@@ -1,4 +1,6 @@
-"""Config sections shared by every trainer: run control, data, mesh."""
+"""Config sections shared by the trainer configs (configs/teacher.py, configs/distill.py): run
+control, data, mesh. Here, in the package, so that a config file loaded by path (ml_collections'
+`--config=PATH[:VARIANT]`) imports them from any working directory."""
 import ml_collections
 
 from mobilebert_jax.parallel import DEFAULT_RULES
@@ -30,7 +32,8 @@ def pretraining_data(corpus: str, tokenizer: str, seq_len: int = 128) -> ml_coll
     """The MLM + NSP data section: a corpus prepared into `dataset_dir` (reused when present)."""
     return ml_collections.ConfigDict(dict(
         corpus=corpus,  # gensim_wiki | text:PATHS | wiki_articles:PATH | tfds:NAME[:SPLIT]
-        tokenizer=tokenizer,  # vocab.txt (WordPiece) or *.model (SentencePiece); "bert-base-uncased"
+        # vocab.txt (WordPiece) or *.model (SentencePiece); "bert-base-uncased"
+        tokenizer=tokenizer,
         dataset_dir="",  # prepared dataset; empty: <workdir>/data
         seq_len=seq_len,
         max_predictions_per_seq=20 if seq_len <= 128 else 80,

@@ -1,0 +1,1 @@
+"""The test suite (run from the repository root: `python -m pytest`)."""
