@@ -15,7 +15,7 @@ The variant is a comma-separated list of words, in any order, at most one of eac
             Wikipedia sample, on a CPU)
   machine:  (default: the mesh (-1,1,1), no remat) | v4_64 | gpu8 (the mesh and remat policy
             that `mobilebert_jax.plan.memory` plans for batch 2048 x 512 with the teacher
-            forward in the same step on a TPU v4-64 or 8 GPUs; README, "Memory plan")
+            forward in the same step on a TPU v4-64 or 8 GPUs; docs/scaling.md, "Memory plan")
 
 Defaults are the official hyperparameters: 24 stages of 10k steps of layer-wise transfer
 (constant lr 1.5e-3 times the PKT layer multipliers), then 500k steps of pre-training

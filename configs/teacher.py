@@ -12,7 +12,7 @@ English Wikipedia from TFDS). `phase2`: the optional seq-512 phase, starting fro
 checkpoint. `smoke`: a small IB-BERT-shaped teacher on the Wikipedia sample inside the gensim
 wheel, minutes on a CPU. `v4_64` (32 chips) and `gpu8` (8× H100 80 GB, or H200): the paper's
 batch 4096 × 128 with the mesh, remat policy and accumulation that `mobilebert_jax.plan.memory`
-plans for that machine (README, "Memory plan").
+plans for that machine (docs/scaling.md, "Memory plan").
 """
 import ml_collections
 

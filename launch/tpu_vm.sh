@@ -29,7 +29,7 @@ PROVISIONING=${PROVISIONING:-spot}
 BUCKET=${BUCKET:?set BUCKET=gs://your-bucket}
 BUCKET=${BUCKET%/}
 # The paper's batch with the mesh and remat policy the memory plan gives for the slice
-# (README, "Memory plan"): configs/teacher.py:v4_64 on a v4-64, else the default mesh.
+# (docs/scaling.md, "Memory plan"): configs/teacher.py:v4_64 on a v4-64, else the default mesh.
 case "$ACCELERATOR" in v4-64) PLANNED=configs/teacher.py:v4_64;; *) PLANNED=configs/teacher.py;; esac
 CONFIG=${CONFIG:-$PLANNED}
 CORPUS=${CORPUS:-tfds:wikipedia/20230601.en}

@@ -229,7 +229,7 @@ def prepare_dataset(corpus_spec: str, tokenizer_path: str, out_dir: str, seq_len
     With `reuse`, a complete dataset already in `out_dir` with the same settings is kept as is.
     A non-empty `out_dir` holding anything else raises FileExistsError unless `overwrite`; the
     remains of a killed run are replaced without it. The defaults are the trainer configs'
-    (configs/common.py).
+    (mobilebert_jax/config_defaults.py).
     """
     if max_predictions_per_seq is None:
         max_predictions_per_seq = pretraining.default_max_predictions(seq_len)
