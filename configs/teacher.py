@@ -40,11 +40,12 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
                             intra_bottleneck_size=256, intermediate_size=1024,
                             num_attention_heads=4, max_position_embeddings=128,
                             dtype="float32")
-        config.data = pretraining_data("gensim_wiki", "bert-base-uncased", 128)
+        config.data = pretraining_data("gensim_wiki", "bert-base-uncased", 64)
+        config.data.max_predictions_per_seq = 10  # 15% of 64 tokens
         config.data.dupe_factor = 1
         config.data.eval_fraction = 0.05
         config.total_steps = 200
-        config.batch_size = 32
+        config.batch_size = 16
         config.log_every = 20
         config.eval_every = 50
         config.eval_steps = 5
