@@ -90,7 +90,7 @@ def main(argv=None) -> int:
             print(f"repeat {i + 1} {name}: {runs[name][-1]['wall_seconds']:.1f} s", flush=True)
     results = {name: summary(r) for name, r in runs.items()}
     results.update(load_average_before=before, load_average_after=load_average(),
-                   baseline=args.baseline)
+                   baseline_settings=args.baseline)
     print(f"load average before {before}, after {results['load_average_after']}")
     for name in sides:
         print(line(name, results[name]))

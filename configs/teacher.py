@@ -45,10 +45,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         config.data.dupe_factor = 1
         config.data.eval_fraction = 0.05
         config.total_steps = 200
-        config.batch_size = 16
+        config.batch_size = 8
         config.log_every = 20
         config.eval_every = 50
-        config.eval_steps = 5
+        config.eval_steps = 10
         config.checkpoint_every = 100
         config.optimizer.update(learning_rate=2e-3, warmup_steps=30, end_learning_rate=0.0)
     elif variant == "v4_64":
