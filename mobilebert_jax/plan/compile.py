@@ -134,8 +134,9 @@ def topology_devices(t: Target, num_slices: int = 1) -> list:
 
 def make_mesh(shape, devices, num_slices: int = 1) -> Mesh:
     """The config's (data, fsdp, tensor) mesh over `devices`; with several slices the data axis
-    spans them (each slice holds data / num_slices of it). A shape that the trainer's
-    `parallel.make_mesh` cannot lay on the slice's torus is an error, as it would be in the run."""
+    spans them (each slice holds data / num_slices of it: a layout of this tool's own, since
+    `parallel.make_mesh` refuses several slices). A shape that the trainer's `parallel.make_mesh`
+    cannot lay on the slice's torus is an error, as it would be in the run."""
     if num_slices == 1:
         try:
             return parallel.make_mesh(shape, devices)
@@ -314,7 +315,8 @@ def run(config, topology: str, stages: list[str] | None = None, num_slices: int 
          f"{_size(t.usable_bytes)} per device")
     echo(f"mesh {dict(mesh.shape)}; trainer {config.trainer}: {what}; "
          f"{len(chosen)} of {len(program.steps)} programs")
-    echo(f"train state (params, optimizer, step, RNG): {_size(state_bytes)}, "
+    first = " at the first stage" if config.trainer == "distill" else ""
+    echo(f"train state (params, optimizer, step, RNG){first}: {_size(state_bytes)}, "
          f"{_size(state_per_device)} per device as sharded")
     if int(config.grad_accum_steps) > 1:
         echo(f"grad_accum_steps={config.grad_accum_steps}: XLA's FLOPs and the collectives count "
