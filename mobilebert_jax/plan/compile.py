@@ -1,0 +1,399 @@
+"""Compiles every step program of a training config for a Cloud TPU slice, on this machine, with
+no TPU (the compiler in libtpu, `pip install "jax[tpu]"`):
+
+    python -m mobilebert_jax.plan.compile --config=configs/teacher.py[:VARIANT] --topology=v4-8
+        [--stages=train,eval] [--num_slices=N] [--teacher_preset=ibbert_large]
+        [--model_preset=mobilebert] [--total_steps=N] [--json=FILE] [--config.x=y ...]
+
+The programs are the trainer's own (`build_program` of pretrain, distill or finetune): the same
+state shardings, step functions and abstract arguments a run compiles, on a mesh of the config's
+`mesh.shape` over the slice's compile-only devices. Per program and device: XLA's memory
+analysis (arguments, outputs, aliases, temporaries, generated code; total = arguments + outputs
+- aliases + temporaries + code) against the HBM XLA allows, with the margin and a verdict; the
+FLOPs XLA counts (`cost_analysis`: every op, norms, activations and the optimizer included) and
+those of the matmuls alone (the lowered program's dots over the devices: what the analytic count
+of `metrics.throughput` and MFU cover); the collectives by kind (`plan/hlo.py`). A program that
+does not fit makes the command fail with one line naming it.
+
+Distillation: the teacher's model config comes from `teacher_checkpoint` when it is a directory,
+else from `--teacher_preset` (in the student's dtype); every stage program is compiled (PKT: one
+per layer, then PD), and `--stages` picks some. Fine-tuning: the model config comes from
+`init_checkpoint` when it is a directory, else from `--model_preset`; `--total_steps` only sets
+the schedule's length.
+
+Verified with libtpu 0.0.42.1 (jax 0.10.2): `get_topology_desc(platform="tpu", topology_name=T,
+chip_config_name=C)` accepts T = "v4:AxBxC" and "v5p:AxBxC" with C "megacore" (one device per
+chip; v4 "default" gives a device per core, 2 per chip; v5p "default" also gives one per chip),
+"v5e:AxB" and "v6e:AxB" with C "default" ("megacore" is refused: one core per chip); names such as
+"v5litepod:2x2" or "v6:2x2" are refused. Hosts hold 2x2 chips unless `chips_per_host_bounds`
+says otherwise: (1, 1, 1) for "v5e:1x1" / "v6e:1x1" (required), (2, 4, 1) for the one-host
+"v5e:2x4" / "v6e:2x4". `num_slices=N` gives N slices (devices carry `slice_index`).
+Device kinds: "TPU v4", "TPU v5", "TPU v5 lite", "TPU v6 lite". A compile-only device reports no
+memory; the HBM per device XLA allows (from its RESOURCE_EXHAUSTED message) is 30.75 GiB on v4
+(15.25 GiB per core with "default"), 95.74 GiB on v5p, 15.75 GiB on v5e and 31.25 GiB on v6e.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+import sys
+import time
+
+import jax
+from flax import linen as nn
+from jax.experimental import mesh_utils
+from jax.sharding import AxisType, Mesh
+
+from mobilebert_jax import checkpoint, cli, files, parallel
+from mobilebert_jax.metrics import throughput
+from mobilebert_jax.models.config import MobileBertConfig, get_config
+from mobilebert_jax.plan import hlo
+from mobilebert_jax.train import distill, distill_stages, finetune, finetune_tasks, pretrain
+
+GIB = 2 ** 30
+
+
+@dataclasses.dataclass(frozen=True)
+class Generation:
+    libtpu: str  # the topology name's prefix libtpu accepts
+    chip_config: str
+    hbm: str  # per chip, from the Cloud TPU data sheet
+    usable_bytes: int  # per device: what XLA allows (its RESOURCE_EXHAUSTED message)
+    topologies: dict  # Cloud size (the number in v4-8, v5litepod-4) -> chip grid
+
+
+_CUBE = {8: "2x2x1", 16: "2x2x2", 32: "2x2x4", 64: "2x4x4", 128: "4x4x4", 256: "4x4x8",
+         512: "4x8x8", 1024: "8x8x8"}  # v4-N / v5p-N: N counts TensorCores, 2 per chip
+_PLANE = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16",
+          256: "16x16"}  # v5litepod-N / v6e-N: N chips of one core
+GENERATIONS = {
+    "v4": Generation("v4", "megacore", "32 GiB HBM2", int(30.75 * GIB),
+                     {n: t for n, t in _CUBE.items() if n <= 512}),
+    "v5p": Generation("v5p", "megacore", "95 GB HBM2e", int(95.74 * GIB), _CUBE),
+    "v5litepod": Generation("v5e", "default", "16 GB HBM2", int(15.75 * GIB), _PLANE),
+    "v6e": Generation("v6e", "default", "32 GB HBM", int(31.25 * GIB), _PLANE),
+}
+ALIASES = {"v5e": "v5litepod"}  # libtpu's name of the v5litepod generation
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    name: str  # as given: a Cloud TPU type (v4-8) or a libtpu topology (v4:2x2x1)
+    topology: str  # libtpu's topology name
+    chip_config: str
+    generation: Generation
+
+    @property
+    def usable_bytes(self) -> int:
+        if self.generation.libtpu == "v4" and self.chip_config == "default":
+            return int(15.25 * GIB)  # one device per TensorCore, half a chip's HBM
+        return self.generation.usable_bytes
+
+
+def target(name: str, chip_config: str | None = None) -> Target:
+    """A Cloud TPU type (`v4-8`, `v5p-128`, `v5litepod-16`, `v6e-256`) or a libtpu topology
+    name (`v4:2x2x1`) as a Target."""
+    if ":" in name:
+        prefix, grid = name.split(":", 1)
+        gen = next((g for g in GENERATIONS.values() if g.libtpu == prefix), None)
+    else:
+        prefix, _, size = name.partition("-")
+        gen = GENERATIONS.get(ALIASES.get(prefix, prefix))
+        grid = gen.topologies.get(int(size)) if gen and size.isdigit() else None
+    if gen is None or grid is None:
+        known = ", ".join(f"{p}-{{{','.join(map(str, g.topologies))}}}"
+                          for p, g in GENERATIONS.items())
+        raise ValueError(f"--topology={name!r}: unknown TPU slice; known: {known}, or a libtpu "
+                         f"topology such as v4:2x2x1")
+    return Target(name, f"{gen.libtpu}:{grid}", chip_config or gen.chip_config, gen)
+
+
+def topology_devices(t: Target, num_slices: int = 1) -> list:
+    """The slice's compile-only devices (libtpu's compiler; no TPU needed)."""
+    from jax.experimental import topologies
+
+    # libtpu's start-up looks for the TPU VM it runs on and warns on stderr when it finds none:
+    # naming the slice quiets it (a compile-only topology does not depend on it). Its lock file
+    # lets one process at a time load it; compiling opens no chip, so another may hold it.
+    os.environ.setdefault("TPU_ACCELERATOR_TYPE", t.name if ":" not in t.name else "v4-8")
+    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    kwargs = {"num_slices": num_slices} if num_slices > 1 else {}
+    if t.topology.endswith((":1x1", ":2x4")):  # single-host slices (libtpu: 2x2 chips a host)
+        kwargs["chips_per_host_bounds"] = (1, 1, 1) if t.topology.endswith("1x1") else (2, 4, 1)
+    try:
+        topo = topologies.get_topology_desc(platform="tpu", topology_name=t.topology,
+                                            chip_config_name=t.chip_config, **kwargs)
+    except RuntimeError as e:  # JaxRuntimeError, or no libtpu
+        raise ValueError(f"--topology={t.name} ({t.topology}, chip config {t.chip_config}): "
+                         f"{cli.one_line(e)}") from None
+    return list(topo.devices)
+
+
+def make_mesh(shape, devices, num_slices: int = 1) -> Mesh:
+    """The config's (data, fsdp, tensor) mesh over `devices`; with several slices the data axis
+    spans them (each slice holds data / num_slices of it: a layout of this tool's own, since
+    `parallel.make_mesh` refuses several slices). A shape that the trainer's `parallel.make_mesh`
+    cannot lay on the slice's torus is an error, as it would be in the run."""
+    if num_slices == 1:
+        try:
+            return parallel.make_mesh(shape, devices)
+        except NotImplementedError as e:  # jax's mesh_utils: no torus axis assignment
+            raise ValueError(f"mesh {parallel.mesh_shape(shape, len(devices))} over "
+                             f"{len(devices)} devices: the trainer's parallel.make_mesh cannot "
+                             f"lay it on the torus ({str(e).split('. ')[0]})") from None
+    resolved = parallel.mesh_shape(shape, len(devices))
+    if resolved[0] % num_slices:
+        raise ValueError(f"mesh {resolved}: the data axis {resolved[0]} does not split over "
+                         f"{num_slices} slices")
+    per_slice = (resolved[0] // num_slices,) + resolved[1:]
+    grid = mesh_utils.create_hybrid_device_mesh(per_slice, (num_slices, 1, 1), devices)
+    return Mesh(grid, parallel.MESH_AXES, axis_types=(AxisType.Auto,) * len(parallel.MESH_AXES))
+
+
+# -- the trainer's programs -----------------------------------------------------------------------
+def model_config_from(directory: str, preset: str, dtype: str | None = None,
+                      ) -> tuple[MobileBertConfig, str]:
+    """(model config, where from): a checkpoint directory's when it is one, else the preset."""
+    if directory and files.isdir(directory):
+        return checkpoint.load_config(files.resolve(directory)), directory
+    overrides = {"dtype": dtype} if dtype else {}
+    return get_config(preset, **overrides), f"preset {preset}"
+
+
+def check_batch(size: int, mesh) -> None:
+    """The trainer's batch checks, with the slice's hosts (one process each) as the processes."""
+    parallel.check_batch_divisible(size, mesh)
+    hosts = len({d.process_index for d in mesh.devices.flat})
+    if size % hosts:
+        raise ValueError(f"global batch size {size} is not divisible by the slice's {hosts} "
+                         f"hosts (one process each)")
+
+
+def build(config, mesh, rules, teacher_preset: str = "ibbert_large",
+          model_preset: str = "mobilebert", total_steps: int = 1000):
+    """(the trainer's `core.Program`, a description) for `config` on `mesh`, with the checks
+    its trainer makes before it builds."""
+    trainer = config.get("trainer")
+    check_batch(config.batch_size, mesh)
+    if trainer == "pretrain":
+        seq, preds = config.data.seq_len, config.data.max_predictions_per_seq
+        return (pretrain.build_program(config, mesh, rules, seq, preds),
+                f"batch {config.batch_size} x seq {seq}, {preds} predictions")
+    if trainer == "distill":
+        student = MobileBertConfig.from_dict(config.model.to_dict())
+        distill_stages.check_student_preset(config.student, student)
+        teacher, source = model_config_from(config.teacher_checkpoint, teacher_preset,
+                                            student.dtype)
+        distill_stages.check_compatible(teacher, student,
+                                        attention_transfer=config.transfer.weights["at"] != 0)
+        seq, preds = config.data.seq_len, config.data.max_predictions_per_seq
+        return (distill.build_program(config, mesh, rules, teacher, seq, preds),
+                f"strategy {config.strategy}, teacher from {source}, batch "
+                f"{config.batch_size} x seq {seq}, {preds} predictions")
+    if trainer in finetune_tasks.TASKS:
+        task = finetune_tasks.task_for(config)
+        check_batch(config.eval_batch_size, mesh)
+        model, source = model_config_from(config.init_checkpoint, model_preset)
+        seq = int(config.max_seq_length)
+        return (finetune.build_program(config, mesh, rules, task, model, seq, total_steps),
+                f"{task.name}, model from {source}, batch {config.batch_size} x seq {seq}")
+    raise ValueError(f"unknown trainer {trainer!r} in config; expected pretrain, distill, "
+                     f"{', '.join(finetune_tasks.TASKS)}")
+
+
+def select(steps: dict, stages: list[str] | None) -> dict:
+    """The programs named in `stages` (program names without " step"), all when None."""
+    short = {name.removesuffix(" step"): name for name in steps}
+    if not stages:
+        return dict(steps)
+    unknown = [s for s in stages if s not in short]
+    if unknown:
+        raise ValueError(f"--stages: unknown program {unknown[0]!r}; this config's: "
+                         f"{', '.join(short)}")
+    return {short[s]: steps[short[s]] for s in stages}
+
+
+# -- compiling and reading the result -------------------------------------------------------------
+_SIZE = r"([\d.]+)\s*([KMGTP]?)i?B?"
+_EXHAUSTED = (re.compile(rf"\({_SIZE}\) exceeds available HBM \({_SIZE}\)"),
+              re.compile(rf"Used {_SIZE} of {_SIZE} hbm"))
+
+
+def _bytes(number: str, unit: str) -> int:
+    return int(float(number) * 1024 ** " KMGTP".index(unit or " "))
+
+
+def exhausted(message: str) -> tuple[int | None, int | None]:
+    """(bytes needed, bytes available) from XLA's RESOURCE_EXHAUSTED message, when it says."""
+    for pattern in _EXHAUSTED:
+        m = pattern.search(message)
+        if m:
+            return _bytes(m[1], m[2]), _bytes(m[3], m[4])
+    return None, None
+
+
+def compile_program(fn, args, mesh, rules, usable_bytes: int) -> dict:
+    """Compiles one program; returns its figures per device (`fits` False, with `needs_bytes`,
+    when XLA runs out of HBM)."""
+    start = time.perf_counter()
+    try:
+        with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+            lowered = fn.lower(*args)
+            compiled = lowered.compile()
+    except Exception as e:  # noqa: BLE001  XLA's JaxRuntimeError; anything else is re-raised
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        needs, available = exhausted(str(e))
+        return {"fits": False, "seconds": time.perf_counter() - start, "needs_bytes": needs,
+                "usable_bytes": available or usable_bytes, "error": cli.one_line(e)}
+    seconds = time.perf_counter() - start
+    m = compiled.memory_analysis()
+    memory = {k: int(getattr(m, f"{k}_size_in_bytes")) for k in
+              ("argument", "output", "alias", "temp", "generated_code")}
+    total = (memory["argument"] + memory["output"] - memory["alias"] + memory["temp"]
+             + memory["generated_code"])
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return {"fits": total <= usable_bytes, "seconds": seconds, "memory": memory,
+            "total_bytes": total, "usable_bytes": usable_bytes,
+            "margin_bytes": usable_bytes - total, "flops": float(cost.get("flops", -1.0)),
+            "matmul_flops": hlo.dot_flops(lowered.as_text(dialect="hlo")) / mesh.size,
+            "collectives": hlo.collectives(compiled.as_text())}
+
+
+def _size(n: float) -> str:
+    for unit, scale in (("GiB", GIB), ("MiB", 2 ** 20), ("KiB", 1024)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{int(n)} B"
+
+
+def describe(name: str, r: dict, target_name: str) -> list[str]:
+    """The printed lines of one program's result."""
+    if not r["fits"] and "memory" not in r:
+        needs = _size(r["needs_bytes"]) if r["needs_bytes"] else "more"
+        return [f"{name}: does not fit on {target_name}: needs {needs} of "
+                f"{_size(r['usable_bytes'])} HBM per device ({r['seconds']:.1f}s)"]
+    m = r["memory"]
+    verdict = "fits" if r["fits"] else "does not fit"
+    lines = [f"{name}: compiled in {r['seconds']:.1f}s",
+             f"  per device: arguments {_size(m['argument'])}, outputs {_size(m['output'])}, "
+             f"aliases {_size(m['alias'])}, temporaries {_size(m['temp'])}, generated code "
+             f"{_size(m['generated_code'])}",
+             f"  total {_size(r['total_bytes'])} of {_size(r['usable_bytes'])}: {verdict} "
+             f"(margin {_size(r['margin_bytes'])})",
+             f"  FLOPs per device {r['flops']:.4g}, of which matmuls {r['matmul_flops']:.4g}"
+             + (f" (analytic {r['analytic_flops']:.4g})" if "analytic_flops" in r else ""),
+             f"  collectives: {hlo.summary(r['collectives'])}"]
+    return lines
+
+
+def run(config, topology: str, stages: list[str] | None = None, num_slices: int = 1,
+        chip_config: str | None = None, teacher_preset: str = "ibbert_large",
+        model_preset: str = "mobilebert", total_steps: int = 1000, echo=print) -> dict:
+    """Builds the config's programs for the slice, compiles the chosen ones and prints their
+    figures; returns every figure (what `--json` writes)."""
+    if num_slices < 1:
+        raise ValueError(f"--num_slices={num_slices}: must be >= 1")
+    t = target(topology, chip_config)
+    devices = topology_devices(t, num_slices)
+    mesh = make_mesh(config.mesh.shape, devices, num_slices)
+    rules = parallel.rules_from_config(config.mesh.rules)
+    program, what = build(config, mesh, rules, teacher_preset, model_preset, total_steps)
+    chosen = select(program.steps, stages)
+    kind = devices[0].device_kind
+    leaves = jax.tree.leaves(program.abstract_state)
+    state_bytes = sum(math.prod(x.shape) * x.dtype.itemsize for x in leaves)
+    state_per_device = sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
+                           for x in leaves)
+    slices = f" x {num_slices} slices" if num_slices > 1 else ""
+    echo(f"target {t.name}{slices}: topology {t.topology} ({t.chip_config}), {len(devices)} "
+         f"devices ({kind}); HBM per chip {t.generation.hbm}, XLA allows "
+         f"{_size(t.usable_bytes)} per device")
+    echo(f"mesh {dict(mesh.shape)}; trainer {config.trainer}: {what}; "
+         f"{len(chosen)} of {len(program.steps)} programs")
+    first = " at the first stage" if config.trainer == "distill" else ""
+    echo(f"train state (params, optimizer, step, RNG){first}: {_size(state_bytes)}, "
+         f"{_size(state_per_device)} per device as sharded")
+    if int(config.grad_accum_steps) > 1:
+        echo(f"grad_accum_steps={config.grad_accum_steps}: XLA's FLOPs and the collectives count "
+             "the accumulation loop's body once; the matmul FLOPs count every iteration")
+    results = {"target": t.name, "topology": t.topology, "chip_config": t.chip_config,
+               "num_slices": num_slices, "devices": len(devices), "device_kind": kind,
+               "hbm_per_chip": t.generation.hbm, "usable_bytes_per_device": t.usable_bytes,
+               "mesh": dict(mesh.shape), "trainer": config.trainer, "state_bytes": state_bytes,
+               "state_bytes_per_device": state_per_device, "programs": {}}
+    for name, (fn, args) in chosen.items():
+        r = compile_program(fn, args, mesh, rules, t.usable_bytes)
+        if config.trainer == "pretrain" and name == "train step":
+            model = MobileBertConfig.from_dict(config.model.to_dict())
+            r["analytic_flops"] = throughput.pretraining_step_flops(
+                model, config.batch_size, config.data.seq_len,
+                config.data.max_predictions_per_seq) / len(devices)
+        results["programs"][name] = r
+        for line in describe(name, r, t.name):
+            echo(line)
+    return results
+
+
+@cli.guarded
+def main(argv):
+    del argv
+    from absl import flags
+
+    FLAGS = flags.FLAGS
+    if not os.environ.get("JAX_PLATFORMS"):  # compile-only: never start (or hold) a local TPU
+        jax.config.update("jax_platforms", "cpu")
+    config = FLAGS.config
+    if config is None:
+        raise ValueError("--config is required")
+    from mobilebert_jax import config_checks
+
+    config_checks.check_config(config)
+    results = run(config, FLAGS.topology, FLAGS.stages, FLAGS.num_slices, FLAGS.chip_config,
+                  FLAGS.teacher_preset, FLAGS.model_preset, FLAGS.total_steps)
+    if FLAGS.json:
+        files.write_json(FLAGS.json, results)
+        print(f"wrote {FLAGS.json}")
+    failed = [(n, r) for n, r in results["programs"].items() if not r["fits"]]
+    if failed:
+        name, r = failed[0]
+        needs = r.get("needs_bytes") or r.get("total_bytes")
+        more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+        raise cli.CommandError(f"{name}{more}: does not fit on {results['target']}: needs "
+                               f"{_size(needs) if needs else 'more than'} of "
+                               f"{_size(r['usable_bytes'])} HBM per device")
+
+
+def _define_flags():
+    from absl import flags
+    from ml_collections import config_flags
+
+    from mobilebert_jax.models.config import PRESETS
+
+    config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
+    flags.DEFINE_string("topology", "v4-8", "Cloud TPU type (v4-8 ... v4-512, v5p-8 ... "
+                        "v5p-1024, v5litepod-1 ... -256, v6e-1 ... -256) or a libtpu topology "
+                        "(v4:2x2x1).")
+    flags.DEFINE_string("chip_config", None, "libtpu chip config (default: megacore for v4 "
+                        "and v5p, default for v5e and v6e).")
+    flags.DEFINE_integer("num_slices", 1, "Slices of that topology (multislice).")
+    flags.DEFINE_list("stages", None, "Programs to compile (names without ' step', e.g. "
+                      "train,eval or transfer_layer_0,pd); default: all.")
+    flags.DEFINE_enum("teacher_preset", "ibbert_large", list(PRESETS), "Distillation: the "
+                      "teacher when config.teacher_checkpoint is no directory.")
+    flags.DEFINE_enum("model_preset", "mobilebert", list(PRESETS), "Fine-tuning: the model "
+                      "when config.init_checkpoint is no directory.")
+    flags.DEFINE_integer("total_steps", 1000, "Fine-tuning: the schedule's length (no shape "
+                         "depends on it).")
+    flags.DEFINE_string("json", None, "Also write every figure to this JSON file.")
+
+
+if __name__ == "__main__":
+    from absl import app
+
+    _define_flags()
+    sys.exit(app.run(main, flags_parser=cli.parse_flags))

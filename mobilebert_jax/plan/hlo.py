@@ -1,0 +1,146 @@
+"""What a program's HLO text says: the collectives of the compiled program
+(`compiled.as_text()`) by kind, with their count and bytes per device, and the matmul FLOPs of
+the program as lowered (`lowered.as_text(dialect="hlo")`, before XLA rewrites its dots).
+
+Kinds: all-gather, all-reduce, reduce-scatter, all-to-all, collective-permute. An asynchronous
+pair (`all-gather-start` / `all-gather-done`) counts once. XLA:TPU writes a reduce-scatter as a
+fusion that calls a computation named `all-reduce-scatter*` (an all-reduce and a dynamic-slice):
+that fusion counts as a reduce-scatter, and the all-reduce inside it not as an all-reduce.
+
+Bytes are those of the whole array a collective spans on one device: the larger of its operands
+and its result (an all-gather's output, a reduce-scatter's input; an all-reduce's, all-to-all's
+or collective-permute's operand), summed over a variadic op's arrays. Counts are static: an op
+in a loop body (gradient accumulation's scan) counts once, not once per iteration. The same
+holds for `dot_flops`.
+"""
+from __future__ import annotations
+
+import math
+import re
+
+KINDS = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")
+REDUCE_SCATTER_COMPUTATION = "all-reduce-scatter"
+
+DTYPE_BYTES = {"pred": 1, "s4": 0.5, "u4": 0.5, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2,
+               "bf16": 2, "s32": 4, "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8,
+               "c128": 16}
+# `%name = SHAPE opcode(OPERANDS)...`: the opcode is the first lower-case word followed by "(" after
+# a space (layouts such as {1,0:T(8,128)(2,1)S(3)} hold no such word).
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?(?P<name>[\w.\-]+)\s*=\s*(?P<shape>.*?)\s"
+                          r"(?P<op>[a-z][a-z0-9\-]*)\((?P<operands>[^)]*)\)(?P<rest>.*)$")
+_COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?(?P<name>[\w.\-]+)\b.*\{\s*$")  # at column 0
+_ARRAY = re.compile(r"\b([a-z]+\d*(?:e\d+m\d+\w*)?)\[([\d,]*)\]")
+_CALLS = re.compile(r"calls=%?([\w.\-]+)")
+_CALLEES = re.compile(r"(?:to_apply|calls|branch_computations|true_computation|"
+                      r"false_computation)=(\{[^}]*\}|%?[\w.\-]+)")
+
+
+def shape_bytes(shape: str) -> int:
+    """Bytes of an HLO shape (an array or a tuple of arrays), e.g. `(f32[8,4]{1,0}, bf16[2])`."""
+    total = 0.0
+    for dtype, dims in _ARRAY.findall(shape):
+        size = DTYPE_BYTES.get(dtype, 1 if dtype.startswith("f8") else None)
+        if size is None:
+            continue
+        total += size * math.prod(int(d) for d in dims.split(",") if d)
+    return int(total)
+
+
+def _instructions(text: str):
+    """(computation, name, shape, opcode, operand names, rest of line) of every instruction."""
+    computation = None
+    for line in text.splitlines():
+        m = _INSTRUCTION.match(line)
+        if m:
+            operands = re.findall(r"%([\w.\-]+)" if "%" in m["operands"] else r"([\w.\-]+)",
+                                  m["operands"])
+            yield computation, m["name"], m["shape"], m["op"], operands, m["rest"]
+            continue
+        c = _COMPUTATION.match(line)
+        if c and " = " not in line:
+            computation = c["name"]
+
+
+def collectives(text: str) -> dict[str, dict[str, int]]:
+    """{kind: {"count": n, "bytes": b}} of the collectives in compiled HLO text, every kind of
+    `KINDS` present (0 when absent)."""
+    out = {kind: {"count": 0, "bytes": 0} for kind in KINDS}
+    rows = list(_instructions(text))
+    sizes = {name: shape_bytes(shape) for _, name, shape, _, _, _ in rows}
+    ops = {name: (op, operands) for _, name, _, op, operands, _ in rows}
+
+    def add(kind, result_bytes, operands):
+        out[kind]["count"] += 1
+        out[kind]["bytes"] += max(result_bytes, sum(sizes.get(o, 0) for o in operands))
+
+    for computation, name, shape, op, operands, rest in rows:
+        if computation and computation.startswith(REDUCE_SCATTER_COMPUTATION):
+            continue  # counted at the fusion that calls it
+        if op == "fusion":
+            called = _CALLS.search(rest)
+            if called and called[1].startswith(REDUCE_SCATTER_COMPUTATION):
+                add("reduce-scatter", sizes[name], operands)
+            continue
+        for kind in KINDS:
+            if op == kind:
+                add(kind, sizes[name], operands)
+            elif op == f"{kind}-done":  # the start's operands, the done's result
+                start = ops.get(operands[0], (None, []))[1] if operands else []
+                add(kind, sizes[name], start)
+    return out
+
+
+def summary(stats: dict[str, dict[str, int]]) -> str:
+    """'all-gather 46 (1.2 MiB), all-reduce 7 (0.3 MiB), ...' of the kinds present."""
+    parts = [f"{kind} {s['count']} ({s['bytes'] / 2 ** 20:.2f} MiB)"
+             for kind, s in stats.items() if s["count"]]
+    return ", ".join(parts) or "none"
+
+
+def dot_flops(text: str) -> int:
+    """2 x multiply-adds of every `dot` that runs in HLO text, from the entry computation down
+    through calls, fusions and loops (a `while` body times its trip count when the condition
+    compares with one integer constant, as a scan's does). Meant for the lowered program's text:
+    XLA:TPU's compiled text writes dots as convolutions."""
+    comps: dict[str, list] = {}
+    dims: dict[str, list[int]] = {}
+    entry = None
+    for comp, name, shape, op, operands, rest in _instructions(text):
+        arrays = _ARRAY.findall(shape)
+        dims[name] = [int(d) for d in arrays[0][1].split(",") if d] if arrays else []
+        comps.setdefault(comp, []).append((op, name, operands, rest))
+    m = re.search(r"^ENTRY\s+%?([\w.\-]+)", text, re.M)
+    entry = m[1] if m else None
+    done: dict[str, int] = {}
+
+    def trips(condition: str) -> int:
+        constants = []
+        for op, name, operands, rest in comps.get(condition, []):
+            if op == "constant" and operands and operands[0].isdigit():
+                constants.append(int(operands[0]))
+        return constants[0] if len(constants) == 1 else 1
+
+    def flops(comp: str) -> int:
+        if comp not in done:
+            done[comp] = 0  # a recursive reference counts nothing
+            total = 0
+            for op, name, operands, rest in comps.get(comp, []):
+                if op == "dot" and operands:
+                    contracting = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", rest)
+                    lhs = dims.get(operands[0], [])
+                    k = (math.prod(lhs[int(i)] for i in contracting[1].split(",") if i)
+                         if contracting else 1)
+                    total += 2 * math.prod(dims[name]) * k
+                if op == "while":
+                    body = re.search(r"body=%?([\w.\-]+)", rest)
+                    cond = re.search(r"condition=%?([\w.\-]+)", rest)
+                    if body:
+                        total += flops(body[1]) * (trips(cond[1]) if cond else 1)
+                    continue
+                for callee in _CALLEES.findall(rest):
+                    for c in re.findall(r"%?([\w.\-]+)", callee):
+                        total += flops(c)
+            done[comp] = total
+        return done[comp]
+
+    return flops(entry) if entry else sum(flops(c) for c in comps)
