@@ -280,8 +280,7 @@ def compare_steps(args, pairs: int) -> dict:
     total = finetune_input.num_batches(n, args.batch_size) * args.num_epochs
     program = finetune.build_program(config, mesh, rules, task,
                                      checkpoint.load_config(args.checkpoint), seq_len, total)
-    state, shardings = core.create_sharded_state(program.init_params, program.tx,
-                                                 int(config.seed), mesh, rules)
+    state, shardings = core.create_sharded_state(program, int(config.seed), mesh, rules)
     state = [finetune.load_encoder(state, shardings, args.checkpoint)]
     order = finetune_input.epoch_order(n, 0, args.seed)
     hf_batch = finetune_input.batch_at(features, order, 0, args.batch_size, keys)

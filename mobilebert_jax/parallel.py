@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import jax
 import numpy as np
@@ -205,17 +205,3 @@ def check_batch_divisible(global_batch_size: int, mesh: Mesh) -> None:
     if global_batch_size % jax.process_count():
         raise ValueError(f"global batch size {global_batch_size} is not divisible by the "
                          f"process count {jax.process_count()}")
-
-
-def sharded_init(init_fn: Callable[[], Any], mesh: Mesh, rules) -> tuple[Any, Any]:
-    """Runs `init_fn` (returning a tree with boxed params) directly into its shardings.
-
-    `jax.eval_shape` gives the boxed abstract tree without allocating; the logical names become
-    NamedShardings; `jax.jit(..., out_shardings=...)` then materializes every array on its
-    devices only. Returns (unboxed sharded tree, shardings).
-    """
-    abstract = jax.eval_shape(init_fn)
-    shardings = logical_shardings(abstract, mesh, rules)
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        tree = jax.jit(lambda: nn.meta.unbox(init_fn()), out_shardings=shardings)()
-    return tree, shardings

@@ -88,13 +88,14 @@ def state_shardings(init_params: Callable[[], Any], tx: optax.GradientTransforma
     return TrainState(step, params, opt_state, key, extra), shardings
 
 
-def create_sharded_state(init_params: Callable[[], Any], tx: optax.GradientTransformation,
-                         seed: int, mesh, rules, extra: Any = None):
-    """Builds the TrainState directly in its shardings; returns (state, state shardings)."""
-    _, shardings = state_shardings(init_params, tx, mesh, rules, extra)
-    params, _ = parallel.sharded_init(init_params, mesh, rules)
-    with jax.set_mesh(mesh):
-        opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
+def create_sharded_state(program: Program, seed: int, mesh, rules, extra: Any = None):
+    """Builds `program`'s TrainState directly in its shardings (never materialised on one
+    host first); returns (state, state shardings)."""
+    shardings = program.shardings
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        params = jax.jit(lambda: nn.meta.unbox(program.init_params()),
+                         out_shardings=shardings.params)()
+        opt_state = jax.jit(program.tx.init, out_shardings=shardings.opt_state)(params)
     repl = shardings.step
     rng = jax.device_put(jax.random.key_data(jax.random.PRNGKey(seed)), repl)
     step = jax.device_put(jnp.zeros((), jnp.int32), repl)

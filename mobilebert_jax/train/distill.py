@@ -191,7 +191,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     program = build_program(config, mesh, rules, teacher_cfg, info.seq_len,
                             info.max_predictions_per_seq, optimizers, start_step)
     state, shardings = core.create_sharded_state(
-        program.init_params, program.tx, config.seed, mesh, rules,
+        program, config.seed, mesh, rules,
         extra={"stage": jnp.asarray(plan.stage_at(start_step).index, jnp.int32)})
     log(f"student: {sum(x.size for x in jax.tree_util.tree_leaves(state.params)):,} parameters")
     log(f"student sharding: {parallel.sharding_report(state.params, shardings.params).summary()}")

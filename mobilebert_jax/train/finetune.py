@@ -168,8 +168,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
     # -- model, optimizer, sharded state, step functions -----------------------------------------
     program = build_program(config, mesh, rules, task, model_config, seq_len, total_steps)
-    state, shardings = core.create_sharded_state(program.init_params, program.tx,
-                                                 int(config.seed), mesh, rules)
+    state, shardings = core.create_sharded_state(program, int(config.seed), mesh, rules)
 
     # -- checkpoints: the resumable state, and the best evaluated params -------------------------
     ckpt = checkpoint.TrainCheckpointer(workdir, TRAIN_STATES_KEPT, subdir=TRAIN_STATE)

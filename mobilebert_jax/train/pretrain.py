@@ -94,8 +94,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
 
     # -- model, optimizer, sharded state, step functions ---------------------------------------
     program = build_program(config, mesh, rules, info.seq_len, info.max_predictions_per_seq)
-    state, shardings = core.create_sharded_state(program.init_params, program.tx, config.seed,
-                                                 mesh, rules)
+    state, shardings = core.create_sharded_state(program, config.seed, mesh, rules)
     log(f"model: {sum(x.size for x in jax.tree_util.tree_leaves(state.params)):,} parameters")
     log(f"sharding: {parallel.sharding_report(state.params, shardings.params).summary()}")
 
