@@ -29,6 +29,12 @@ from mobilebert_jax.models.config import MobileBertConfig
 MODEL_CONFIG = "model_config.json"
 CHECKPOINTS = "checkpoints"
 TOKENIZER_FILES = ("vocab.txt", "spm.model")
+# What a fine-tuned model does, for prediction and export: {"name", "kind" (one of TASK_KINDS),
+# "labels" (names in output order, or null), "text_columns", "max_seq_length", "lower_case",
+# "best_step" (the evaluated step whose params predict; null until the first evaluation)}
+TASK_CARD = "task.json"
+TASK_KINDS = ("classification", "multi_label", "regression", "token_classification",
+              "question_answering")
 
 
 def manager(directory: str, item_names=("params",), max_to_keep: int | None = 3,
@@ -96,6 +102,18 @@ def load_config(directory: str) -> MobileBertConfig:
         raise FileNotFoundError(f"{directory} is not a project checkpoint directory "
                                 f"(no {MODEL_CONFIG})")
     return MobileBertConfig.from_json_file(path)
+
+
+def load_task_card(directory: str) -> dict | None:
+    """The fine-tuned model's task card, or None for an encoder (a pretraining checkpoint)."""
+    path = files.join(directory, TASK_CARD)
+    if not files.isfile(path):
+        return None
+    card = files.read_json(path, "task card")
+    if card.get("kind") not in TASK_KINDS:
+        raise ValueError(f"{path}: unknown task kind {card.get('kind')!r} "
+                         f"(expected one of {', '.join(TASK_KINDS)})")
+    return card
 
 
 def latest_step(directory: str) -> int | None:

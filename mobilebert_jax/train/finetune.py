@@ -181,6 +181,21 @@ def train_and_evaluate(config, workdir: str) -> dict:
         history = host_state["history"]
         log(f"resumed from step {int(state.step)} (epoch {int(state.step) // steps_per_epoch + 1})")
     core.record_run(workdir, config, model_config)
+
+    def best_epoch():
+        """The best evaluated epoch so far, ties to the later one (as the best checkpointer
+        keeps them); None before the first evaluation."""
+        return max(history, key=lambda h: (h["metrics"][task.best_metric], h["step"]),
+                   default=None)
+
+    def write_card(best_step):
+        """The task card: what the workdir's model does and which step predicts."""
+        if jax.process_index() == 0:
+            files.write_json(files.join(workdir, checkpoint.TASK_CARD), dict(
+                task.card(), max_seq_length=seq_len, best_step=best_step,
+                lower_case=bool(config.get("lower_case", True))))
+
+    write_card((best_epoch() or {}).get("step"))
     log(f"{task.name}: {num_train} training features, {steps_per_epoch} steps/epoch x "
         f"{config.num_epochs} epochs, batch {batch_size}, seq {seq_len}, "
         f"lr {config.learning_rate}")
@@ -222,8 +237,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         history.append({"epoch": step // steps_per_epoch, "step": step, "train_loss": train_loss,
                         "train_seconds": t_train, "metrics": metrics})
         best.save(step, state.params, metrics)
-        # the best epoch, ties to the later one (as the best checkpointer keeps them)
-        top = max(history, key=lambda h: (h["metrics"][task.best_metric], h["step"]))
+        top = best_epoch()
         results.update({"task": task.name, "epoch": step // steps_per_epoch, "step": step,
                         "metrics": metrics, "best_metric": task.best_metric,
                         "best": {k: top[k] for k in ("epoch", "step", "metrics")},
@@ -231,6 +245,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                         "elapsed_seconds": time.perf_counter() - clock["start"]})
         if jax.process_index() == 0:
             files.write_json(files.join(workdir, EVAL_RESULTS), results)
+        write_card(top["step"])
         clock["epoch"] = time.perf_counter()
         return metrics
 
@@ -246,6 +261,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     # -- the best params: the task's outputs -----------------------------------------------------
     step, params = best.restore_best(core.abstract_like(state.params, shardings.params))
     best.close()
+    write_card(step)
     results.update(task.write_outputs(predict, params, workdir, step))
     results["finished"] = True
     if jax.process_index() == 0:

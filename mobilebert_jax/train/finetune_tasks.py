@@ -52,6 +52,13 @@ class GlueTask:
             return losses.regression_loss(out.logits, batch["labels"], batch["weights"])
         return losses.classification_loss(out.logits, batch["labels"], batch["weights"])
 
+    def card(self) -> dict:
+        """The task card's fields (checkpoint.TASK_CARD) that this task decides."""
+        return {"name": self.name,
+                "kind": "regression" if self.spec.is_regression else "classification",
+                "labels": None if self.spec.is_regression else list(self.spec.labels),
+                "text_columns": [c for c in (self.spec.text_a, self.spec.text_b) if c]}
+
     def load(self, tokenizer) -> dict[str, np.ndarray]:
         """Reads the task's files; returns the training features."""
         self.data = finetune_input.load_glue_data(self.config, tokenizer)
@@ -103,6 +110,10 @@ class SquadTask:
         """(CE(start) + CE(end)) / 2 over all positions, over the real batch rows."""
         return losses.span_loss(out.start_logits, out.end_logits, batch["start_positions"],
                                 batch["end_positions"], batch["weights"])
+
+    def card(self) -> dict:
+        return {"name": self.name, "kind": "question_answering", "labels": None,
+                "text_columns": ["question", "context"]}
 
     def load(self, tokenizer) -> dict[str, np.ndarray]:
         self.data = finetune_input.load_squad_data(self.config, tokenizer)
