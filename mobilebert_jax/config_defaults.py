@@ -46,3 +46,35 @@ def pretraining_data(corpus: str, tokenizer: str, seq_len: int = 128) -> ml_coll
         seed=0,  # the dataset's cuts, pairs and split (the training seed is `seed`)
         num_workers=1,  # local worker processes preparing the dataset on first use
     ))
+
+
+def finetune_fields(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Adds the fields every fine-tuning config has (configs/finetune_*.py): the starting
+    checkpoint, the official recipe (reference §5: AdamW without bias correction, 10% warm-up
+    then linear decay, clipping 1.0, dropout 0.1 on [CLS]) and run control."""
+    config.init_checkpoint = ""  # a project checkpoint directory (teacher, student, converted)
+    config.tokenizer = ""  # vocab.txt / *.model; empty: the one stored in init_checkpoint
+    config.lower_case = True
+    config.learning_rate = 5e-5
+    config.num_epochs = 3
+    config.batch_size = 32
+    config.grad_accum_steps = 1  # micro-batches per step (batch_size is split among them)
+    config.eval_batch_size = 64
+    config.max_seq_length = 128
+    config.seed = 0
+    config.warmup_proportion = 0.1
+    config.decay_after_warmup = False  # False: the official BERT schedule
+    config.weight_decay = 0.01
+    config.adam_eps = 1e-6
+    config.bias_correction = False  # the official AdamW has none
+    config.clip_norm = 1.0
+    config.classifier_dropout = 0.1
+    # int8 fake quantization of the dense layers (models/qat.py), for an int8 TFLite export
+    config.qat = False
+    config.best_metric = ""  # empty: the task's first metric
+    config.keep_checkpoints = 1  # the best N evaluated checkpoints are kept
+    config.train_subset = 0  # first N training examples only (0: all)
+    config.log_every = 50
+    config.checkpoint_every = 500  # resumable train state; also saved after every epoch
+    config.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1), rules=DEFAULT_RULES))
+    return config

@@ -3,7 +3,8 @@
     python -m mobilebert_jax.main --config=configs/teacher.py[:VARIANT] --workdir=DIR \
         [--config.a.b=v]
 
-The config's `trainer` field picks the job (pretrain, distill, finetune_glue, finetune_squad).
+The config's `trainer` field picks the job (pretrain, distill, finetune_glue, finetune_squad,
+finetune_text).
 Multi-process runs (`--num_processes>1`, or a cluster that JAX detects with several processes: a
 multi-host Cloud TPU VM slice, GKE, SLURM) call `jax.distributed.initialize` first; a single
 process never does. JAX's persistent compilation cache is on for every job (`compile_cache`).
@@ -29,6 +30,7 @@ TRAINERS = {
     "distill": "mobilebert_jax.train.distill",
     "finetune_glue": "mobilebert_jax.train.finetune",
     "finetune_squad": "mobilebert_jax.train.finetune",
+    "finetune_text": "mobilebert_jax.train.finetune",
 }
 
 

@@ -160,8 +160,9 @@ def tiny_model_config(vocab_size: int):
 
 
 # -- the entry point, in this process ----------------------------------------------------------
-def run_main(argv, capsys):
-    """main.py in this process (its absl flags parsed from `argv`); returns (rc, stderr)."""
+def run_main(argv, capsys, stdout: bool = False):
+    """main.py in this process (its absl flags parsed from `argv`); returns (rc, stderr), or
+    (rc, stdout + stderr) with `stdout`."""
     from absl import flags
 
     from mobilebert_jax import main as main_mod
@@ -177,7 +178,8 @@ def run_main(argv, capsys):
         rc = main_mod.main([])
     finally:
         sys.argv = saved
-    return rc, capsys.readouterr().err
+    captured = capsys.readouterr()
+    return rc, (captured.out + captured.err) if stdout else captured.err
 
 
 def glue_args(ckpt, data, workdir, *extra) -> list[str]:

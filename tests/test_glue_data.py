@@ -11,9 +11,9 @@ from mobilebert_jax.data.glue import (
     load_glue,
     read_glue_predictions,
     read_glue_tsv,
-    truncate_pair_lengths,
     write_glue_submission,
 )
+from mobilebert_jax.data.model_inputs import truncate_pair_lengths
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from mobilebert_jax import files
+from mobilebert_jax.data.model_inputs import encode_sentences
 
 _BINARY = ("0", "1")
 _NLI3 = ("contradiction", "entailment", "neutral")
@@ -303,20 +304,6 @@ def load_glue(task: str | GlueTask, data_dir: os.PathLike | str,
                             f"or {files.join(root, task.dir_name)}")
 
 
-def truncate_pair_lengths(len_a: int, len_b: int, max_tokens: int) -> tuple[int, int]:
-    """Lengths after BERT's pair truncation: drop the last token of the longer side (of the
-    second side on a tie) until both fit in `max_tokens`."""
-    excess = len_a + len_b - max_tokens
-    if excess <= 0:
-        return len_a, len_b
-    gap = abs(len_a - len_b)
-    if excess <= gap:
-        return (len_a - excess, len_b) if len_a > len_b else (len_a, len_b - excess)
-    common = min(len_a, len_b)
-    rest = excess - gap
-    return common - rest // 2, common - (rest + 1) // 2
-
-
 def featurize_glue(examples: Sequence[GlueExample], tokenizer, max_seq_length: int = 128,
                    task: str | GlueTask | None = None) -> dict[str, np.ndarray]:
     """Model inputs `[CLS] a [SEP] (b [SEP])`, padded to `max_seq_length` with the pad id.
@@ -327,29 +314,8 @@ def featurize_glue(examples: Sequence[GlueExample], tokenizer, max_seq_length: i
     for a regression task. The regression case is taken from `task` when given, else from the
     examples' label types.
     """
-    if max_seq_length < 3:
-        raise ValueError(f"max_seq_length={max_seq_length} leaves no room for tokens")
-    n = len(examples)
-    texts_a = tokenizer.encode_batch([ex.text_a for ex in examples])
-    pair_idx = [i for i, ex in enumerate(examples) if ex.text_b is not None]
-    texts_b = dict(zip(pair_idx, tokenizer.encode_batch([examples[i].text_b for i in pair_idx])))
-    input_ids = np.full((n, max_seq_length), tokenizer.pad_id, dtype=np.int32)
-    input_mask = np.zeros((n, max_seq_length), dtype=np.int32)
-    segment_ids = np.zeros((n, max_seq_length), dtype=np.int32)
-    for i, ids_a in enumerate(texts_a):
-        ids_b = texts_b.get(i)
-        if ids_b is None:
-            ids_a = ids_a[:max_seq_length - 2]
-            tokens = [tokenizer.cls_id, *ids_a, tokenizer.sep_id]
-            first = len(tokens)
-        else:
-            len_a, len_b = truncate_pair_lengths(len(ids_a), len(ids_b), max_seq_length - 3)
-            tokens = [tokenizer.cls_id, *ids_a[:len_a], tokenizer.sep_id,
-                      *ids_b[:len_b], tokenizer.sep_id]
-            first = len_a + 2
-        input_ids[i, :len(tokens)] = tokens
-        input_mask[i, :len(tokens)] = 1
-        segment_ids[i, first:len(tokens)] = 1
+    inputs = encode_sentences(tokenizer, [ex.text_a for ex in examples],
+                              [ex.text_b for ex in examples], max_seq_length)
     if task is not None:
         regression = get_task(task).is_regression
     else:
@@ -360,8 +326,7 @@ def featurize_glue(examples: Sequence[GlueExample], tokenizer, max_seq_length: i
     else:
         labels = np.array([-1 if ex.label is None else ex.label for ex in examples],
                           dtype=np.int32)
-    return {"input_ids": input_ids, "input_mask": input_mask,
-            "segment_ids": segment_ids, "labels": labels}
+    return dict(inputs, labels=labels)
 
 
 def prediction_names(task: str | GlueTask, predictions: Iterable[Any]) -> list[str]:

@@ -18,8 +18,9 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import numpy as np
-from scipy import stats
 from sklearn import metrics as skm
+
+from mobilebert_jax.metrics.classification import regression_metrics
 
 
 def _as_class_ids(values: Any, num_labels: int, what: str) -> np.ndarray:
@@ -55,12 +56,7 @@ def glue_metrics(task, predictions: Sequence[Any], labels: Sequence[Any],
     if len(labels) == 0:
         raise ValueError("no examples to score")
     if spec.is_regression:
-        preds = np.asarray(predictions, dtype=np.float64).reshape(len(labels), -1)[:, 0]
-        golds = np.asarray(labels, dtype=np.float64)
-        if np.isnan(golds).any():
-            raise ValueError("labels hold NaN (unlabelled examples cannot be scored)")
-        return {"pearson": float(stats.pearsonr(preds, golds)[0]),
-                "spearman": float(stats.spearmanr(preds, golds)[0])}
+        return regression_metrics(predictions, labels)
     preds = _as_class_ids(predictions, spec.num_labels, "predictions")
     golds = _as_class_ids(labels, spec.num_labels, "labels")
     result: dict[str, float] = {}

@@ -13,6 +13,7 @@ from mobilebert_jax.models.heads import (
                                           MobileBertForPreTraining,
                                           MobileBertForQuestionAnswering,
                                           MobileBertForSequenceClassification,
+                                          MobileBertForTokenClassification,
                                           PreTrainingOutput,
                                           SpanOutput,
 )
@@ -21,5 +22,6 @@ __all__ = [
     "PRESETS", "MobileBertConfig", "from_hf_config", "from_official_json", "get_config",
     "to_hf_config", "EncoderOutput", "MobileBertModel", "ClassificationOutput",
     "MobileBertForPreTraining", "MobileBertForQuestionAnswering",
-    "MobileBertForSequenceClassification", "PreTrainingOutput", "SpanOutput",
+    "MobileBertForSequenceClassification", "MobileBertForTokenClassification",
+    "PreTrainingOutput", "SpanOutput",
 ]

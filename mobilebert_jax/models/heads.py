@@ -28,7 +28,7 @@ class PreTrainingOutput:
 
 @struct.dataclass
 class ClassificationOutput:
-    logits: jnp.ndarray  # [B, num_labels] (num_labels 1: regression)
+    logits: jnp.ndarray  # [B, num_labels] (1: regression), or [B, S, num_labels] for tagging
     pooled_output: jnp.ndarray
 
 
@@ -149,6 +149,25 @@ class MobileBertForSequenceClassification(nn.Module):
         out = MobileBertModel(self.config, name="bert")(input_ids, segment_ids,
                                                         input_mask, deterministic)
         x = layers.Dropout(self.classifier_dropout)(out.pooled_output, deterministic=deterministic)
+        logits = layers.dense(self.config, self.num_labels, (layers.EMBED, layers.CLASSES),
+                              "classifier")(x)
+        return ClassificationOutput(logits.astype(jnp.float32), out.pooled_output)
+
+
+class MobileBertForTokenClassification(nn.Module):
+    """Dropout on every position's final hidden state, then `classifier` (tagging, e.g. NER)."""
+
+    config: MobileBertConfig
+    num_labels: int
+    classifier_dropout: float = 0.1
+
+    @nn.compact
+    def __call__(self, input_ids, segment_ids=None, input_mask=None,
+                 deterministic: bool = True) -> ClassificationOutput:
+        out = MobileBertModel(self.config, name="bert")(input_ids, segment_ids,
+                                                        input_mask, deterministic)
+        x = layers.Dropout(self.classifier_dropout)(out.sequence_output,
+                                                    deterministic=deterministic)
         logits = layers.dense(self.config, self.num_labels, (layers.EMBED, layers.CLASSES),
                               "classifier")(x)
         return ClassificationOutput(logits.astype(jnp.float32), out.pooled_output)

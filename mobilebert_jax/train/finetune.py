@@ -1,9 +1,11 @@
-"""Fine-tuning on GLUE and SQuAD from any project checkpoint directory.
+"""Fine-tuning on GLUE, SQuAD and your own files from any project checkpoint directory.
 
     python -m mobilebert_jax.main --config=configs/finetune_glue.py:mrpc --workdir=DIR \
         --config.init_checkpoint=CKPT_DIR --config.data_dir=GLUE_DIR
     python -m mobilebert_jax.main --config=configs/finetune_squad.py:1.1 --workdir=DIR \
         --config.init_checkpoint=CKPT_DIR
+    python -m mobilebert_jax.main --config=configs/finetune_text.py --workdir=DIR \
+        --config.init_checkpoint=CKPT_DIR --config.train_file=train.csv
 
 The encoder (`bert/`) starts from `init_checkpoint` (a teacher, a distilled student or a
 converted TF1/HF model, plain BERT included); the task head is new. What differs between tasks
@@ -93,12 +95,13 @@ def build_program(config, mesh, rules, task, model_config, seq_len: int,
     predict = jax.jit(predict_step, in_shardings=(shardings.params, batch_sh))
 
     def batch(size, keys):
-        return {k: jax.ShapeDtypeStruct((size, seq_len) if k in INPUTS else (size,), dtype,
-                                        sharding=batch_sh) for k, dtype in keys.items()}
+        return {k: jax.ShapeDtypeStruct((size, *shape), dtype, sharding=batch_sh)
+                for k, (dtype, shape) in keys.items()}
 
-    train_batch = batch(int(config.batch_size), dict(
-        {k: jnp.int32 for k in INPUTS}, **task.targets, weights=jnp.float32))
-    eval_batch = batch(int(config.eval_batch_size), {k: jnp.int32 for k in INPUTS})
+    inputs = {k: (jnp.int32, (seq_len,)) for k in INPUTS}
+    train_batch = batch(int(config.batch_size), dict(inputs, **task.targets(seq_len),
+                                                     weights=(jnp.float32, ())))
+    eval_batch = batch(int(config.eval_batch_size), inputs)
     return core.Program(shardings, abstract_state,
                         {"train step": (train_step, (abstract_state, train_batch)),
                          "predict step": (predict, (abstract_state.params, eval_batch))},
@@ -207,7 +210,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     predict = make_predict(compiled_predict, mesh, rules, eval_batch_size)
 
     # -- loop: an evaluation and a best-checkpoint save after every epoch ------------------------
-    train_keys = INPUTS + tuple(task.targets)
+    train_keys = INPUTS + tuple(task.targets(seq_len))
     orders: dict[int, np.ndarray] = {}
     epoch_losses, results = [], {}
     clock = {"start": time.perf_counter(), "epoch": time.perf_counter()}

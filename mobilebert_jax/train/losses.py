@@ -18,6 +18,7 @@ from typing import Mapping, Optional
 
 import jax
 import jax.numpy as jnp
+import optax
 
 Array = jax.Array
 
@@ -275,6 +276,29 @@ def regression_loss(preds: Array, targets: Array, weights: Optional[Array] = Non
         raise ValueError(f"regression_loss: preds {preds.shape} and targets {targets.shape} "
                          f"shapes differ")
     return _row_mean(jnp.square(preds - targets), weights)
+
+
+def multi_label_loss(logits: Array, labels: Array, weights: Optional[Array] = None) -> Array:
+    """Sigmoid binary cross-entropy, mean over the labels; logits and 0/1 labels [B, C];
+    optional row weights [B]."""
+    if jnp.shape(logits) != jnp.shape(labels):
+        raise ValueError(f"multi_label_loss: logits {jnp.shape(logits)} and labels "
+                         f"{jnp.shape(labels)} shapes differ")
+    bce = optax.sigmoid_binary_cross_entropy(_f32(logits), _f32(labels))
+    return _row_mean(jnp.mean(bce, axis=-1), weights)
+
+
+def token_classification_loss(logits: Array, labels: Array,
+                              weights: Optional[Array] = None) -> Array:
+    """Cross-entropy over the labelled positions (label >= 0: a word's first piece); logits
+    [B, S, C], labels [B, S] (-1 elsewhere); optional row weights [B]."""
+    _check_logits_labels(logits, labels, "token_classification_loss")
+    labels = jnp.asarray(labels)
+    mask = _f32(labels >= 0)
+    if weights is not None:
+        mask = mask * _f32(weights)[:, None]
+    ce = _per_example_ce(logits, jnp.maximum(labels, 0))
+    return jnp.sum(ce * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
 def span_loss(start_logits: Array, end_logits: Array, start_positions: Array,
