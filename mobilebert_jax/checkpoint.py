@@ -31,7 +31,8 @@ CHECKPOINTS = "checkpoints"
 TOKENIZER_FILES = ("vocab.txt", "spm.model")
 # What a fine-tuned model does, for prediction and export: {"name", "kind" (one of TASK_KINDS),
 # "labels" (names in output order, or null), "text_columns", "max_seq_length", "lower_case",
-# "best_step" (the evaluated step whose params predict; null until the first evaluation)}
+# "best_step" (the evaluated step whose params predict; null until the first evaluation), "qat"
+# (trained with int8 fake quantization), and for question answering the SQuAD decoding settings}
 TASK_CARD = "task.json"
 TASK_KINDS = ("classification", "multi_label", "regression", "token_classification",
               "question_answering")
@@ -168,11 +169,14 @@ def check_params_fit(config: MobileBertConfig, params: Any, where: str) -> None:
                              f"{MODEL_CONFIG} needs {tuple(leaf.shape)}")
 
 
-def load_pretrained(directory: str) -> tuple[MobileBertConfig, Any]:
+def load_pretrained(directory: str, step: int | None = None) -> tuple[MobileBertConfig, Any]:
     """`(config, params)` from any project checkpoint directory (trainer workdir or converted),
-    the params checked against the config."""
+    the params checked against the config: those of `step`, else of the task card's best step
+    (a fine-tuned model), else of the latest step."""
     config = load_config(directory)
-    params = load_params(directory)
+    if step is None:
+        step = (load_task_card(directory) or {}).get("best_step")
+    params = load_params(directory, step)
     check_params_fit(config, params, f"checkpoint {directory}")
     return config, params
 

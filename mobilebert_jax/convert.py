@@ -4,6 +4,10 @@
     python -m mobilebert_jax.convert --from=tf1 --src=CKPT_PREFIX --config=JSON --out=DIR
     python -m mobilebert_jax.convert --to=hf    --src=DIR --out=HF_DIR
 
+A fine-tuned workdir exports as the HF class of its task (its task card, `task.json`): a
+sequence classifier (single-label, multi-label or regression, with its label names), a token
+classifier or a question-answering model; any other checkpoint as MobileBertForPreTraining.
+
 The project's parameter paths are the official TF1 variable names (`bert/encoder/layer_3/
 attention/self/query/kernel`, ...), so TF1 import is a name-for-name copy with shape checks.
 HF names are derived from them: `mobilebert.`/`bert.` prefix, `layer.{i}`, `ffn.{j}`,
@@ -168,10 +172,38 @@ def import_hf(hf_dir: str) -> tuple[MobileBertConfig, dict]:
     return config, params
 
 
+# A fine-tuned model's HF class (after the `MobileBert`/`Bert` prefix) and problem type, by the
+# kind in its task card (checkpoint.TASK_CARD).
+HF_TASK_CLASSES = {"classification": ("ForSequenceClassification", "single_label_classification"),
+                   "multi_label": ("ForSequenceClassification", "multi_label_classification"),
+                   "regression": ("ForSequenceClassification", "regression"),
+                   "token_classification": ("ForTokenClassification", None),
+                   "question_answering": ("ForQuestionAnswering", None)}
+
+
+def hf_task_fields(card: dict, model_type: str) -> dict:
+    """The HF config fields of a fine-tuned model: its architecture, and for classifiers the
+    label names in output order (`id2label`, `label2id`, `num_labels`) and problem type."""
+    suffix, problem = HF_TASK_CLASSES[card["kind"]]
+    fields: dict[str, Any] = {
+        "architectures": [("Bert" if model_type == "bert" else "MobileBert") + suffix]}
+    if problem:
+        fields["problem_type"] = problem
+    if card["kind"] == "regression":
+        fields["num_labels"] = 1
+    elif card.get("labels"):
+        names = [str(n) for n in card["labels"]]
+        fields.update(num_labels=len(names), id2label=dict(enumerate(names)),
+                      label2id={n: i for i, n in enumerate(names)})
+    return fields
+
+
 def export_hf(config: MobileBertConfig, params: dict, out_dir: str,
-              tokenizer_path: str | None = None) -> str:
-    """Writes `config.json` + `model.safetensors` that `transformers` loads
-    (MobileBertForPreTraining, or BertModel for plain BERT configs)."""
+              tokenizer_path: str | None = None, task_card: dict | None = None) -> str:
+    """Writes `config.json` + `model.safetensors` that `transformers` loads:
+    MobileBertForPreTraining (BertModel for plain BERT configs), or, for a fine-tuned model
+    (`task_card`), the `...ForSequenceClassification` / `ForTokenClassification` /
+    `ForQuestionAnswering` class of its task with its label names."""
     from safetensors.numpy import save_file
 
     out_dir = files.resolve(out_dir)
@@ -179,6 +211,8 @@ def export_hf(config: MobileBertConfig, params: dict, out_dir: str,
         raise FileExistsError(f"{out_dir} exists and is not empty; choose a new --out")
     hf_config = config_lib.to_hf_config(config)
     plain_bert = hf_config["model_type"] == "bert"
+    if task_card:
+        hf_config.update(hf_task_fields(task_card, hf_config["model_type"]))
     prefix = "" if plain_bert else "mobilebert"
     flat = traverse_util.flatten_dict(jax.tree_util.tree_map(np.asarray, params), sep="/")
     state = {}
@@ -274,7 +308,8 @@ def main(argv=None) -> int:
         files.check_can_create(out)
         if FLAGS.to == "hf":
             config, params = checkpoint.load_pretrained(src)
-            export_hf(config, params, out, FLAGS.tokenizer or checkpoint.tokenizer_file(src))
+            export_hf(config, params, out, FLAGS.tokenizer or checkpoint.tokenizer_file(src),
+                      checkpoint.load_task_card(src))
         else:
             if FLAGS["from"].value == "hf":
                 config, params = import_hf(src)

@@ -70,7 +70,7 @@ def test_glue_end_to_end_through_main(tiny_checkpoint, glue_dir, tmp_path, capsy
     card = checkpoint.load_task_card(str(workdir))  # what predict and export read
     assert card == {"name": "mrpc", "kind": "classification", "labels": ["0", "1"],
                     "text_columns": ["#1 String", "#2 String"], "max_seq_length": 16,
-                    "lower_case": True, "best_step": results["best"]["step"]}
+                    "lower_case": True, "best_step": results["best"]["step"], "qat": False}
     config, params = checkpoint.load_pretrained(str(workdir))
     assert set(params) == {"bert", "classifier"} and config.hidden_size == 32
     assert checkpoint.tokenizer_file(str(workdir)) is not None

@@ -196,7 +196,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
         if jax.process_index() == 0:
             files.write_json(files.join(workdir, checkpoint.TASK_CARD), dict(
                 task.card(), max_seq_length=seq_len, best_step=best_step,
-                lower_case=bool(config.get("lower_case", True))))
+                lower_case=bool(config.get("lower_case", True)),
+                qat=bool(config.get("qat", False))))
 
     write_card((best_epoch() or {}).get("step"))
     log(f"{task.name}: {num_train} training features, {steps_per_epoch} steps/epoch x "

@@ -122,8 +122,12 @@ class SquadTask:
                                 batch["end_positions"], batch["weights"])
 
     def card(self) -> dict:
+        c = self.config
         return {"name": self.name, "kind": "question_answering", "labels": None,
-                "text_columns": ["question", "context"]}
+                "text_columns": ["question", "context"], "version": self.version,
+                "doc_stride": int(c.doc_stride), "max_query_length": int(c.max_query_length),
+                "n_best_size": int(c.n_best_size), "max_answer_length": int(c.max_answer_length),
+                "null_score_diff_threshold": float(c.null_score_diff_threshold)}
 
     def load(self, tokenizer) -> dict[str, np.ndarray]:
         self.data = finetune_input.load_squad_data(self.config, tokenizer)
