@@ -91,7 +91,7 @@ def test_any_cut_into_read_tasks_yields_each_document_once(tmp_path, chunk):
     expected = [kd for t in whole for kd in corpus.task_documents(t)]
     assert [kd for t in cut for kd in corpus.task_documents(t)] == expected
     assert [doc for _, doc in expected] == [
-        ["First doc.", "Two.", "More of it"], ["Second doc."], ["third doc"],
+        ["First doc.", "Two.", "More of it"], ["Second doc."], ["Third\u00ff bad line", "third doc"],
         ["Last doc without a final newline"], ["Text before any title."],
         ["Alpha one.", "Alpha two."], ["Gamma."]]
 
