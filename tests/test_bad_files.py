@@ -78,6 +78,15 @@ def bad_files(tmp_path_factory, bert_vocab_path, minilm_dir):
     (d / "no_paragraphs.json").write_text(json.dumps({"version": "1.1", "data": [{"t": 1}]}))
     (d / "predictions.json").write_text(json.dumps({"q1": "France", "q9": "x", "q7": "y"}))
     (d / "train-v1.1.json").write_text('{"version": "1.1", "data": [\n')
+    misplaced = d / "squad_misplaced"  # offsets counted in bytes of UTF-8, not characters
+    misplaced.mkdir()
+    shutil.copy(d / "dev-v1.1.json", misplaced / "dev-v1.1.json")
+    context = "Zürich and Genève are in Switzerland."
+    (misplaced / "train-v1.1.json").write_text(json.dumps({"version": "1.1", "data": [
+        {"title": "t", "paragraphs": [{"context": context, "qas": [
+            {"id": f"m{i}", "question": f"Where is {city}?", "answers": [
+                {"text": "Switzerland", "answer_start": context.encode().index(b"Switzerland")}]}
+            for i, city in enumerate(["Zürich", "Genève"])]}]}]}))
     (d / "dev.tsv").write_bytes(b"sentence\tlabel\ngood film\t1\nbad caf\xe9\t0\n")
     (d / "good_dev.tsv").write_bytes(b"sentence\tlabel\ngood film\t1\nbad movie\t0\n")
     (d / "predictions.tsv").write_bytes(b"index\tprediction\n0\t1\n1\t\xff\n")
@@ -175,6 +184,11 @@ FILE_CASES = {
     "main-squad-bad-json": (MAIN, ["--config=configs/finetune_squad.py:1.1", "--workdir={out}",
                                    "--config.data_dir={d}", "--config.init_checkpoint={ckpt}"],
                             "{d}/train-v1.1.json: not valid JSON"),
+    "main-squad-no-answer-in-place": (
+        MAIN, ["--config=configs/finetune_squad.py:1.1", "--workdir={out}",
+               "--config.data_dir={d}/squad_misplaced", "--config.init_checkpoint={ckpt}"],
+        "{d}/squad_misplaced/train-v1.1.json: none of its 2 questions has its answer text at its "
+        "answer_start in the context (first: m0)"),
 }
 
 
