@@ -46,9 +46,10 @@ def cluster_process_count() -> int:
 
 
 def vocab_size_from_tokenizer(config) -> None:
-    """A pretraining model's `vocab_size` from its tokenizer (`data.tokenizer`), unless given
-    on the command line (`--config.model.vocab_size`): then the two must agree."""
-    if config.trainer != "pretrain" or not config.data.get("tokenizer"):
+    """The `vocab_size` of a pretrained model (teacher pretraining, or the student of
+    distillation) from its tokenizer (`data.tokenizer`), unless given on the command line
+    (`--config.model.vocab_size`): then the two must agree."""
+    if config.trainer not in ("pretrain", "distill") or not config.data.get("tokenizer"):
         return
     from mobilebert_jax.data import tokenizers
 

@@ -68,21 +68,23 @@ def test_own_wordpiece_vocabulary_pretrains_and_finetunes(own_corpus, tmp_path, 
     assert (tuned / "vocab.txt").read_bytes() == (out / "vocab.txt").read_bytes()
 
 
-def test_own_sentencepiece_vocabulary_pretrains(own_corpus, tmp_path, capsys):
+def test_own_sentencepiece_vocabulary_prepares_pretraining_data(own_corpus, tmp_path):
     out = tmp_path / "spm"
     r = run_module(VOCAB, f"--corpus=text:{own_corpus}", "--kind=sentencepiece", "--size=200",
                    f"--out={out}")
     assert r.returncode == 0, r.stderr[-3000:]
     import sentencepiece as spm
 
+    from mobilebert_jax.data import dataset_layout, prepare
+
     model = spm.SentencePieceProcessor(model_file=str(out / "spm.model"))
     assert [model.id_to_piece(i) for i in range(5)] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]",
                                                         "[MASK]"]
-    teacher = tmp_path / "teacher"
-    rc, err = run_main(_teacher_args(teacher, own_corpus, out), capsys, stdout=True)
-    assert rc == 0, err[-3000:]
-    stored = json.loads((teacher / "model_config.json").read_text())["vocab_size"]
-    assert stored == model.get_piece_size()
+    data = prepare.prepare_dataset(f"text:{own_corpus}", str(out), str(tmp_path / "data"),
+                                   seq_len=64, progress=False)
+    meta = dataset_layout.read_meta(data)
+    assert meta["vocab_size"] == model.get_piece_size()
+    assert meta["tokenizer_path"] == str(out / "spm.model")
 
 
 def test_a_vocab_size_that_disagrees_is_refused_in_one_line(own_corpus, tmp_path, capsys):

@@ -306,7 +306,8 @@ def _define_flags():
     from absl import flags
 
     flags.DEFINE_string("corpus", "gensim_wiki", "Corpus spec, sources separated by ';': "
-                        "gensim_wiki[:PATH], text:PATH[,PATH...], wiki_articles:PATH[,...], "
+                        "gensim_wiki[:PATH], text:PATH[,PATH...][,encoding=NAME], "
+                        "wiki_articles:PATH[,...][,encoding=NAME], "
                         "tfds:NAME[:SPLIT[:KEY]][@DATA_DIR]; paths local or gs://.")
     flags.DEFINE_string("tokenizer", tokenizers.BERT_UNCASED,
                         "WordPiece vocab.txt, SentencePiece .model, or bert-base-uncased.")

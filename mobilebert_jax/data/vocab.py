@@ -126,7 +126,9 @@ def _define_flags():
 @cli.guarded
 def main(argv: Sequence[str]) -> None:
     from absl import flags
+    from absl import logging as absl_logging
 
+    absl_logging.set_verbosity(absl_logging.WARNING)  # gensim's and tfds's INFO lines
     f = flags.FLAGS
     if len(argv) > 1:
         raise ValueError(f"unexpected argument {argv[1]!r}")
