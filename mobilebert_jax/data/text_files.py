@@ -63,28 +63,31 @@ def _stray_bytes_handler(error: UnicodeDecodeError) -> tuple[str, int]:
 codecs.register_error("mobilebert_jax.stray_bytes", _stray_bytes_handler)
 
 
-def _utf8_with_stray_bytes(raw: bytes) -> tuple[str, int, int, int]:
-    """(text, stray bytes, valid multi-byte characters, offset of the first stray byte or -1):
-    `raw` as UTF-8, the bytes that are not UTF-8 decoded as Windows-1252."""
+def _multi_byte(text: str) -> int:
+    """The characters of `text` outside ASCII (multi-byte in UTF-8)."""
+    return len(text) - len(text.encode("ascii", errors="ignore"))
+
+
+def _utf8_with_stray_bytes(raw: bytes, count: bool = False) -> tuple[str, int, int, int]:
+    """(text, stray bytes, valid multi-byte characters when `count` else 0, offset of the first
+    stray byte or -1): `raw` as UTF-8, the bytes that are not UTF-8 decoded as Windows-1252."""
     try:
         text = raw.decode(UTF8)
-        return text, 0, sum(1 for ch in text if ord(ch) > 0x7F) if _NON_ASCII.search(raw) else 0, -1
+        return text, 0, _multi_byte(text) if count else 0, -1
     except UnicodeDecodeError:
         pass
-    view, parts, pos, stray, first, multi = memoryview(raw), [], 0, 0, -1, 0
+    view, parts, pos, stray, first = memoryview(raw), [], 0, 0, -1
     while pos < len(raw):
         try:
             parts.append(codecs.utf_8_decode(view[pos:], "strict", True)[0])
-            multi += sum(1 for ch in parts[-1] if ord(ch) > 0x7F)
             break
         except UnicodeDecodeError as e:
-            good = codecs.utf_8_decode(view[pos:pos + e.start], "strict", True)[0]
-            multi += sum(1 for ch in good if ord(ch) > 0x7F)
-            parts.append(good)
+            parts.append(codecs.utf_8_decode(view[pos:pos + e.start], "strict", True)[0])
             parts.append("".join(_stray_char(b) for b in raw[pos + e.start:pos + e.end]))
             stray += e.end - e.start
             first = pos + e.start if first < 0 else first
             pos += e.end
+    multi = sum(_multi_byte(p) for p in parts[::2]) if count else 0
     return "".join(parts), stray, multi, first
 
 
@@ -173,7 +176,7 @@ def choose_encoding(sample: bytes, path: str, declared: str = "") -> Choice:
         return Choice(declared, True, f"decoded as {declared} (declared)")
     if sample.startswith(codecs.BOM_UTF8):
         sample = sample[len(codecs.BOM_UTF8):]
-    _, stray, multi, first = _utf8_with_stray_bytes(sample)
+    _, stray, multi, first = _utf8_with_stray_bytes(sample, count=True)
     if not stray:
         return Choice(UTF8, False, None)
     if multi:
