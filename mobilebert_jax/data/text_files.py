@@ -133,13 +133,15 @@ def _plural(n: int, word: str) -> str:
 def _detect(sample: bytes) -> str:
     """The legacy encoding of bytes that are not UTF-8. Every match `charset-normalizer`
     returns reads them under its mess threshold, best first. Western text is the common case:
-    Windows-1252 (then Latin-1) when among them; otherwise, of the matches as little messy as
+    Windows-1252 (then Latin-1) when among them, or among the code pages that read the bytes
+    into the same text as one of them; otherwise, of the matches as little messy as
     the best, the one that reads the sample as the fewest characters (a multi-byte encoding
     that reads the bytes as pairs explains them better than single-byte code pages that all
     read them, each differently), in charset-normalizer's order."""
     matches = [m for m in charset_normalizer.from_bytes(sample)
                if _ascii_compatible(m.encoding)]
-    names = [m.encoding for m in matches]
+    # a match stands for every code page that reads the bytes into the same text
+    names = {name for m in matches for name in m.could_be_from_charset}
     preferred = next((e for e in _PREFERRED if e in names), None)
     if preferred or not matches:
         return preferred or STRAY_ENCODING
