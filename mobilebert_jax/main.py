@@ -45,6 +45,27 @@ def cluster_process_count() -> int:
     return env.get_process_count() if env is not None else 1
 
 
+def vocab_size_from_tokenizer(config) -> None:
+    """The `vocab_size` of a pretrained model (teacher pretraining, or the student of
+    distillation) from its tokenizer (`data.tokenizer`), unless given on the command line
+    (`--config.model.vocab_size`): then the two must agree."""
+    if config.trainer not in ("pretrain", "distill") or not config.data.get("tokenizer"):
+        return
+    from mobilebert_jax.data import tokenizers
+
+    tokenizer = tokenizers.load_tokenizer(config.data.tokenizer)
+    if "model.vocab_size" in config_flags.get_override_values(FLAGS["config"]):
+        if config.model.vocab_size != tokenizer.vocab_size:
+            raise ValueError(f"--config.model.vocab_size={config.model.vocab_size} but the "
+                             f"tokenizer {tokenizer.path} has {tokenizer.vocab_size} entries "
+                             "(leave model.vocab_size out to take the tokenizer's)")
+    elif config.model.vocab_size != tokenizer.vocab_size:
+        from mobilebert_jax.console import log
+
+        log(f"model.vocab_size={tokenizer.vocab_size}, the size of the tokenizer {tokenizer.path}")
+        config.model.vocab_size = tokenizer.vocab_size
+
+
 def initialize_distributed() -> None:
     """`jax.distributed.initialize` for a multi-process run: the explicit flags, or the
     cluster's own settings; a single process never initializes."""
@@ -86,6 +107,7 @@ def main(argv):
                          f"{', '.join(TRAINERS)}")
     config_checks.check_config(config)
     initialize_distributed()
+    vocab_size_from_tokenizer(config)
     workdir = files.resolve(FLAGS.workdir)
     files.makedirs(workdir)
     from mobilebert_jax import compile_cache

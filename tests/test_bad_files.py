@@ -50,7 +50,7 @@ def bad_files(tmp_path_factory, bert_vocab_path, minilm_dir):
     docs = [f"Document {i} has a sentence. It also has a second sentence number {i}."
             for i in range(40)]
     (d / "corpus.txt").write_text("\n\n".join(docs) + "\n")
-    # Two of 81 lines are not UTF-8 (under the refusal threshold): skipped and counted.
+    # Two of 81 lines are Latin-1, the rest ASCII: a Latin-1 file.
     (d / "some_bad_lines.txt").write_bytes(
         b"\n\n".join(doc.encode() for doc in docs[:39]) + b"\n\nLatin-1 caf\xe9 line.\n\n"
         b"Another \xff line.\n")
@@ -78,6 +78,15 @@ def bad_files(tmp_path_factory, bert_vocab_path, minilm_dir):
     (d / "no_paragraphs.json").write_text(json.dumps({"version": "1.1", "data": [{"t": 1}]}))
     (d / "predictions.json").write_text(json.dumps({"q1": "France", "q9": "x", "q7": "y"}))
     (d / "train-v1.1.json").write_text('{"version": "1.1", "data": [\n')
+    misplaced = d / "squad_misplaced"  # offsets counted in bytes of UTF-8, not characters
+    misplaced.mkdir()
+    shutil.copy(d / "dev-v1.1.json", misplaced / "dev-v1.1.json")
+    context = "Zürich and Genève are in Switzerland."
+    (misplaced / "train-v1.1.json").write_text(json.dumps({"version": "1.1", "data": [
+        {"title": "t", "paragraphs": [{"context": context, "qas": [
+            {"id": f"m{i}", "question": f"Where is {city}?", "answers": [
+                {"text": "Switzerland", "answer_start": context.encode().index(b"Switzerland")}]}
+            for i, city in enumerate(["Zürich", "Genève"])]}]}]}))
     (d / "dev.tsv").write_bytes(b"sentence\tlabel\ngood film\t1\nbad caf\xe9\t0\n")
     (d / "good_dev.tsv").write_bytes(b"sentence\tlabel\ngood film\t1\nbad movie\t0\n")
     (d / "predictions.tsv").write_bytes(b"index\tprediction\n0\t1\n1\t\xff\n")
@@ -103,7 +112,7 @@ GLUE = "--config=configs/finetune_glue.py:sst2"
 # path that must not come to exist, {ckpt}: a good tiny checkpoint.
 FILE_CASES = {
     "prepare-binary-corpus": (PREPARE, ["--corpus=text:{d}/binary.dat", "--out={out}"],
-                              "{d}/binary.dat: not a UTF-8 text file"),
+                              "{d}/binary.dat: not a text file (NUL byte at offset"),
     "prepare-one-document": (PREPARE, ["--corpus=text:{d}/one_document.txt", "--out={out}"],
                              "has 1 document(s), so its train split has 1"),
     "prepare-duplicate-vocab": (PREPARE, ["--corpus=text:{d}/corpus.txt", "--out={out}",
@@ -168,13 +177,18 @@ FILE_CASES = {
                               "{d}/sweep/lr3e-05_ep3_seed0/eval_results.json: not valid JSON"),
     "main-binary-corpus": (MAIN, [SMOKE, "--workdir={out}", "--config.data.corpus=text:"
                                   "{d}/binary.dat"],
-                           "{d}/binary.dat: not a UTF-8 text file"),
+                           "{d}/binary.dat: not a text file (NUL byte at offset"),
     "main-glue-tsv-not-utf8": (MAIN, [GLUE, "--workdir={out}", "--config.data_dir={d}",
                                       "--config.init_checkpoint={ckpt}"],
                                "{d}/SST-2/train.tsv:3: not UTF-8 text"),
     "main-squad-bad-json": (MAIN, ["--config=configs/finetune_squad.py:1.1", "--workdir={out}",
                                    "--config.data_dir={d}", "--config.init_checkpoint={ckpt}"],
                             "{d}/train-v1.1.json: not valid JSON"),
+    "main-squad-no-answer-in-place": (
+        MAIN, ["--config=configs/finetune_squad.py:1.1", "--workdir={out}",
+               "--config.data_dir={d}/squad_misplaced", "--config.init_checkpoint={ckpt}"],
+        "{d}/squad_misplaced/train-v1.1.json: none of its 2 questions has its answer text at its "
+        "answer_start in the context (first: m0)"),
 }
 
 
@@ -196,16 +210,18 @@ def test_malformed_files_are_named_and_nothing_is_written(case, bad_files, tiny_
     assert (snapshot(bad_files), snapshot(tiny_checkpoint)) == before  # nothing damaged
 
 
-def test_lines_that_are_not_utf8_are_skipped_and_counted(bad_files, tmp_path):
+def test_a_corpus_file_that_is_not_utf8_is_decoded_and_said(bad_files, tmp_path):
     r = run_module(PREPARE, f"--corpus=text:{bad_files}/some_bad_lines.txt",
                    f"--out={tmp_path / 'data'}", "--seq_len=32")
     assert r.returncode == 0, r.stderr[-3000:]
-    first_bad = (bad_files / "some_bad_lines.txt").read_bytes().index(b"Latin-1 caf\xe9")
-    assert (f"warning: {bad_files}/some_bad_lines.txt: skipped 2 of 81 lines that are not UTF-8 "
-            f"text (first at byte {first_bad})") in r.stderr
+    assert (f"note: {bad_files}/some_bad_lines.txt: not UTF-8 (2 bytes outside ASCII, first on "
+            "line 79): decoded as cp1252 (detected)") in r.stderr
+    assert "note: 1 of 1 corpus files are not plain UTF-8" in r.stderr
     from mobilebert_jax.data.dataset_layout import read_meta
 
-    assert sum(read_meta(str(tmp_path / "data"))["num_documents"].values()) == 39
+    meta = read_meta(str(tmp_path / "data"))
+    assert sum(meta["num_documents"].values()) == 41  # its two Latin-1 lines are documents
+    assert list(meta["decoded_files"]) == [f"{bad_files}/some_bad_lines.txt"]
 
 
 def test_predictions_for_unknown_questions_are_counted(bad_files):

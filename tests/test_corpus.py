@@ -122,3 +122,60 @@ def test_fingerprint_tracks_file_changes(tmp_path):
     assert corpus.corpus_fingerprint(f"text:{f}") == before
     f.write_text("Some other text.\n")
     assert corpus.corpus_fingerprint(f"text:{f}") != before
+
+
+# -- text files as they come: encodings, stray bytes, binary files ---------------------------
+def test_declared_and_detected_encodings_read_as_the_utf8_file(tmp_path, capsys):
+    text = ("Café crème at the Zürich fête. Señor Núñez paid 5\u00a0francs.\n"
+            "Another line of the first document.\n\nThe second document, naïve façade.\n")
+    utf8, latin1 = tmp_path / "utf8.txt", tmp_path / "latin1.txt"
+    utf8.write_text(text, encoding="utf-8")
+    latin1.write_bytes(text.encode("latin-1"))
+    expected = corpus.load_documents(f"text:{utf8}")
+    assert expected[0][0] == "Café crème at the Zürich fête."
+    assert corpus.load_documents(f"text:{latin1}") == expected
+    err = capsys.readouterr().err
+    assert f"note: {latin1}: not UTF-8 (10 bytes outside ASCII, first on line 1): decoded as " \
+           "cp1252 (detected)" in err
+    assert "note: 1 of 1 corpus files are not plain UTF-8: 1 in a detected encoding" in err
+    assert corpus.load_documents(f"text:{latin1},encoding=latin-1") == expected
+    assert f"note: {latin1}: decoded as latin-1 (declared)" in capsys.readouterr().err
+    # declared wrongly: the file and the byte that does not decode
+    with pytest.raises(ValueError, match=rf"{utf8}: not ascii text \(byte offset 3\)"):
+        corpus.load_documents(f"text:{utf8},encoding=ascii")
+    with pytest.raises(ValueError, match="unknown encoding 'klingon'"):
+        corpus.parse_corpus_spec(f"text:{utf8},encoding=klingon")
+    with pytest.raises(ValueError, match="'utf-16' is not ASCII-compatible"):
+        corpus.parse_corpus_spec(f"text:{utf8},encoding=utf-16")
+
+
+def test_stray_bytes_in_a_utf8_file_are_read_as_cp1252_and_said(tmp_path, capsys):
+    f = tmp_path / "mixed.txt"
+    f.write_bytes("A “quoted” word.\n".encode() + b"Then caf\xe9 and 10\x80 here.\n")
+    assert corpus.load_documents(f"text:{f}") == [["A “quoted” word.", "Then café and 10€ here."]]
+    assert (f"warning: {f}: 2 bytes not UTF-8 (first on line 2): decoded as cp1252"
+            in capsys.readouterr().err)
+    # Past the first MB (what the file's encoding is chosen on), each read task says so.
+    big = tmp_path / "big.txt"
+    line = b"An ordinary sentence of plain text here.\n"
+    head = line * ((1 << 20) // len(line) + 1)
+    big.write_bytes(head + b"\nLate caf\xe9.\n")
+    docs = corpus.load_documents(f"text:{big}")
+    assert docs[-1] == ["Late café."]
+    assert (f"warning: {big}: 1 lines from byte 0 hold bytes that are not UTF-8 (first at byte "
+            f"{len(head) + 1}): decoded as cp1252") in capsys.readouterr().err
+
+
+def test_binary_files_are_refused_by_name_and_a_stray_control_character_is_not(tmp_path):
+    nul = tmp_path / "image.bin"
+    nul.write_bytes(b"GIF89a\x01\x00\x01\x00text")
+    with pytest.raises(ValueError, match=rf"{nul}: not a text file \(NUL byte at offset 7\)"):
+        corpus.read_tasks(corpus.parse_corpus_specs(f"text:{nul}"))
+    controls = tmp_path / "controls.dat"
+    controls.write_bytes(b"ok line\n" + b"\x1b[0m\x02\x03\n" * 3)
+    with pytest.raises(ValueError, match=rf"{controls}: not a text file \(control characters "
+                                         r"on 3 of its first 5 lines"):
+        corpus.read_tasks(corpus.parse_corpus_specs(f"text:{controls}"))
+    dos = tmp_path / "dos.txt"  # a DOS end-of-file mark after the text
+    dos.write_bytes(b"One sentence here.\r\nAnother one.\r\n" * 20 + b"\x1a")
+    assert corpus.load_documents(f"text:{dos}")[0][:2] == ["One sentence here.", "Another one."]

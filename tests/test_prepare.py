@@ -91,7 +91,8 @@ def test_any_cut_into_read_tasks_yields_each_document_once(tmp_path, chunk):
     expected = [kd for t in whole for kd in corpus.task_documents(t)]
     assert [kd for t in cut for kd in corpus.task_documents(t)] == expected
     assert [doc for _, doc in expected] == [
-        ["First doc.", "Two.", "More of it"], ["Second doc."], ["third doc"],
+        ["First doc.", "Two.", "More of it"], ["Second doc."],
+        ["Third\u00ff bad line", "third doc"],
         ["Last doc without a final newline"], ["Text before any title."],
         ["Alpha one.", "Alpha two."], ["Gamma."]]
 
@@ -239,3 +240,60 @@ def test_serialize_record_gives_the_bytes_of_the_tfds_serializer():
             expected = reference.get_tf_example(features.encode_example(record))
             assert dataset_layout.serialize_record(record) == expected.SerializeToString(
                 deterministic=True)
+
+
+def test_latin1_files_prepare_to_the_same_examples_as_their_utf8_reencoding(vocab_words,
+                                                                            tmp_path, capsys):
+    """A corpus mixing UTF-8 and Latin-1 files (detected, and declared), read by two worker
+    processes in small parts, gives the same dataset bytes as the same corpus with every file
+    re-encoded to UTF-8, read in this process."""
+    rng = random.Random(3)
+    accented = ["café", "naïve", "Zürich", "façade", "señor", "crème", "fête", "\u00a0"]
+    words = list(vocab_words[:400]) + accented * 20
+
+    def text():
+        docs = ["\n".join(" ".join(_sentences(rng, words, rng.randint(1, 3)))
+                          for _ in range(rng.randint(2, 6))) for _ in range(12)]
+        return "\n\n".join(docs) + "\n"
+
+    texts = [text() for _ in range(3)]
+    for i, t in enumerate(texts):
+        (tmp_path / f"utf8-{i}.txt").write_text(t, encoding="utf-8")
+    (tmp_path / "mixed-0.txt").write_text(texts[0], encoding="utf-8")
+    (tmp_path / "mixed-1.txt").write_bytes(texts[1].encode("latin-1"))
+    (tmp_path / "mixed-2.txt").write_bytes(texts[2].encode("latin-1"))
+    utf8 = _prepare(f"text:{tmp_path}/utf8-0.txt,{tmp_path}/utf8-1.txt;"
+                    f"text:{tmp_path}/utf8-2.txt", tmp_path / "utf8")
+    capsys.readouterr()
+    mixed = _prepare(f"text:{tmp_path}/mixed-0.txt,{tmp_path}/mixed-1.txt;"
+                     f"text:{tmp_path}/mixed-2.txt,encoding=latin-1", tmp_path / "mixed",
+                     num_workers=2, read_chunk_mb=0.002)  # Beam workers, each file cut in parts
+    err = capsys.readouterr().err
+    assert f"note: {tmp_path}/mixed-1.txt: not UTF-8 (" in err
+    assert f"note: {tmp_path}/mixed-2.txt: decoded as latin-1 (declared)" in err
+    assert ("note: 2 of 3 corpus files are not plain UTF-8: 1 in a detected encoding, 1 in a "
+            "declared one, 0 UTF-8 with stray bytes") in err
+    assert _dataset_files(mixed) == _dataset_files(utf8)
+    assert sum(dataset_layout.read_meta(mixed)["num_documents"].values()) == 36
+    assert sorted(dataset_layout.read_meta(mixed)["decoded_files"]) == [
+        f"{tmp_path}/mixed-1.txt", f"{tmp_path}/mixed-2.txt"]
+
+
+def test_the_real_text_corpus_prepares(shared_data, tmp_path):
+    """All of shared/data/text (Gutenberg books, State of the Union and inaugural addresses,
+    Wikipedia, Shakespeare), whose files that are not UTF-8 (found here by Python's own UTF-8
+    decoder) are decoded and listed, the rest read as UTF-8."""
+    text = shared_data / "text"
+    paths = sorted(str(p) for p in text.rglob("*.txt"))
+    not_utf8 = []
+    for p in paths:
+        try:
+            open(p, "rb").read().decode("utf-8")
+        except UnicodeDecodeError:
+            not_utf8.append(p)
+    assert f"{text}/inaugural/2005-Bush.txt" in not_utf8
+    out = _prepare(f"text:{text}/*.txt,{text}/*/*.txt", tmp_path / "real", dupe_factor=1,
+                   shard_mb=4.0)
+    meta = dataset_layout.read_meta(out)
+    assert sorted(meta["decoded_files"]) == not_utf8
+    assert meta["num_examples"]["train"] > 10_000 and meta["skipped_lines"] == 0

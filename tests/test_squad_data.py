@@ -12,6 +12,7 @@ from mobilebert_jax.data.squad import (
     postprocess_squad,
     read_squad,
     to_squad_json,
+    training_examples,
     write_predictions,
 )
 from mobilebert_jax.metrics.squad import normalize_answer, squad_scores
@@ -123,6 +124,23 @@ def test_impossible_and_misplaced_answers_point_to_cls(tokenizer):
     s, e = out["start_positions"][0], out["end_positions"][0]
     assert misplaced.context[out["offset_mapping"][0, s, 0]:out["offset_mapping"][0, e, 1]] \
         == "ten"
+
+
+def test_training_questions_whose_answer_is_not_at_its_offset_are_skipped_and_said(capsys):
+    context = "one two three four"
+    examples = [SquadExample("good", "Q?", context, [("three", 8)]),
+                SquadExample("off-by-one", "Q?", context, [("three", 9)]),
+                SquadExample("second-answer-fits", "Q?", context, [("two", 0), ("two", 4)]),
+                SquadExample("not-there", "Q?", context, [("five", 0)]),
+                SquadExample("impossible", "Q?", context, [], is_impossible=True)]
+    kept = training_examples(examples, "train.json")
+    assert [ex.qas_id for ex in kept] == ["good", "second-answer-fits", "impossible"]
+    assert ("warning: train.json: skipped 2 of 5 training questions whose answer text is not "
+            "at its answer_start (first: off-by-one)") in capsys.readouterr().out
+    with pytest.raises(ValueError, match=r"^train.json: none of its 2 questions has its answer "
+                                         r"text at its answer_start in the context \(first: "
+                                         r"off-by-one\)"):
+        training_examples(examples[1:2] + examples[3:4], "train.json")
 
 
 def _logits(features, picks):

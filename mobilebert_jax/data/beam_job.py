@@ -151,6 +151,7 @@ def _read_and_tokenize_fn():
             self.documents = Metrics.counter("prepare", "documents")
             self.tokenized = Metrics.counter("prepare", "documents_with_tokens")
             self.skipped_lines = Metrics.counter("prepare", "skipped_lines")
+            self.stray_byte_lines = Metrics.counter("prepare", "stray_byte_lines")
 
         def setup(self):
             os.environ.setdefault("RAYON_NUM_THREADS", "1")  # one core per worker
@@ -202,6 +203,7 @@ def _read_and_tokenize_fn():
             yield from refs
             self.documents.inc(count)
             self.skipped_lines.inc(stats.get("skipped_lines", 0))
+            self.stray_byte_lines.inc(stats.get("stray_byte_lines", 0))
             progress_line(self.progress, f"read {task.describe()}: {count} documents "
                                                  f"(of {self.num_tasks} read tasks)")
 

@@ -6,17 +6,25 @@ separated by `;`, mixed in one dataset); every PATH may be local or a `gs://` UR
 * `gensim_wiki[:PATH]` - the embedded default: the English Wikipedia sample shipped inside the
   `gensim` wheel (or another `pages-articles*.xml.bz2` dump at PATH), parsed with gensim's
   `extract_pages` + `filter_wiki`; redirects and pages under 50 words are skipped.
-* `text:PATH[,PATH...]` - plain text in BERT's layout: one sentence or paragraph per line, a
-  blank line between documents. PATH may be a glob (on gs://, in its last component).
-* `wiki_articles:PATH[,PATH...]` - articles that start with a `= Title =` line, then one
-  paragraph per line (the layout of `shared/data/text/wiki_sample.txt`).
+* `text:PATH[,PATH...][,encoding=NAME]` - plain text in BERT's layout: one sentence or
+  paragraph per line, a blank line between documents. PATH may be a glob (on gs://, in its
+  last component).
+* `wiki_articles:PATH[,PATH...][,encoding=NAME]` - articles that start with a `= Title =`
+  line, then one paragraph per line (the layout of `shared/data/text/wiki_sample.txt`).
 * `tfds:NAME[:SPLIT[:TEXT_KEY]][@DATA_DIR]` - a prepared TFDS text dataset, e.g.
   `tfds:wikipedia/20230601.en:train:text`; each example is one document whose lines are
   paragraphs. Nothing is downloaded.
 
+Text files are decoded by `text_files`: each file's encoding is chosen once, from its first MB
+(`encoding=NAME` declares it for every file of a source; otherwise UTF-8, UTF-8 with a few stray
+bytes read as Windows-1252, or the legacy encoding `charset-normalizer` detects), and said in one
+`note:`/`warning:` line per file that is not plain UTF-8, with a count; a binary file is refused
+by name.
+
 For parallel reading a source is cut into `ReadTask`s (byte ranges of text files, example
 ranges of TFDS splits; a `.bz2` dump is one task); each document has a key that does not depend
-on the cut (`task_documents`).
+on the cut nor on the file's encoding (`task_documents`: a text document's key is its source,
+its file and a hash of its text).
 
 Lines and paragraphs are split into sentences by `split_sentences`, a small regex splitter:
 a sentence ends at `.`, `!` or `?` (plus closing quotes/brackets) followed by whitespace and an
@@ -34,13 +42,14 @@ import sys
 from typing import Iterator
 
 from mobilebert_jax import files
+from mobilebert_jax.data import text_files
 
 Document = list[str]
 
 GENSIM_WIKI_SAMPLE = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 MIN_ARTICLE_WORDS = 50
 MIN_WIKI_LINE_WORDS = 3
-MAX_BAD_LINE_FRACTION = 0.1  # lines not UTF-8 text, above which a file is refused
+MAX_BAD_LINE_FRACTION = 0.1  # lines with NUL bytes, above which a file is refused
 
 _ABBREVIATIONS = frozenset(
     "mr mrs ms dr prof sr jr st mt vs etc e.g i.e cf al fig figs no nos vol vols ed eds "
@@ -93,6 +102,7 @@ class CorpusSpec:
     tfds_split: str = "train"
     tfds_text_key: str = "text"
     tfds_data_dir: str | None = None
+    encoding: str = ""  # text files' declared encoding; empty: detected per file
 
 
 def parse_corpus_specs(spec: str) -> list[CorpusSpec]:
@@ -110,8 +120,8 @@ def parse_corpus_spec(spec: str) -> CorpusSpec:
     kind, _, rest = spec.partition(":")
     if kind not in _SPEC_KINDS:
         raise ValueError(f"unknown corpus spec {spec!r}: expected gensim_wiki[:PATH], "
-                         "text:PATH[,PATH...], wiki_articles:PATH[,PATH...] or "
-                         "tfds:NAME[:SPLIT[:TEXT_KEY]][@DATA_DIR]")
+                         "text:PATH[,PATH...][,encoding=NAME], wiki_articles:PATH[,PATH...]"
+                         "[,encoding=NAME] or tfds:NAME[:SPLIT[:TEXT_KEY]][@DATA_DIR]")
     if kind == "gensim_wiki":
         if rest:
             return CorpusSpec(kind, paths=(files.resolve(rest),))
@@ -125,7 +135,16 @@ def parse_corpus_spec(spec: str) -> CorpusSpec:
         return CorpusSpec(kind, tfds_name=m["name"], tfds_split=m["split"] or "train",
                           tfds_text_key=m["key"] or "text",
                           tfds_data_dir=files.resolve(data_dir) if data_dir else None)
-    patterns = [p.strip() for p in rest.split(",") if p.strip()]
+    patterns, encoding = [], ""
+    for item in (p.strip() for p in rest.split(",") if p.strip()):
+        name, eq, value = item.partition("=")
+        if eq and name.strip() == "encoding":
+            try:
+                encoding = text_files.check_encoding(value.strip())
+            except ValueError as e:
+                raise ValueError(f"corpus spec {spec!r}: {e}") from None
+        else:
+            patterns.append(item)
     if not patterns:
         raise ValueError(f"corpus spec {spec!r} names no file")
     paths: list[str] = []
@@ -140,7 +159,7 @@ def parse_corpus_spec(spec: str) -> CorpusSpec:
             if not files.isfile(pattern):
                 raise FileNotFoundError(f"corpus file {pattern} does not exist")
             paths.append(pattern)
-    return CorpusSpec(kind, paths=tuple(paths))
+    return CorpusSpec(kind, paths=tuple(paths), encoding=encoding)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,6 +177,9 @@ class ReadTask:
     start: int = 0
     end: int = 0
     tfds: tuple = ()  # (name, split, text key, data dir) of a TFDS source
+    # a text file's encoding (chosen once per file) and the bytes its choice already reported
+    decoding: text_files.Choice | None = None
+    reported_bytes: int = 0
 
     def describe(self) -> str:
         if self.kind == "tfds":
@@ -182,18 +204,28 @@ def _tfds_builder(name: str, data_dir: str | None):
     return builder
 
 
-def check_text_file(path: str, sample_bytes: int = 64 << 10) -> None:
-    """Refuses a file whose first `sample_bytes` are not text (more than
-    `MAX_BAD_LINE_FRACTION` of their lines not UTF-8, or holding NUL bytes): a binary file."""
+def file_encoding(path: str, declared: str = "") -> tuple[text_files.Choice, int]:
+    """A text file's encoding, chosen from its first `text_files.SAMPLE_BYTES` (up to their
+    last line end), and how many bytes that sample holds; ValueError naming a binary file."""
     with files.open_binary(path) as f:
-        sample = f.read(sample_bytes)
-    lines = sample.split(b"\n")
-    if len(sample) == sample_bytes and len(lines) > 1:
-        lines = lines[:-1]  # the last one may be cut in the middle of a character
-    bad = sum(1 for line in lines if _decode(line) is None)
-    if lines and bad > MAX_BAD_LINE_FRACTION * len(lines):
-        raise ValueError(f"{path}: not a UTF-8 text file ({bad} of the first {len(lines)} "
-                         "lines are not UTF-8 text)")
+        sample = f.read(text_files.SAMPLE_BYTES)
+    if len(sample) == text_files.SAMPLE_BYTES and b"\n" in sample:
+        sample = sample[:sample.rindex(b"\n") + 1]
+    return text_files.choose_encoding(sample, path, declared), len(sample)
+
+
+def _report_encodings(choices: list[tuple[str, text_files.Choice]]) -> None:
+    """One line per file that is not plain UTF-8, then their count."""
+    odd = [(path, c) for path, c in choices if c.note]
+    for path, c in odd:
+        kind = "note" if c.encoding != text_files.UTF8 else "warning"
+        print(f"{kind}: {path}: {c.note}", file=sys.stderr, flush=True)
+    if odd:
+        detected = sum(1 for _, c in odd if c.encoding != text_files.UTF8 and not c.declared)
+        stray = sum(1 for _, c in odd if c.encoding == text_files.UTF8)
+        print(f"note: {len(odd)} of {len(choices)} corpus files are not plain UTF-8: "
+              f"{detected} in a detected encoding, {len(odd) - detected - stray} in a declared "
+              f"one, {stray} UTF-8 with stray bytes", file=sys.stderr, flush=True)
 
 
 def read_tasks(specs: list[CorpusSpec], chunk_bytes: int = 8 << 20
@@ -202,15 +234,18 @@ def read_tasks(specs: list[CorpusSpec], chunk_bytes: int = 8 << 20
     into example ranges of about as many bytes) and the corpus's size in input bytes."""
     tasks: list[ReadTask] = []
     total = 0
+    choices: list[tuple[str, text_files.Choice]] = []
     for source, spec in enumerate(specs):
         if spec.kind in ("text", "wiki_articles"):
             for file_index, path in enumerate(spec.paths):
-                check_text_file(path)
+                choice, sampled = file_encoding(path, spec.encoding)
+                choices.append((path, choice))
                 n = files.size(path)
                 total += n
                 for start in range(0, max(n, 1), chunk_bytes):
                     tasks.append(ReadTask(source, spec.kind, path, file_index, start,
-                                          min(start + chunk_bytes, n)))
+                                          min(start + chunk_bytes, n), decoding=choice,
+                                          reported_bytes=sampled))
         elif spec.kind == "gensim_wiki":
             if not files.isfile(spec.paths[0]):
                 raise FileNotFoundError(f"Wikipedia dump {spec.paths[0]} does not exist")
@@ -237,32 +272,29 @@ def read_tasks(specs: list[CorpusSpec], chunk_bytes: int = 8 << 20
             for start in range(0, n, step):
                 tasks.append(ReadTask(source, "tfds", tfds=tfds_args, start=start,
                                       end=min(start + step, n)))
+    _report_encodings(choices)
     return tasks, total
-
-
-def _decode(raw: bytes) -> str | None:
-    if b"\0" in raw:
-        return None
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
 
 
 class _LineReader:
     """The lines from the first one that starts at or after byte `start` of a file, with their
-    byte offsets; a line that is not UTF-8 text comes as None. Lines that start in
-    [start, end) are counted (`total`, `bad`, `first_bad`): each line of a file counts in
-    exactly one task, however many tasks read it."""
+    byte offsets, decoded as the task's file is (`text_files.decode_line`); a line holding a NUL
+    byte (binary data) comes as None. Lines that start in [start, end) are counted (`total`,
+    `bad`, `first_bad`; `stray_lines`, `first_stray`: lines past the part of the file whose
+    stray bytes were reported up front): each line of a file counts in exactly one task,
+    however many tasks read it."""
 
-    def __init__(self, path: str, start: int, end: int):
-        self.path, self.start, self.end = path, start, end
-        self.bad = self.total = 0
+    def __init__(self, task: ReadTask):
+        self.path, self.start, self.end = task.path, task.start, task.end
+        self.decoding = task.decoding or text_files.Choice(text_files.UTF8, False, None)
+        self.reported_bytes = task.reported_bytes
+        self.bad = self.total = self.stray_lines = 0
         self.first_bad: int | None = None
+        self.first_stray: int | None = None
 
     def _refuse(self) -> ValueError:
-        return ValueError(f"{self.path}: not a UTF-8 text file ({self.bad} of {self.total} lines "
-                          f"from byte {self.start} are not UTF-8 text)")
+        return ValueError(f"{self.path}: not a text file ({self.bad} of {self.total} lines "
+                          f"from byte {self.start} hold NUL bytes)")
 
     def __iter__(self) -> Iterator[tuple[int, str | None]]:
         with files.open_binary(self.path) as f:
@@ -272,9 +304,13 @@ class _LineReader:
                 pos = self.start - 1 + len(f.readline())  # the line holding byte start-1
             for raw in f:
                 offset, pos = pos, pos + len(raw)
-                line = _decode(raw)
+                line, stray = (None, 0) if b"\0" in raw else text_files.decode_line(
+                    raw, self.decoding, self.path, offset)
                 if offset < self.end:
                     self.total += 1
+                    if stray and offset >= self.reported_bytes:
+                        self.stray_lines += 1
+                        self.first_stray = offset if self.first_stray is None else self.first_stray
                     if line is None:
                         self.bad += 1
                         self.first_bad = offset if self.first_bad is None else self.first_bad
@@ -283,15 +319,19 @@ class _LineReader:
                 yield offset, line
 
     def _binary(self) -> bool:
-        # A whole file is judged up front (`check_text_file`); here, binary data further on.
+        # A file's first MB is judged up front (`file_encoding`); here, binary data further on.
         return self.bad > 100 and self.bad > MAX_BAD_LINE_FRACTION * self.total
 
     def report(self) -> None:
         if self._binary():
             raise self._refuse()
         if self.bad:
-            print(f"warning: {self.path}: skipped {self.bad} of {self.total} lines that are not "
-                  f"UTF-8 text (first at byte {self.first_bad})", file=sys.stderr, flush=True)
+            print(f"warning: {self.path}: skipped {self.bad} of {self.total} lines that hold NUL "
+                  f"bytes (first at byte {self.first_bad})", file=sys.stderr, flush=True)
+        if self.stray_lines:
+            print(f"warning: {self.path}: {self.stray_lines} lines from byte {self.start} hold "
+                  f"bytes that are not UTF-8 (first at byte {self.first_stray}): decoded as "
+                  f"{text_files.STRAY_ENCODING}", file=sys.stderr, flush=True)
 
 
 def _text_task_documents(task: ReadTask, lines: _LineReader
@@ -347,15 +387,18 @@ def _wiki_task_documents(task: ReadTask, lines: _LineReader
 def task_documents(task: ReadTask, stats: dict | None = None
                    ) -> Iterator[tuple[str, Document]]:
     """(key, document) of every non-empty document of a read task; `stats` (if given) gains
-    the count of skipped lines that were not UTF-8 text."""
+    the count of skipped lines that held NUL bytes."""
     if task.kind in ("text", "wiki_articles"):
-        lines = _LineReader(task.path, task.start, task.end)
+        lines = _LineReader(task)
         read = _text_task_documents if task.kind == "text" else _wiki_task_documents
-        for offset, doc in read(task, lines):
-            yield f"{task.source}:{task.file_index}:{offset}", doc
+        for _, doc in read(task, lines):
+            # by its text, not its byte offset: the same in any encoding of the file
+            digest = hashlib.blake2b("\n".join(doc).encode("utf-8"), digest_size=8).hexdigest()
+            yield f"{task.source}:{task.file_index}:{digest}", doc
         lines.report()
         if stats is not None:
             stats["skipped_lines"] = stats.get("skipped_lines", 0) + lines.bad
+            stats["stray_byte_lines"] = stats.get("stray_byte_lines", 0) + lines.stray_lines
     elif task.kind == "gensim_wiki":
         for index, doc in _gensim_pages(task.path):
             yield f"{task.source}:{index}", doc
@@ -420,16 +463,17 @@ def _tfds_examples(name: str, split: str, text_key: str, data_dir: str | None, s
     for index, example in enumerate(tfds.as_numpy(ds), start):
         text = example[text_key]
         if isinstance(text, bytes):
-            text = _decode(text)
-            if text is None:
+            if b"\0" in text:
                 bad += 1
                 continue
+            text = text_files.decode_line(text, text_files.Choice(text_files.UTF8, False,
+                                                                  None))[0]
         doc = _paragraphs_to_document([line for line in str(text).splitlines() if line.strip()])
         if doc:
             yield index, doc
     if bad:
         print(f"warning: TFDS dataset {name!r} ({read_split}): skipped {bad} examples whose "
-              f"{text_key!r} is not UTF-8 text", file=sys.stderr, flush=True)
+              f"{text_key!r} holds NUL bytes", file=sys.stderr, flush=True)
 
 
 def iter_documents(spec: str | CorpusSpec | list[CorpusSpec]) -> Iterator[Document]:
@@ -458,7 +502,8 @@ def describe_corpus(spec: str | CorpusSpec | list[CorpusSpec]) -> str:
         return ";".join(describe_corpus(s) for s in spec)
     if spec.kind == "tfds":
         return f"tfds:{spec.tfds_name}:{spec.tfds_split}:{spec.tfds_text_key}"
-    return f"{spec.kind}:{','.join(spec.paths)}"
+    return (f"{spec.kind}:{','.join(spec.paths)}"
+            + (f",encoding={spec.encoding}" if spec.encoding else ""))
 
 
 def corpus_fingerprint(spec: str | CorpusSpec | list[CorpusSpec]) -> str:

@@ -169,6 +169,8 @@ def _squad_split(squad_json: dict, version: str, tokenizer, config,
         raise ValueError(f"{where}: {e}") from None
     if not examples:
         raise ValueError(f"{where} holds no questions")
+    if is_training:
+        examples = squad_data.training_examples(examples, where)
     features = squad_data.featurize_squad(
         examples, tokenizer, int(config.max_seq_length), int(config.doc_stride),
         int(config.max_query_length), is_training=is_training)

@@ -11,8 +11,8 @@ classification (one label per row, or several), regression, and CoNLL files for 
 * `read_conll(path)` reads CoNLL-style tagging files (one `token ... tag` per line, a blank line
   between sentences, `-DOCSTART-` lines skipped); `write_conll` writes predictions back.
 
-Text that is not UTF-8 is decoded by `text_files.decode` (stray bytes replaced and counted, a
-file in a legacy encoding detected) and reported in one line.
+Text that is not UTF-8 is decoded by `text_files.decode` (stray bytes read as Windows-1252 and
+counted, a file in a legacy encoding detected) and reported in one line.
 """
 from __future__ import annotations
 

@@ -160,6 +160,8 @@ def _finish(staging: str, tokenizer, settings: dict, by_split: dict[str, list[di
         "next_sentence_random_fraction": (sum(s["random_next"] for s in train)
                                           / max(1, examples[layout.TRAIN_SPLIT])),
         "skipped_lines": int(counters.get("skipped_lines", 0)),
+        # lines past a file's first MB whose bytes that are not UTF-8 were read as cp1252
+        "stray_byte_lines": int(counters.get("stray_byte_lines", 0)),
         **extra,
     }
     # The metadata goes last: its presence marks the dataset complete.
@@ -285,7 +287,10 @@ def prepare_dataset(corpus_spec: str, tokenizer_path: str, out_dir: str, seq_len
         by_split = _check_splits(_shard_stats(staging), counters, corpus_spec)
         _finish(staging, tokenizer, settings, by_split, counters,
                 {"prepare_seconds": round(time.perf_counter() - start, 3), "runner": runner,
-                 "num_workers": num_workers})
+                 "num_workers": num_workers,
+                 # how each text file that is not plain UTF-8 was decoded (its note)
+                 "decoded_files": {t.path: t.decoding.note for t in tasks
+                                   if t.decoding is not None and t.decoding.note}})
         _install(staging, out_dir)
     finally:
         if not files.is_remote(out_dir):
@@ -301,7 +306,8 @@ def _define_flags():
     from absl import flags
 
     flags.DEFINE_string("corpus", "gensim_wiki", "Corpus spec, sources separated by ';': "
-                        "gensim_wiki[:PATH], text:PATH[,PATH...], wiki_articles:PATH[,...], "
+                        "gensim_wiki[:PATH], text:PATH[,PATH...][,encoding=NAME], "
+                        "wiki_articles:PATH[,...][,encoding=NAME], "
                         "tfds:NAME[:SPLIT[:KEY]][@DATA_DIR]; paths local or gs://.")
     flags.DEFINE_string("tokenizer", tokenizers.BERT_UNCASED,
                         "WordPiece vocab.txt, SentencePiece .model, or bert-base-uncased.")

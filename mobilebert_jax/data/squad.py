@@ -92,6 +92,33 @@ def parse_squad_json(squad_json: Any, version: str | None = None) -> list[SquadE
     return examples
 
 
+def answer_in_place(example: SquadExample) -> bool:
+    """Whether some answer of a question has its text at its `answer_start` in the context (an
+    impossible question, which has none, counts as in place)."""
+    return example.is_impossible or any(
+        text and example.context[start:start + len(text)] == text
+        for text, start in example.answers)
+
+
+def training_examples(examples: Sequence[SquadExample], where: str) -> list[SquadExample]:
+    """The questions of training file `where` whose answer is where the file says it is; the
+    others (answer text not at its `answer_start`: a file whose offsets count something else,
+    or whose context was edited) are skipped and reported in one line, and a file none of
+    whose questions is usable is refused."""
+    from mobilebert_jax.console import log
+
+    kept = [ex for ex in examples if answer_in_place(ex)]
+    skipped = [ex for ex in examples if not answer_in_place(ex)]
+    if not kept:
+        raise ValueError(f"{where}: none of its {len(examples)} questions has its answer text at "
+                         f"its answer_start in the context (first: {skipped[0].qas_id}); "
+                         "answer_start counts characters of the context from 0")
+    if skipped:
+        log(f"warning: {where}: skipped {len(skipped)} of {len(examples)} training questions "
+            f"whose answer text is not at its answer_start (first: {skipped[0].qas_id})")
+    return kept
+
+
 def _read_squad_tfds(version: str, split: str, data_dir: str | None) -> list[SquadExample]:
     import tensorflow_datasets as tfds
 
