@@ -168,11 +168,11 @@ def check_params_fit(config: MobileBertConfig, params: Any, where: str) -> None:
                              f"{MODEL_CONFIG} needs {tuple(leaf.shape)}")
 
 
-def load_pretrained(directory: str) -> tuple[MobileBertConfig, Any]:
+def load_pretrained(directory: str, step: int | None = None) -> tuple[MobileBertConfig, Any]:
     """`(config, params)` from any project checkpoint directory (trainer workdir or converted),
-    the params checked against the config."""
+    the params of `step` (default: the latest) checked against the config."""
     config = load_config(directory)
-    params = load_params(directory)
+    params = load_params(directory, step)
     check_params_fit(config, params, f"checkpoint {directory}")
     return config, params
 
