@@ -132,6 +132,38 @@ def model_metadata(name: str, description: str, input_names: list[str], tokenize
     return model
 
 
+def mediapipe_model(config, params: dict, tokenizer, card: dict | None, seq_len: int,
+                    quantize: str = "none", representative: dict | None = None,
+                    float_ops: Iterable[str] = (), export_mask_mode: str | None = None
+                    ) -> tuple[bytes, list[str] | None, str]:
+    """(the `.tflite` with its metadata, the labels in output order or None, the output name)
+    for a classifier described by `card` (None: an encoder, for TextEmbedder)."""
+    kind = card["kind"] if card else None
+    serving = SERVING[kind]
+    model = tflite.to_tflite(config, params, seq_len, quantize, representative,
+                             float_ops=float_ops, export_mask_mode=export_mask_mode,
+                             serving=serving)
+    labels = None
+    if kind == "regression":
+        labels = [card.get("name") or "score"]
+    elif kind is not None:
+        labels = list(card["labels"])
+    output_name = tflite.output_names(params, serving)[0]
+    tokenizer_name = os.path.basename(tokenizer.path)
+    title = card.get("name", "text") if card else "encoder"
+    description = (f"MobileBERT {kind.replace('_', '-')} text classifier ({len(labels)} "
+                   f"label{'s' if len(labels) != 1 else ''}), sequence length {seq_len}"
+                   if kind else f"MobileBERT text embedder (pooled output, {config.hidden_size} "
+                   f"dimensions), sequence length {seq_len}")
+    meta = model_metadata(title, description, tflite_metadata.input_tensor_names(model),
+                          tokenizer_name, output_name, labels is not None)
+    with open(tokenizer.path, "rb") as f:
+        packed = {tokenizer_name: f.read()}
+    if labels is not None:
+        packed[LABELS_FILE] = "".join(f"{label}\n" for label in labels).encode()
+    return tflite_metadata.populate(model, meta, packed), labels, output_name
+
+
 def export_mediapipe(checkpoint_dir: str, out: str, quantize: str = "none", seq_len: int = 128,
                      calibration_data: str = "gensim_wiki", num_calibration: int = 100,
                      tokenizer_path: str | None = None, float_ops: Iterable[str] | None = None,
@@ -185,37 +217,15 @@ def export_mediapipe(checkpoint_dir: str, out: str, quantize: str = "none", seq_
         if width != want:
             raise ValueError(f"{checkpoint_dir}: its task card describes {want} output(s), its "
                              f"params at step {step} have {width or 'no classifier head'}")
-    serving = SERVING[kind]
-
     representative = None
     if quantize == "int8":
         representative = representative_inputs(tokenizer, seq_len, num_calibration,
                                                calibration_data)
     float_ops, export_mask_mode = tflite.default_options(config, quantize, float_ops,
                                                          export_mask_mode)
-    model = tflite.to_tflite(config, params, seq_len, quantize, representative,
-                             float_ops=float_ops, export_mask_mode=export_mask_mode,
-                             serving=serving)
-
-    labels = None
-    if kind == "regression":
-        labels = [card.get("name") or "score"]
-    elif kind is not None:
-        labels = list(card["labels"])
-    output_name = tflite.output_names(params, serving)[0]
-    tokenizer_name = os.path.basename(tokenizer.path)
-    title = card.get("name", "text") if card else "encoder"
-    description = (f"MobileBERT {kind.replace('_', '-')} text classifier ({len(labels)} "
-                   f"label{'s' if len(labels) != 1 else ''}), sequence length {seq_len}"
-                   if kind else f"MobileBERT text embedder (pooled output, {config.hidden_size} "
-                   f"dimensions), sequence length {seq_len}")
-    meta = model_metadata(title, description, tflite_metadata.input_tensor_names(model),
-                          tokenizer_name, output_name, labels is not None)
-    with open(tokenizer.path, "rb") as f:
-        packed = {tokenizer_name: f.read()}
-    if labels is not None:
-        packed[LABELS_FILE] = "".join(f"{label}\n" for label in labels).encode()
-    data = tflite_metadata.populate(model, meta, packed)
+    data, labels, output_name = mediapipe_model(config, params, tokenizer, card, seq_len,
+                                                quantize, representative, float_ops,
+                                                export_mask_mode)
     files.write_bytes(out, data)
     return {"out": out, "bytes": len(data), "task": kind or "encoder",
             "mediapipe_task": "TextEmbedder" if kind is None else "TextClassifier",
