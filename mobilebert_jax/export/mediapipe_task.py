@@ -72,8 +72,8 @@ def tokenizer_refusal(tokenizer) -> str | None:
              if not tokenizer.is_special(i)
              and any("A" <= c <= "Z" for c in tokenizer.id_to_token(i))]
     if cased:
-        return (f"tokenizer {tokenizer.path} is cased ({len(cased)} entries with upper-case "
-                f"letters, e.g. {cased[0]!r}); MediaPipe lower-cases the text it tokenizes")
+        return (f"tokenizer {tokenizer.path} is cased (it has upper-case entries such as "
+                f"{cased[0]!r}); MediaPipe lower-cases the text it tokenizes")
     return None
 
 
