@@ -17,7 +17,10 @@ random weights at its real size (latency does not depend on the values), and is 
 `--head=classifier` times a 2-label sequence classifier instead of the bare encoder: the
 `tflite_*` cells then run the same `--format=mediapipe` file as the `mediapipe_*` cells through
 the LiteRT interpreter, fed the ids of the same text tokenized beforehand (the bare model), and
-the text is real Wikipedia prose long enough to fill `--seq_len`. MediaPipe's Python API has no
+the text is real Wikipedia prose long enough to fill `--seq_len`. The TFLite and MediaPipe calls
+of one precision alternate (so both meet the same machine load), and `overhead_float` /
+`overhead_int8` are the medians of their paired differences (MediaPipe − TFLite: tokenization
+and MediaPipe's graph). MediaPipe's Python API has no
 thread setting, so every TFLite and MediaPipe cell runs pinned to the first N CPUs
 (`sched_setaffinity`), the interpreter with N threads. `--threads=1,2` times each thread count.
 
@@ -53,9 +56,34 @@ NAMES = {"mobilebert": "MobileBERT", "mobilebert_tiny": "MobileBERT_TINY",
 
 def latency_ms(fn: Callable[[], object], runs: int, warmup: int) -> dict[str, float]:
     """Median and 10th/90th percentile wall time of `fn()` in milliseconds."""
-    times = [1e3 * t for t in call_seconds(fn, runs, warmup)]
+    return summary_ms([1e3 * t for t in call_seconds(fn, runs, warmup)])
+
+
+def summary_ms(times: list[float]) -> dict[str, float]:
     return {"median_ms": float(np.median(times)), "p10_ms": float(np.percentile(times, 10)),
-            "p90_ms": float(np.percentile(times, 90)), "runs": runs}
+            "p90_ms": float(np.percentile(times, 90)), "runs": len(times)}
+
+
+def interleaved_ms(fns: dict[str, Callable[[], object]], runs: int,
+                   warmup: int) -> dict[str, list[float]]:
+    """Milliseconds of each call of each of `fns`, called in turn `runs` times (after `warmup`
+    rounds), so that every runtime meets the same machine load; the i-th times pair up."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times = {name: [] for name in fns}
+    for _ in range(runs):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(1e3 * (time.perf_counter() - start))
+    return times
+
+
+def report(preset: str, cell: str, r: dict) -> None:
+    print(f"  {NAMES[preset]:<16} {cell:<20} {r['median_ms']:8.2f} ms (p10 {r['p10_ms']:.2f}, "
+          f"p90 {r['p90_ms']:.2f}; setup {r['setup_s']:.0f}s; load {r['load']:.1f})",
+          file=sys.stderr, flush=True)
 
 
 def example_inputs(config, seq_len: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -211,13 +239,45 @@ def bench_model(preset: str, runtimes, runs: int, warmup: int, threads: list[int
         inputs = example_inputs(config, seq_len)
     params = jax.tree_util.tree_map(np.asarray, params)
     results = {}
-    exported: dict[str, bytes] = {}
+    cells = lambda runtime, n: (runtime if len(threads) == 1 or runtime == "jax"  # noqa: E731
+                                else f"{runtime}/{n}t")
+    if head == "classifier":  # the TFLite and MediaPipe cells of a precision, interleaved
+        for precision in dict.fromkeys(r.rsplit("_", 1)[-1] for r in runtimes
+                                       if r.startswith(("tflite", "mediapipe"))):
+            quantize = "none" if precision == "float" else "int8"
+            start = time.time()
+            model = mediapipe_bytes(config, params, seq_len, quantize, float_ops)
+            setup = time.time() - start
+            for n in threads:
+                restore = pinned(n)
+                fns = {}
+                for runtime in (f"tflite_{precision}", f"mediapipe_{precision}"):
+                    if runtime not in runtimes:
+                        continue
+                    if runtime.startswith("mediapipe"):
+                        fns[runtime] = mediapipe_runner(model, text)
+                    else:
+                        interpreter = tflite_runtime.TFLiteModel(model, num_threads=n)
+                        fns[runtime] = lambda m=interpreter: m(**inputs)
+                times = interleaved_ms(fns, runs, warmup)
+                load = round(os.getloadavg()[0], 2)
+                os.sched_setaffinity(0, restore)
+                if len(fns) == 2:
+                    times[f"overhead_{precision}"] = list(
+                        np.subtract(*(times[r] for r in reversed(list(fns)))))
+                for runtime, values in times.items():
+                    results[cells(runtime, n)] = {**summary_ms(values), "setup_s": round(setup, 1),
+                                                  "load": load}
+                    report(preset, cells(runtime, n), results[cells(runtime, n)])
+                for fn in fns.values():
+                    if hasattr(fn, "close"):
+                        fn.close()
+        runtimes = [r for r in runtimes if not r.startswith(("tflite", "mediapipe"))]
     for runtime in runtimes:
         for n in threads if runtime != "jax" else threads[:1]:
-            cell = runtime if len(threads) == 1 or runtime == "jax" else f"{runtime}/{n}t"
+            cell = cells(runtime, n)
             start = time.time()
-            precision = runtime.rsplit("_", 1)[-1]
-            quantize = "none" if precision == "float" else "int8"
+            quantize = "none" if runtime.endswith("float") else "int8"
             restore = None
             if runtime == "jax":
                 fn = jax_runner(config, params, inputs)
@@ -225,28 +285,13 @@ def bench_model(preset: str, runtimes, runs: int, warmup: int, threads: list[int
                 fn = torch_runner(config, inputs, n)
             else:
                 restore = pinned(n)
-                if head == "classifier":
-                    if quantize not in exported:
-                        exported[quantize] = mediapipe_bytes(config, params, seq_len, quantize,
-                                                             float_ops)
-                    if runtime.startswith("mediapipe"):
-                        fn = mediapipe_runner(exported[quantize], text)
-                    else:
-                        model = tflite_runtime.TFLiteModel(exported[quantize], num_threads=n)
-                        fn = lambda model=model: model(**inputs)  # noqa: E731
-                else:
-                    fn = tflite_runner(config, params, inputs, quantize, n, seq_len, float_ops)
+                fn = tflite_runner(config, params, inputs, quantize, n, seq_len, float_ops)
             setup = time.time() - start
             results[cell] = {**latency_ms(fn, runs, warmup), "setup_s": round(setup, 1),
                              "load": round(os.getloadavg()[0], 2)}
             if restore is not None:
                 os.sched_setaffinity(0, restore)
-            print(f"  {NAMES[preset]:<16} {cell:<18} {results[cell]['median_ms']:8.2f} ms "
-                  f"(p10 {results[cell]['p10_ms']:.2f}, p90 {results[cell]['p90_ms']:.2f}; "
-                  f"setup {setup:.0f}s; load {results[cell]['load']:.1f})", file=sys.stderr,
-                  flush=True)
-            if hasattr(fn, "close"):
-                fn.close()
+            report(preset, cell, results[cell])
             del fn
     return results
 
