@@ -50,6 +50,30 @@ def jax_outputs(checkpoint_dir, texts, seq_len=SEQ_LEN) -> np.ndarray:
     return np.asarray(model.apply({"params": head}, ids, segments, mask).logits)
 
 
+# -- checkpoints --------------------------------------------------------------------------
+def encoder_checkpoint(directory, tokenizer_path, vocab_size):
+    """A pretraining checkpoint (MLM/NSP heads included) of the tiny model, initialised at a
+    larger scale than training would so that the pooled outputs of different texts differ."""
+    import jax
+    import jax.numpy as jnp
+    from flax.core import meta
+
+    from mobilebert_jax.models.heads import MobileBertForPreTraining
+
+    config = tiny_model_config(vocab_size).replace(initializer_range=0.3)
+    params = meta.unbox(MobileBertForPreTraining(config).init(
+        jax.random.PRNGKey(1), jnp.ones((1, 8), jnp.int32))["params"])
+    checkpoint.save_pretrained(str(directory), config, params, tokenizer_path=tokenizer_path)
+    return directory
+
+
+def words_vocab(directory) -> tuple[str, int]:
+    """A WordPiece vocab.txt of the test words (and its size)."""
+    entries = SPECIALS + list(WORDS) + ["?", "."]
+    (directory / "vocab.txt").write_text("\n".join(entries) + "\n")
+    return str(directory / "vocab.txt"), len(entries)
+
+
 # -- fine-tuned classifiers ---------------------------------------------------------------
 def sentences(n, seed):
     rng = np.random.default_rng(seed)
@@ -84,11 +108,12 @@ def multi_label(text):
 
 
 @pytest.fixture(scope="module")
-def classifiers(tiny_checkpoint, tmp_path_factory):
-    """{"single": workdir, "multi": workdir}: the tiny encoder fine-tuned for one epoch."""
+def classifiers(tmp_path_factory):
+    """{"single": workdir, "multi": workdir}: `encoder_checkpoint` fine-tuned for one epoch
+    (four steps); its scores differ from text to text."""
     capsys = _NoCapture()
     root = tmp_path_factory.mktemp("mp_runs")
-    shutil.copytree(tiny_checkpoint, root / "ckpt")
+    encoder_checkpoint(root / "ckpt", *words_vocab(root))
     return {"single": finetune(root / "single", root, "", single_label, capsys),
             "multi": finetune(root / "multi", root, "multi_label", multi_label, capsys)}
 
@@ -122,7 +147,8 @@ def test_single_label_classifier_scores_match_jax(classifiers, tmp_path, capsys)
             in capsys.readouterr().out)
     got = classify(model, TEXTS)
     want = special.softmax(jax_outputs(workdir, TEXTS), axis=-1)
-    assert want.max(-1).min() < 0.99  # scores that a wrong head or order would not match
+    # scores that differ from text to text (so the tokenization counts) and from label to label
+    assert np.ptp(want, axis=0).max() > 0.1 and want.max(-1).min() < 0.99
     for scores, row in zip(got, want):
         assert set(scores) == set(card["labels"])
         assert max(scores, key=scores.get) == card["labels"][int(row.argmax())]
@@ -136,6 +162,7 @@ def test_single_label_int8_keeps_the_top_label(classifiers, tmp_path):
                    "--num_calibration=16")
     want = jax_outputs(workdir, TEXTS).argmax(-1)
     got = classify(model, TEXTS)
+    assert len(set(want)) > 1  # the texts do not all get the same label
     assert [max(s, key=s.get) for s in got] == [labels[i] for i in want]
 
 
@@ -145,6 +172,7 @@ def test_multi_label_classifier_scores_match_jax(classifiers, tmp_path):
     assert labels == ["animal", "color"]
     got = classify(export(workdir, tmp_path / "multi.tflite"), TEXTS)
     want = special.expit(jax_outputs(workdir, TEXTS))
+    assert np.ptp(want, axis=0).max() > 0.1
     for scores, row in zip(got, want):
         np.testing.assert_allclose([scores[n] for n in labels], row, atol=1e-4, rtol=0)
 
@@ -156,26 +184,8 @@ def embed(model_path, texts) -> np.ndarray:
                          for t in texts])
 
 
-def encoder_checkpoint(directory, tokenizer_path, vocab_size):
-    """A pretraining checkpoint (MLM/NSP heads included) of the tiny model, initialised at a
-    larger scale than training would so that the pooled outputs of different texts differ."""
-    import jax
-    import jax.numpy as jnp
-    from flax.core import meta
-
-    from mobilebert_jax.models.heads import MobileBertForPreTraining
-
-    config = tiny_model_config(vocab_size).replace(initializer_range=0.3)
-    params = meta.unbox(MobileBertForPreTraining(config).init(
-        jax.random.PRNGKey(1), jnp.ones((1, 8), jnp.int32))["params"])
-    checkpoint.save_pretrained(str(directory), config, params, tokenizer_path=tokenizer_path)
-    return directory
-
-
 def test_encoder_embeddings_match_jax(tmp_path):
-    vocab = tmp_path / "vocab.txt"
-    vocab.write_text("\n".join(SPECIALS + WORDS + ["?", "."]) + "\n")
-    directory = encoder_checkpoint(tmp_path / "encoder", str(vocab), len(SPECIALS) + len(WORDS) + 2)
+    directory = encoder_checkpoint(tmp_path / "encoder", *words_vocab(tmp_path))
     got = embed(export(directory, tmp_path / "encoder.tflite"), TEXTS)
     want = jax_outputs(directory, TEXTS)
     assert got.shape == want.shape == (len(TEXTS), 32)
