@@ -42,7 +42,6 @@ import sys
 import time
 
 import jax
-import numpy as np
 from flax import linen as nn
 from jax.sharding import Mesh
 
@@ -248,14 +247,15 @@ def compile_program(fn, args, mesh, rules, usable_bytes: int) -> dict:
               ("argument", "output", "alias", "temp", "generated_code")}
     total = (memory["argument"] + memory["output"] - memory["alias"] + memory["temp"]
              + memory["generated_code"])
-    ops = hlo.collective_ops(compiled.as_text())
+    text = compiled.as_text()
+    ops, crossing = hlo.collective_ops(text), hlo.cross_slice(text)
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     return {"fits": total <= usable_bytes, "seconds": seconds, "memory": memory,
             "total_bytes": total, "usable_bytes": usable_bytes,
             "margin_bytes": usable_bytes - total, "flops": float(cost.get("flops", -1.0)),
             "matmul_flops": hlo.dot_flops(lowered.as_text(dialect="hlo")) / mesh.size,
-            "collectives": hlo.totals(ops), **({"cross_slice": cross_slice(ops, mesh)}
+            "collectives": hlo.totals(ops), **({"cross_slice": hlo.totals(crossing)}
                                                 if parallel.num_slices(mesh.devices.flat) > 1
                                                 else {})}
 
@@ -266,14 +266,16 @@ def fsdp_ideal(trained, frozen, mesh, compute_bytes: int, train: bool = True) ->
     all-gather's output, a reduce-scatter's input, an all-reduce's operand).
 
     `trained`: the abstract params (sharded `jax.ShapeDtypeStruct`s) that the step
-    differentiates, `frozen`: params it only reads (a distillation teacher). For a param of n
-    elements split t ways by the mesh axes other than `fsdp` (the tensor axis stays split):
-    * sharded on `fsdp`: all-gathered once in the forward and once in the backward pass in the
-      compute dtype (2 c n / t bytes; once for a frozen param or in an eval step), its
-      gradient reduce-scattered once (g n / t, g the param's own dtype size), and with
-      `data` > 1 that shard's gradient all-reduced over `data` (g n / (t fsdp));
+    differentiates, `frozen`: params it only reads (a distillation teacher); c: the compute
+    dtype's size (the params' copies the matmuls read, whose gradients XLA reduces before
+    converting them to the params' float32). For a param of n elements split t ways by the
+    mesh axes other than `fsdp` (the tensor axis stays split):
+    * sharded on `fsdp`: all-gathered once in the forward and once in the backward pass
+      (2 c n / t bytes; once for a frozen param or in an eval step), its gradient
+      reduce-scattered once (c n / t), and with `data` > 1 that shard's gradient all-reduced
+      over `data` (c n / (t fsdp));
     * not sharded on `fsdp` (replicated over the batch axes): its gradient all-reduced whole
-      (g n / t) when data x fsdp > 1.
+      (c n / t) when data x fsdp > 1.
     Nothing else: no all-to-all or collective-permute (activation traffic, the batch's
     gathers and the loss's scalar reductions are not counted). Per-device wire traffic is
     (k-1)/k of these bytes for an all-gather or reduce-scatter over k devices and 2(k-1)/k for
@@ -284,51 +286,23 @@ def fsdp_ideal(trained, frozen, mesh, compute_bytes: int, train: bool = True) ->
     def split(leaf):
         axes = [n for dim in leaf.sharding.spec for n in parallel._axis_names(dim)]
         ways = math.prod(mesh.shape[n] for n in axes if n != "fsdp")
-        return math.prod(leaf.shape) / ways, "fsdp" in axes and fsdp > 1
+        return compute_bytes * math.prod(leaf.shape) / ways, "fsdp" in axes and fsdp > 1
 
     for leaf in jax.tree.leaves(frozen):
-        n, sharded = split(leaf)
-        out["all-gather"] += compute_bytes * n if sharded else 0
+        nbytes, sharded = split(leaf)
+        out["all-gather"] += nbytes if sharded else 0
     for leaf in jax.tree.leaves(trained):
-        n, sharded = split(leaf)
-        g = leaf.dtype.itemsize
+        nbytes, sharded = split(leaf)
         if sharded:
-            out["all-gather"] += (2 if train else 1) * compute_bytes * n
+            out["all-gather"] += (2 if train else 1) * nbytes
         if not train:
             continue
         if sharded:
-            out["reduce-scatter"] += g * n
-            out["all-reduce"] += g * n / fsdp if data > 1 else 0
+            out["reduce-scatter"] += nbytes
+            out["all-reduce"] += nbytes / fsdp if data > 1 else 0
         elif data * fsdp > 1:
-            out["all-reduce"] += g * n
+            out["all-reduce"] += nbytes
     return {k: int(v) for k, v in out.items()}
-
-
-def cross_slice(ops: list[dict], mesh) -> dict:
-    """{kind: {"count", "bytes", "axes"}} of the collectives whose device groups span devices
-    of several slices (`slice_index`), with the mesh axes their groups vary along; a
-    collective whose groups the HLO text does not give in a known form counts under
-    "unknown" axes."""
-    devices = list(mesh.devices.flat)  # the programs' device assignment: the mesh's order
-    coords = [np.unravel_index(i, mesh.devices.shape) for i in range(len(devices))]
-    out = {}
-    for op in ops:
-        groups = op["groups"]
-        if groups == []:
-            groups = [list(range(len(devices)))]
-        if groups is None:
-            crosses, axes = True, {"unknown"}
-        else:
-            crosses = any(len({getattr(devices[i], "slice_index", 0) for i in g}) > 1
-                          for g in groups)
-            axes = {name for g in groups for k, name in enumerate(mesh.axis_names)
-                    if len({coords[i][k] for i in g}) > 1}
-        if crosses:
-            entry = out.setdefault(op["kind"], {"count": 0, "bytes": 0, "axes": []})
-            entry["count"] += 1
-            entry["bytes"] += op["bytes"]
-            entry["axes"] = sorted(set(entry["axes"]) | axes)
-    return out
 
 
 def _size(n: float) -> str:
@@ -360,9 +334,7 @@ def describe(name: str, r: dict, target_name: str) -> list[str]:
         lines.append(f"    {kind:<20}{c['count']:>31}{c['bytes'] / 2 ** 20:>10.2f}"
                      + (f"{ideal / 2 ** 20:>10.2f}" if ideal is not None else ""))
     if "cross_slice" in r:
-        crossing = [f"{kind} {c['count']} ({c['bytes'] / 2 ** 20:.2f} MiB) over "
-                    f"{'+'.join(c['axes'])}" for kind, c in r["cross_slice"].items()]
-        lines.append(f"  across slices: {', '.join(crossing) or 'none'}")
+        lines.append(f"  across slices (sent per device): {hlo.summary(r['cross_slice'])}")
     return lines
 
 

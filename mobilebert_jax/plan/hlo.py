@@ -18,8 +18,6 @@ from __future__ import annotations
 import math
 import re
 
-import numpy as np
-
 KINDS = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")
 REDUCE_SCATTER_COMPUTATION = "all-reduce-scatter"
 
@@ -63,54 +61,32 @@ def _instructions(text: str):
             computation = c["name"]
 
 
-def replica_groups(rest: str) -> list[list[int]] | None:
-    """The device groups of a collective from the rest of its HLO line: `replica_groups=
-    {{0,1},{2,3}}`, the iota form `[2,2]<=[4]` / `[2,2]<=[2,2]T(1,0)`, the mesh form
-    `mesh['axis_0'=2,'axis_1'=2] {'axis_1'}` (a group per combination of the axes not
-    listed), or a collective-permute's `source_target_pairs` (each pair a group); `[]` when
-    the op names no groups (every device), None when the form is not one of these. The ids are
-    the program's partition ids: positions in its device assignment."""
-    pairs = re.search(r"source_target_pairs=\{((?:\{[\d,]*\},?)*)\}", rest)
-    if pairs:
-        return [[int(i) for i in g.split(",") if i] for g in re.findall(r"\{([\d,]*)\}", pairs[1])]
-    m = re.search(r"replica_groups=(\{(?:\{[\d,]*\},?)*\})", rest)
-    if m:
-        return [[int(i) for i in g.split(",")] for g in re.findall(r"\{([\d,]+)\}", m[1])]
-    m = re.search(r"replica_groups=\[([\d,]+)\]<=\[([\d,]+)\](?:T\(([\d,]+)\))?", rest)
-    if m:
-        shape = [int(d) for d in m[1].split(",")]
-        ids = np.arange(math.prod(shape)).reshape([int(d) for d in m[2].split(",")])
-        if m[3]:
-            ids = ids.transpose([int(d) for d in m[3].split(",")])
-        return ids.reshape(shape[0], -1).tolist()
-    m = re.search(r"replica_groups=mesh\[([^\]]*)\]\s*\{([^}]*)\}", rest)
-    if m:
-        axes = re.findall(r"'([\w.]+)'=(\d+)", m[1])
-        names = [a for a, _ in axes]
-        grouped = [names.index(a) for a in re.findall(r"'([\w.]+)'", m[2])]
-        ids = np.arange(math.prod(int(n) for _, n in axes)).reshape([int(n) for _, n in axes])
-        others = [i for i in range(len(axes)) if i not in grouped]
-        ids = ids.transpose(others + grouped)
-        return ids.reshape(-1, math.prod(int(axes[i][1]) for i in grouped)).tolist()
-    return None
+def cross_slice(text: str) -> list[dict]:
+    """The transfers between slices of a multislice program as {"kind", "bytes"}: XLA:TPU
+    compiles each slice's part of a collective that spans slices as a collective inside the
+    slice plus a `send` to the DCN runtime (`_xla_megascale_transfer_type` ALL_REDUCE,
+    ALL_GATHER, ...; its operand is the bytes a device sends, in the runtime's [n, 8, 128]
+    tiles)."""
+    out = []
+    for _, _, shape, op, _, rest in _instructions(text):
+        kind = re.search(r'_xla_megascale_transfer_type="(\w+)"', rest)
+        if op == "send" and kind:
+            array = _ARRAY.search(shape)
+            out.append({"kind": kind[1].lower().replace("_", "-"),
+                        "bytes": shape_bytes(array[0]) if array else 0})
+    return out
 
 
 def collective_ops(text: str) -> list[dict]:
-    """Every collective of compiled HLO text as {"kind", "bytes", "groups"} (`KINDS`; bytes as
-    the module docstring says; groups from `replica_groups`, those of the all-reduce inside a
-    reduce-scatter fusion)."""
+    """Every collective of compiled HLO text as {"kind", "bytes"} (`KINDS`; bytes as the module
+    docstring says)."""
     rows = list(_instructions(text))
     sizes = {name: shape_bytes(shape) for _, name, shape, _, _, _ in rows}
-    ops = {name: (op, operands, rest) for _, name, _, op, operands, rest in rows}
-    inner = {}  # reduce-scatter computation -> the groups of its all-reduce
-    for computation, _, _, op, _, rest in rows:
-        if computation and computation.startswith(REDUCE_SCATTER_COMPUTATION) and \
-                op == "all-reduce":
-            inner[computation] = replica_groups(rest)
+    ops = {name: (op, operands) for _, name, _, op, operands, _ in rows}
     out = []
 
-    def add(kind, result_bytes, operands, rest):
-        out.append({"kind": kind, "groups": replica_groups(rest),
+    def add(kind, result_bytes, operands):
+        out.append({"kind": kind,
                     "bytes": max(result_bytes, sum(sizes.get(o, 0) for o in operands))})
 
     for computation, name, shape, op, operands, rest in rows:
@@ -119,15 +95,14 @@ def collective_ops(text: str) -> list[dict]:
         if op == "fusion":
             called = _CALLS.search(rest)
             if called and called[1].startswith(REDUCE_SCATTER_COMPUTATION):
-                add("reduce-scatter", sizes[name], operands, "")
-                out[-1]["groups"] = inner.get(called[1])
+                add("reduce-scatter", sizes[name], operands)
             continue
         for kind in KINDS:
             if op == kind:
-                add(kind, sizes[name], operands, rest)
-            elif op == f"{kind}-done":  # the start's operands and groups, the done's result
-                start = ops.get(operands[0], (None, [], "")) if operands else (None, [], "")
-                add(kind, sizes[name], start[1], start[2])
+                add(kind, sizes[name], operands)
+            elif op == f"{kind}-done":  # the start's operands, the done's result
+                start = ops.get(operands[0], (None, [])) if operands else (None, [])
+                add(kind, sizes[name], start[1])
     return out
 
 
@@ -138,10 +113,11 @@ def collectives(text: str) -> dict[str, dict[str, int]]:
 
 
 def totals(ops: list[dict]) -> dict[str, dict[str, int]]:
-    """{kind: {"count", "bytes"}} of `collective_ops` entries, every kind of `KINDS`."""
+    """{kind: {"count", "bytes"}} of `collective_ops` (or `cross_slice`) entries, every kind of
+    `KINDS` and any other kind they hold."""
     out = {kind: {"count": 0, "bytes": 0} for kind in KINDS}
     for op in ops:
-        out[op["kind"]]["count"] += 1
+        out.setdefault(op["kind"], {"count": 0, "bytes": 0})["count"] += 1
         out[op["kind"]]["bytes"] += op["bytes"]
     return out
 
