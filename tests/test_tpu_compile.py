@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-pytest.importorskip("libtpu", reason="libtpu is not installed (pip install 'jax[tpu]'): the TPU "
+pytest.importorskip("libtpu", reason="libtpu is not installed (pip install -e '.[tpu]'): the TPU "
                                      "compile checks need its compiler")
 
 from mobilebert_jax.plan import compile as tpu_compile  # noqa: E402

@@ -1,5 +1,5 @@
 """Compiles every step program of a training config for a Cloud TPU slice, on this machine, with
-no TPU (the compiler in libtpu, `pip install "jax[tpu]"`):
+no TPU (the compiler in libtpu, `pip install -e ".[tpu]"`):
 
     python -m mobilebert_jax.plan.compile --config=configs/teacher.py[:VARIANT] --topology=v4-8
         [--stages=train,eval] [--num_slices=N] [--teacher_preset=ibbert_large]
@@ -12,8 +12,10 @@ analysis (arguments, outputs, aliases, temporaries, generated code; total = argu
 - aliases + temporaries + code) against the HBM XLA allows, with the margin and a verdict; the
 FLOPs XLA counts (`cost_analysis`: every op, norms, activations and the optimizer included) and
 those of the matmuls alone (the lowered program's dots over the devices: what the analytic count
-of `metrics.throughput` and MFU cover); the collectives by kind (`plan/hlo.py`). A program that
-does not fit makes the command fail with one line naming it.
+of `metrics.throughput` and MFU cover); the collectives' bytes by kind (`plan/hlo.py`) against
+an ideal FSDP step (`fsdp_ideal`); with `--num_slices` > 1 (the mesh from `mesh.dcn_shape`, as
+the trainer builds it) the transfers between slices. A program that does not fit makes the
+command fail with one line naming it.
 
 Distillation: the teacher's model config comes from `teacher_checkpoint` when it is a directory,
 else from `--teacher_preset` (in the student's dtype); every stage program is compiled (PKT: one
