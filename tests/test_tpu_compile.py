@@ -200,6 +200,10 @@ def test_topologies_and_meshes():
     mesh = tpu_compile.make_mesh((-1, 4, 1), two)  # default dcn_shape: slices on data
     assert dict(mesh.shape) == {"data": 2, "fsdp": 4, "tensor": 1}
     assert {d.slice_index for d in mesh.devices[0].flat} == {0}  # one slice per data row
+    with pytest.raises(ValueError, match=r"mesh.dcn_shape \(3, 1, 1\) does not fit the 2 "):
+        tpu_compile.make_mesh((-1, 4, 1), two, dcn_shape=(3, 1, 1))
+    with pytest.raises(ValueError, match="does not split over the slices"):
+        tpu_compile.make_mesh((-1, 4, 1), two, dcn_shape=(1, 1, 2))  # tensor 1 over 2 slices
     # a shape that jax's mesh_utils cannot lay on the 4x4x4 torus (the trainer's make_mesh too)
     with pytest.raises(ValueError, match="cannot lay it on the torus"):
         tpu_compile.make_mesh((8, 8, 1), tpu_compile.topology_devices(
