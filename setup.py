@@ -18,6 +18,10 @@ EXTRAS = {
 }
 # `.[all]`: every extra, what the test suite exercises (the README's install command).
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
+# XLA:TPU's compiler (libtpu, the release jax 0.10.2 pairs with): `mobilebert_jax.plan.compile`
+# compiles for a Cloud TPU slice on any Linux machine with it, no TPU needed. Not in `all`
+# (Linux only, hundreds of MB); CI installs it.
+EXTRAS["tpu"] = ["libtpu==0.0.42.1"]
 # Beam's Google Cloud I/O and DataflowRunner, for `data.prepare` on Dataflow (not in `all`: no
 # test runs a cloud service).
 EXTRAS["dataflow"] = ["apache-beam[gcp]"]

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Cloud TPU VM lifecycle for teacher pretraining, everything in one bucket:
 #
-#   launch/tpu_vm.sh create    # request the TPU VM through a queued resource (spot/reserved/...)
+#   launch/tpu_vm.sh check     # compile $CONFIG for $ACCELERATOR here (libtpu, no TPU): fits?
+#   launch/tpu_vm.sh create    # check, then request the TPU VM through a queued resource
 #   launch/tpu_vm.sh wait      # until the queued resource is ACTIVE
 #   launch/tpu_vm.sh install   # this repo + its dependencies on every worker
 #   launch/tpu_vm.sh prepare   # the pretraining dataset, once, into $BUCKET (worker 0 only)
@@ -14,7 +15,8 @@
 # checkpoints, metrics.jsonl and TensorBoard events), TPU_NAME, ZONE, ACCELERATOR (v4-32, v4-64,
 # v5p-256, v3-256, ...), RUNTIME (TPU software version), PROJECT, PROVISIONING (spot | reserved |
 # on-demand), CONFIG (default: the memory plan's variant for ACCELERATOR), CORPUS, DATASET_DIR,
-# RUN_NAME, EXTRA_ARGS, REPO_URL and REPO_REF.
+# RUN_NAME, EXTRA_ARGS, REPO_URL and REPO_REF; PYTHON (check: an environment with this repo and
+# `pip install -e .[tpu]`; default python3) and SKIP_CHECK=1 (create without the check).
 # A spot VM that is preempted is recreated with `create` + `wait` + `install` + `run`: the run
 # resumes from the newest checkpoint in $BUCKET (on any host count).
 set -euo pipefail
@@ -24,8 +26,12 @@ QUEUED_RESOURCE=${QUEUED_RESOURCE:-$TPU_NAME-qr}
 ZONE=${ZONE:-us-central2-b}
 ACCELERATOR=${ACCELERATOR:-v4-32}
 RUNTIME=${RUNTIME:-tpu-ubuntu2204-base}
-PROJECT=${PROJECT:-$(gcloud config get-value project 2>/dev/null)}
+PROJECT=${PROJECT:-$(gcloud config get-value project 2>/dev/null || true)}
 PROVISIONING=${PROVISIONING:-spot}
+PYTHON=${PYTHON:-python3}
+COMMAND=${1:-}
+# `check` runs here and needs no bucket or repository URL.
+[[ "$COMMAND" == check ]] && BUCKET=${BUCKET:-gs://unused} REPO_URL=${REPO_URL:-unused}
 BUCKET=${BUCKET:?set BUCKET=gs://your-bucket}
 BUCKET=${BUCKET%/}
 # The paper's batch with the mesh and remat policy the memory plan gives for the slice
@@ -55,8 +61,24 @@ qr() {
   gcloud compute tpus queued-resources "$@" --zone="$ZONE" --project="$PROJECT"
 }
 
-case "${1:-}" in
+# The config's step programs compiled for $ACCELERATOR by XLA:TPU on this machine
+# (mobilebert_jax.plan.compile): memory per device against HBM, a verdict; fails when one
+# does not fit. Minutes for a full-size config on a CPU.
+check() {
+  cd "$(dirname "$0")/.."
+  "$PYTHON" -m mobilebert_jax.plan.compile --config="$CONFIG" --topology="$ACCELERATOR" \
+    $EXTRA_ARGS
+}
+
+case "$COMMAND" in
+  check)
+    check
+    ;;
   create)
+    if [[ "${SKIP_CHECK:-0}" != 1 ]]; then
+      check || { echo "error: the check of $CONFIG on $ACCELERATOR failed (above); not" \
+        "creating $TPU_NAME (SKIP_CHECK=1 creates it anyway)" >&2; exit 1; }
+    fi
     case "$PROVISIONING" in
       spot) mode=(--spot);;
       reserved) mode=(--reserved);;
@@ -118,6 +140,6 @@ case "${1:-}" in
     qr delete "$QUEUED_RESOURCE" --force --quiet
     ;;
   *)
-    sed -n '2,19p' "$0"; exit 1
+    sed -n '2,21p' "$0"; exit 1
     ;;
 esac

@@ -23,6 +23,9 @@ def trainer_fields(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     config.compilation_cache_dir = ""
     config.mesh = ml_collections.ConfigDict(dict(
         shape=(-1, 1, 1),  # (data, fsdp, tensor); -1 = the devices left
+        # slices (multislice TPU) each axis spans; -1 = the slices left: data parallelism
+        # across slices; (1, 1, 1) on one slice
+        dcn_shape=(-1, 1, 1),
         rules=DEFAULT_RULES,
     ))
     return config

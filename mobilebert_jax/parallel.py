@@ -66,10 +66,35 @@ def mesh_shape(shape: Sequence[int], num_devices: int) -> tuple[int, ...]:
     return tuple(shape)
 
 
-def make_mesh(shape: Sequence[int] = (-1, 1, 1), devices=None) -> Mesh:
+def num_slices(devices) -> int:
+    """The TPU slices `devices` span (their `slice_index`; 1 for devices without one)."""
+    return len({getattr(d, "slice_index", 0) for d in devices})
+
+
+def make_mesh(shape: Sequence[int] = (-1, 1, 1), devices=None,
+              dcn_shape: Sequence[int] = (-1, 1, 1)) -> Mesh:
+    """The (data, fsdp, tensor) mesh of `shape` (over all devices) on `devices`. On several TPU
+    slices (multislice) `dcn_shape` says how many slices each axis spans (-1: the slices left;
+    the default puts them on `data`: data parallelism across slices, whose gradient reduction
+    is the only traffic between them) and `shape` / `dcn_shape` is the mesh inside a slice."""
     devices = jax.devices() if devices is None else devices
     resolved = mesh_shape(shape, len(devices))
-    grid = mesh_utils.create_device_mesh(resolved, devices=devices)
+    slices = num_slices(devices)
+    try:
+        dcn = mesh_shape(dcn_shape, slices)
+    except ValueError:
+        raise ValueError(f"mesh.dcn_shape {tuple(dcn_shape)} does not fit the {slices} "
+                         f"slice(s) the devices span (its entries multiply to the slice count; "
+                         f"-1 takes the slices left)") from None
+    if slices == 1:
+        grid = mesh_utils.create_device_mesh(resolved, devices=devices)
+    else:
+        if any(r % d for r, d in zip(resolved, dcn)):
+            raise ValueError(f"mesh shape {resolved} does not split over the slices as "
+                             f"mesh.dcn_shape {dcn} says")
+        ici = tuple(r // d for r, d in zip(resolved, dcn))
+        grid = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices,
+                                                    allow_split_physical_axes=True)
     return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
 
 

@@ -3,7 +3,7 @@ SQuAD span prediction.
 
 MLM head (`cls/predictions`): t = LayerNorm(act(Dense(h))) — a real LayerNorm even in the NoNorm
 student — then logits = t · concat([word_embeddings, extra_output_weights], axis=1)ᵀ + output_bias,
-the first `embedding_size` columns tied to the input table.
+the first `embedding_size` columns tied to the input table (computed as one matmul per table).
 """
 from __future__ import annotations
 
@@ -52,21 +52,29 @@ class MaskedLMHead(nn.Module):
     def __call__(self, h, word_embeddings):
         c = self.config
         t = TransformDense(c, name="transform")(h)
-        weights = word_embeddings
+        dtype = layers.compute_dtype(c)
+        t = t.astype(dtype)
+
+        def scores(x, table):  # one matmul per table, float32 logits: the tables stay in
+            # their own shardings (no concatenated [V, H] copy to reshard, whose gradient an
+            # FSDP mesh would all-reduce whole)
+            return jnp.einsum("...h,vh->...v", x, table.astype(dtype),
+                              preferred_element_type=jnp.float32)
+
+        embedding_size = word_embeddings.shape[1]
+        logits = scores(t[..., :embedding_size], word_embeddings)
         if c.mlm_extra_columns:
             extra = self.param(
                 "extra_output_weights",
                 nn.with_logical_partitioning(layers.truncated_normal(c.initializer_range),
                                              (layers.VOCAB, layers.EMBED)),
                 (c.vocab_size, c.mlm_extra_columns), jnp.float32)
-            weights = jnp.concatenate([weights, extra], axis=1)
+            logits = logits + scores(t[..., embedding_size:], extra)
         bias = self.param("output_bias",
                           nn.with_logical_partitioning(nn.initializers.zeros_init(),
                                                        (layers.VOCAB,)),
                           (c.vocab_size,), jnp.float32)
-        dtype = layers.compute_dtype(c)
-        logits = jnp.einsum("...h,vh->...v", t.astype(dtype), weights.astype(dtype))
-        return logits.astype(jnp.float32) + bias
+        return logits + bias
 
 
 class TransformDense(nn.Module):

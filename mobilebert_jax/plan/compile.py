@@ -1,5 +1,5 @@
 """Compiles every step program of a training config for a Cloud TPU slice, on this machine, with
-no TPU (the compiler in libtpu, `pip install "jax[tpu]"`):
+no TPU (the compiler in libtpu, `pip install -e ".[tpu]"`):
 
     python -m mobilebert_jax.plan.compile --config=configs/teacher.py[:VARIANT] --topology=v4-8
         [--stages=train,eval] [--num_slices=N] [--teacher_preset=ibbert_large]
@@ -12,8 +12,10 @@ analysis (arguments, outputs, aliases, temporaries, generated code; total = argu
 - aliases + temporaries + code) against the HBM XLA allows, with the margin and a verdict; the
 FLOPs XLA counts (`cost_analysis`: every op, norms, activations and the optimizer included) and
 those of the matmuls alone (the lowered program's dots over the devices: what the analytic count
-of `metrics.throughput` and MFU cover); the collectives by kind (`plan/hlo.py`). A program that
-does not fit makes the command fail with one line naming it.
+of `metrics.throughput` and MFU cover); the collectives' bytes by kind (`plan/hlo.py`) against
+an ideal FSDP step (`fsdp_ideal`); with `--num_slices` > 1 (the mesh from `mesh.dcn_shape`, as
+the trainer builds it) the transfers between slices. A program that does not fit makes the
+command fail with one line naming it.
 
 Distillation: the teacher's model config comes from `teacher_checkpoint` when it is a directory,
 else from `--teacher_preset` (in the student's dtype); every stage program is compiled (PKT: one
@@ -43,14 +45,13 @@ import time
 
 import jax
 from flax import linen as nn
-from jax.experimental import mesh_utils
-from jax.sharding import AxisType, Mesh
+from jax.sharding import Mesh
 
 from mobilebert_jax import checkpoint, cli, files, parallel
 from mobilebert_jax.metrics import throughput
 from mobilebert_jax.models.config import MobileBertConfig, get_config
 from mobilebert_jax.plan import hlo
-from mobilebert_jax.train import distill, distill_stages, finetune, finetune_tasks, pretrain
+from mobilebert_jax.train import core, distill, distill_stages, finetune, finetune_tasks, pretrain
 
 GIB = 2 ** 30
 
@@ -132,25 +133,16 @@ def topology_devices(t: Target, num_slices: int = 1) -> list:
     return list(topo.devices)
 
 
-def make_mesh(shape, devices, num_slices: int = 1) -> Mesh:
-    """The config's (data, fsdp, tensor) mesh over `devices`; with several slices the data axis
-    spans them (each slice holds data / num_slices of it: a layout of this tool's own, since
-    `parallel.make_mesh` refuses several slices). A shape that the trainer's `parallel.make_mesh`
-    cannot lay on the slice's torus is an error, as it would be in the run."""
-    if num_slices == 1:
-        try:
-            return parallel.make_mesh(shape, devices)
-        except NotImplementedError as e:  # jax's mesh_utils: no torus axis assignment
-            raise ValueError(f"mesh {parallel.mesh_shape(shape, len(devices))} over "
-                             f"{len(devices)} devices: the trainer's parallel.make_mesh cannot "
-                             f"lay it on the torus ({str(e).split('. ')[0]})") from None
-    resolved = parallel.mesh_shape(shape, len(devices))
-    if resolved[0] % num_slices:
-        raise ValueError(f"mesh {resolved}: the data axis {resolved[0]} does not split over "
-                         f"{num_slices} slices")
-    per_slice = (resolved[0] // num_slices,) + resolved[1:]
-    grid = mesh_utils.create_hybrid_device_mesh(per_slice, (num_slices, 1, 1), devices)
-    return Mesh(grid, parallel.MESH_AXES, axis_types=(AxisType.Auto,) * len(parallel.MESH_AXES))
+def make_mesh(shape, devices, dcn_shape=(-1, 1, 1)) -> Mesh:
+    """The trainer's mesh (`parallel.make_mesh`: with several slices, `dcn_shape` of them per
+    axis) over `devices`. A shape that it cannot lay on the slice's torus is an error, as it
+    would be in the run."""
+    try:
+        return parallel.make_mesh(shape, devices, dcn_shape)
+    except NotImplementedError as e:  # jax's mesh_utils: no torus axis assignment
+        raise ValueError(f"mesh {parallel.mesh_shape(shape, len(devices))} over "
+                         f"{len(devices)} devices: the trainer's parallel.make_mesh cannot "
+                         f"lay it on the torus ({str(e).split('. ')[0]})") from None
 
 
 # -- the trainer's programs -----------------------------------------------------------------------
@@ -174,14 +166,15 @@ def check_batch(size: int, mesh) -> None:
 
 def build(config, mesh, rules, teacher_preset: str = "ibbert_large",
           model_preset: str = "mobilebert", total_steps: int = 1000):
-    """(the trainer's `core.Program`, a description) for `config` on `mesh`, with the checks
-    its trainer makes before it builds."""
+    """(the trainer's `core.Program`, a description, the trained model's config) for `config`
+    on `mesh`, with the checks its trainer makes before it builds."""
     trainer = config.get("trainer")
     check_batch(config.batch_size, mesh)
     if trainer == "pretrain":
         seq, preds = config.data.seq_len, config.data.max_predictions_per_seq
         return (pretrain.build_program(config, mesh, rules, seq, preds),
-                f"batch {config.batch_size} x seq {seq}, {preds} predictions")
+                f"batch {config.batch_size} x seq {seq}, {preds} predictions",
+                MobileBertConfig.from_dict(config.model.to_dict()))
     if trainer == "distill":
         student = MobileBertConfig.from_dict(config.model.to_dict())
         distill_stages.check_student_preset(config.student, student)
@@ -192,14 +185,15 @@ def build(config, mesh, rules, teacher_preset: str = "ibbert_large",
         seq, preds = config.data.seq_len, config.data.max_predictions_per_seq
         return (distill.build_program(config, mesh, rules, teacher, seq, preds),
                 f"strategy {config.strategy}, teacher from {source}, batch "
-                f"{config.batch_size} x seq {seq}, {preds} predictions")
+                f"{config.batch_size} x seq {seq}, {preds} predictions", student)
     if trainer in finetune_tasks.TASKS:
         task = finetune_tasks.task_for(config)
         check_batch(config.eval_batch_size, mesh)
         model, source = model_config_from(config.init_checkpoint, model_preset)
         seq = int(config.max_seq_length)
         return (finetune.build_program(config, mesh, rules, task, model, seq, total_steps),
-                f"{task.name}, model from {source}, batch {config.batch_size} x seq {seq}")
+                f"{task.name}, model from {source}, batch {config.batch_size} x seq {seq}",
+                model)
     raise ValueError(f"unknown trainer {trainer!r} in config; expected pretrain, distill, "
                      f"{', '.join(finetune_tasks.TASKS)}")
 
@@ -255,13 +249,62 @@ def compile_program(fn, args, mesh, rules, usable_bytes: int) -> dict:
               ("argument", "output", "alias", "temp", "generated_code")}
     total = (memory["argument"] + memory["output"] - memory["alias"] + memory["temp"]
              + memory["generated_code"])
+    text = compiled.as_text()
+    ops, crossing = hlo.collective_ops(text), hlo.cross_slice(text)
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     return {"fits": total <= usable_bytes, "seconds": seconds, "memory": memory,
             "total_bytes": total, "usable_bytes": usable_bytes,
             "margin_bytes": usable_bytes - total, "flops": float(cost.get("flops", -1.0)),
             "matmul_flops": hlo.dot_flops(lowered.as_text(dialect="hlo")) / mesh.size,
-            "collectives": hlo.collectives(compiled.as_text())}
+            "collectives": hlo.totals(ops), **({"cross_slice": hlo.totals(crossing)}
+                                                if parallel.num_slices(mesh.devices.flat) > 1
+                                                else {})}
+
+
+def fsdp_ideal(trained, frozen, mesh, compute_bytes: int, train: bool = True) -> dict:
+    """The collective bytes per device of an ideal FSDP step, by kind of `hlo.KINDS`, in the
+    unit `plan/hlo.py` counts (the whole array a collective spans on one device: an
+    all-gather's output, a reduce-scatter's input, an all-reduce's operand).
+
+    `trained`: the abstract params (sharded `jax.ShapeDtypeStruct`s) that the step
+    differentiates, `frozen`: params it only reads (a distillation teacher); c: the compute
+    dtype's size (the params' copies the matmuls read, whose gradients XLA reduces before
+    converting them to the params' float32). For a param of n elements split t ways by the
+    mesh axes other than `fsdp` (the tensor axis stays split):
+    * sharded on `fsdp`: all-gathered once in the forward and once in the backward pass
+      (2 c n / t bytes; once for a frozen param or in an eval step), its gradient
+      reduce-scattered once (c n / t), and with `data` > 1 that shard's gradient all-reduced
+      over `data` (c n / (t fsdp));
+    * not sharded on `fsdp` (replicated over the batch axes): its gradient all-reduced whole
+      (c n / t) when data x fsdp > 1.
+    Nothing else: no all-to-all or collective-permute (activation traffic, the batch's
+    gathers and the loss's scalar reductions are not counted). Per-device wire traffic is
+    (k-1)/k of these bytes for an all-gather or reduce-scatter over k devices and 2(k-1)/k for
+    an all-reduce (ring algorithms), the same factor for compiled and ideal."""
+    out = {kind: 0 for kind in hlo.KINDS}
+    data, fsdp = mesh.shape["data"], mesh.shape["fsdp"]
+
+    def split(leaf):
+        axes = [n for dim in leaf.sharding.spec for n in parallel._axis_names(dim)]
+        ways = math.prod(mesh.shape[n] for n in axes if n != "fsdp")
+        return compute_bytes * math.prod(leaf.shape) / ways, "fsdp" in axes and fsdp > 1
+
+    for leaf in jax.tree.leaves(frozen):
+        nbytes, sharded = split(leaf)
+        out["all-gather"] += nbytes if sharded else 0
+    for leaf in jax.tree.leaves(trained):
+        nbytes, sharded = split(leaf)
+        if sharded:
+            out["all-gather"] += (2 if train else 1) * nbytes
+        if not train:
+            continue
+        if sharded:
+            out["reduce-scatter"] += nbytes
+            out["all-reduce"] += nbytes / fsdp if data > 1 else 0
+        elif data * fsdp > 1:
+            out["all-reduce"] += nbytes
+    return {k: int(v) for k, v in out.items()}
 
 
 def _size(n: float) -> str:
@@ -287,7 +330,13 @@ def describe(name: str, r: dict, target_name: str) -> list[str]:
              f"(margin {_size(r['margin_bytes'])})",
              f"  FLOPs per device {r['flops']:.4g}, of which matmuls {r['matmul_flops']:.4g}"
              + (f" (analytic {r['analytic_flops']:.4g})" if "analytic_flops" in r else ""),
-             f"  collectives: {hlo.summary(r['collectives'])}"]
+             "  collectives per device (MiB; ideal: fsdp_ideal):  count  compiled     ideal"]
+    for kind, c in r["collectives"].items():
+        ideal = r.get("collectives_ideal", {}).get(kind)
+        lines.append(f"    {kind:<20}{c['count']:>31}{c['bytes'] / 2 ** 20:>10.2f}"
+                     + (f"{ideal / 2 ** 20:>10.2f}" if ideal is not None else ""))
+    if "cross_slice" in r:
+        lines.append(f"  across slices (sent per device): {hlo.summary(r['cross_slice'])}")
     return lines
 
 
@@ -300,9 +349,9 @@ def run(config, topology: str, stages: list[str] | None = None, num_slices: int 
         raise ValueError(f"--num_slices={num_slices}: must be >= 1")
     t = target(topology, chip_config)
     devices = topology_devices(t, num_slices)
-    mesh = make_mesh(config.mesh.shape, devices, num_slices)
+    mesh = make_mesh(config.mesh.shape, devices, config.mesh.get("dcn_shape", (-1, 1, 1)))
     rules = parallel.rules_from_config(config.mesh.rules)
-    program, what = build(config, mesh, rules, teacher_preset, model_preset, total_steps)
+    program, what, model = build(config, mesh, rules, teacher_preset, model_preset, total_steps)
     chosen = select(program.steps, stages)
     kind = devices[0].device_kind
     leaves = jax.tree.leaves(program.abstract_state)
@@ -328,6 +377,11 @@ def run(config, topology: str, stages: list[str] | None = None, num_slices: int 
                "state_bytes_per_device": state_per_device, "programs": {}}
     for name, (fn, args) in chosen.items():
         r = compile_program(fn, args, mesh, rules, t.usable_bytes)
+        if "collectives" in r:
+            train = isinstance(args[0], core.TrainState)
+            r["collectives_ideal"] = fsdp_ideal(
+                args[0].params if train else args[0], args[2:] if train else (), mesh,
+                2 if model.dtype == "bfloat16" else 4, train)
         if config.trainer == "pretrain" and name == "train step":
             model = MobileBertConfig.from_dict(config.model.to_dict())
             r["analytic_flops"] = throughput.pretraining_step_flops(

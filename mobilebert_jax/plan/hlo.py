@@ -61,17 +61,33 @@ def _instructions(text: str):
             computation = c["name"]
 
 
-def collectives(text: str) -> dict[str, dict[str, int]]:
-    """{kind: {"count": n, "bytes": b}} of the collectives in compiled HLO text, every kind of
-    `KINDS` present (0 when absent)."""
-    out = {kind: {"count": 0, "bytes": 0} for kind in KINDS}
+def cross_slice(text: str) -> list[dict]:
+    """The transfers between slices of a multislice program as {"kind", "bytes"}: XLA:TPU
+    compiles each slice's part of a collective that spans slices as a collective inside the
+    slice plus a `send` to the DCN runtime (`_xla_megascale_transfer_type` ALL_REDUCE,
+    ALL_GATHER, ...; its operand is the bytes a device sends, in the runtime's [n, 8, 128]
+    tiles)."""
+    out = []
+    for _, _, shape, op, _, rest in _instructions(text):
+        kind = re.search(r'_xla_megascale_transfer_type="(\w+)"', rest)
+        if op == "send" and kind:
+            array = _ARRAY.search(shape)
+            out.append({"kind": kind[1].lower().replace("_", "-"),
+                        "bytes": shape_bytes(array[0]) if array else 0})
+    return out
+
+
+def collective_ops(text: str) -> list[dict]:
+    """Every collective of compiled HLO text as {"kind", "bytes"} (`KINDS`; bytes as the module
+    docstring says)."""
     rows = list(_instructions(text))
     sizes = {name: shape_bytes(shape) for _, name, shape, _, _, _ in rows}
     ops = {name: (op, operands) for _, name, _, op, operands, _ in rows}
+    out = []
 
     def add(kind, result_bytes, operands):
-        out[kind]["count"] += 1
-        out[kind]["bytes"] += max(result_bytes, sum(sizes.get(o, 0) for o in operands))
+        out.append({"kind": kind,
+                    "bytes": max(result_bytes, sum(sizes.get(o, 0) for o in operands))})
 
     for computation, name, shape, op, operands, rest in rows:
         if computation and computation.startswith(REDUCE_SCATTER_COMPUTATION):
@@ -85,8 +101,24 @@ def collectives(text: str) -> dict[str, dict[str, int]]:
             if op == kind:
                 add(kind, sizes[name], operands)
             elif op == f"{kind}-done":  # the start's operands, the done's result
-                start = ops.get(operands[0], (None, []))[1] if operands else []
-                add(kind, sizes[name], start)
+                start = ops.get(operands[0], (None, [])) if operands else (None, [])
+                add(kind, sizes[name], start[1])
+    return out
+
+
+def collectives(text: str) -> dict[str, dict[str, int]]:
+    """{kind: {"count": n, "bytes": b}} of the collectives in compiled HLO text, every kind of
+    `KINDS` present (0 when absent)."""
+    return totals(collective_ops(text))
+
+
+def totals(ops: list[dict]) -> dict[str, dict[str, int]]:
+    """{kind: {"count", "bytes"}} of `collective_ops` (or `cross_slice`) entries, every kind of
+    `KINDS` and any other kind they hold."""
+    out = {kind: {"count": 0, "bytes": 0} for kind in KINDS}
+    for op in ops:
+        out.setdefault(op["kind"], {"count": 0, "bytes": 0})["count"] += 1
+        out[op["kind"]]["bytes"] += op["bytes"]
     return out
 
 

@@ -109,10 +109,19 @@ def abstract_like(tree, shardings):
 
 
 # -- the update ------------------------------------------------------------------------------------
-def accumulate_gradients(loss_fn, params, batch, rng, accum_steps: int):
+def accumulate_gradients(loss_fn, params, batch, rng, accum_steps: int, grad_shardings=None):
     """Mean gradient and metrics over `accum_steps` micro-batches of `batch` (lax.scan);
-    `loss_fn(params, micro_batch, rng) -> (loss, metrics)`."""
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    `loss_fn(params, micro_batch, rng) -> (loss, metrics)`. `grad_shardings` (the params'
+    shardings) lays every micro-batch's gradient out like its param: on an FSDP mesh each is
+    reduce-scattered onto its shard, never all-reduced whole."""
+    value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def grad_fn(p, b, r):
+        out, grads = value_and_grad(p, b, r)
+        if grad_shardings is not None:
+            grads = jax.lax.with_sharding_constraint(grads, grad_shardings)
+        return out, grads
+
     if accum_steps == 1:
         (loss, metrics), grads = grad_fn(params, batch, rng)
         return grads, dict(metrics, loss=loss)
@@ -145,13 +154,16 @@ def apply_gradients(state: TrainState, grads, tx: optax.GradientTransformation):
 
 
 def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, accum_steps: int = 1,
-                    log_fields: Callable[[TrainState], dict] | None = None):
+                    log_fields: Callable[[TrainState], dict] | None = None,
+                    grad_shardings: Any = None):
     """`train_step(state, batch, *frozen) -> (state, metrics)`, the update of every trainer.
 
     `loss_fn(params, micro_batch, rng, *frozen) -> (loss, metrics)` is differentiated in the
     params only (`frozen`: e.g. a teacher's params, neither updated nor donated); `rng` is the
     step's key (`fold_in(state.rng, state.step)`, per micro-batch folded again), for dropout.
-    `log_fields(state)` adds scalars of the state before the update (learning rates).
+    `log_fields(state)` adds scalars of the state before the update (learning rates);
+    `grad_shardings` (the params' shardings) constrains the gradients to them
+    (`accumulate_gradients`).
     """
     if int(accum_steps) < 1:
         raise ValueError(f"grad_accum_steps must be >= 1, got {accum_steps}")
@@ -160,7 +172,7 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, accum_s
         rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         grads, metrics = accumulate_gradients(
             lambda p, b, r: loss_fn(p, b, r, *frozen), state.params, batch, rng,
-            int(accum_steps))
+            int(accum_steps), grad_shardings)
         if log_fields is not None:
             metrics.update(log_fields(state))
         new_state, norms = apply_gradients(state, grads, tx)

@@ -133,7 +133,7 @@ def build_program(config, mesh, rules, teacher_cfg: MobileBertConfig, seq_len: i
         abstract_state, sh = states[stage.phase]
         fn = distill_stages.make_train_step(
             stage, teacher_cfg, student_cfg, settings, optimizers.tx(stage.phase),
-            optimizers.learning_rates(stage.phase), config.grad_accum_steps)
+            optimizers.learning_rates(stage.phase), config.grad_accum_steps, sh.params)
         jitted = jax.jit(fn, in_shardings=(sh, batch_sh, teacher_sh), out_shardings=(sh, repl),
                          donate_argnums=0)
         steps[f"{stage.name} step"] = (jitted, (abstract_state, batch, teacher))
@@ -165,7 +165,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     core.check_workdir_model(workdir, student_cfg, config.trainer)
 
     # -- mesh ------------------------------------------------------------------------------------
-    mesh = parallel.make_mesh(config.mesh.shape)
+    mesh = parallel.make_mesh(config.mesh.shape, dcn_shape=config.mesh.dcn_shape)
     rules = parallel.rules_from_config(config.mesh.rules)
     parallel.check_batch_divisible(config.batch_size, mesh)
     log(f"mesh {dict(mesh.shape)} over {jax.device_count()} devices; strategy "

@@ -274,14 +274,17 @@ def distillation_loss(stage: Stage, teacher_cfg: MobileBertConfig,
 
 
 def make_train_step(stage: Stage, teacher_cfg, student_cfg, settings: LossSettings, tx,
-                    learning_rates: Callable[[Any], dict], accum_steps: int = 1):
+                    learning_rates: Callable[[Any], dict], accum_steps: int = 1,
+                    grad_shardings: Any = None):
     """`train_step(state, batch, teacher_params) -> (state, metrics)` for `stage`
     (`core.make_train_step`: only the student params are differentiated and updated).
     `learning_rates(state)` gives the logged effective learning rates (per layer in transfer
-    stages). No dropout anywhere in distillation: the step's key goes unused."""
+    stages); `grad_shardings`: the student params' shardings, for the gradients. No dropout
+    anywhere in distillation: the step's key goes unused."""
     def loss_fn(params, batch, rng, teacher_params):
         del rng
         return distillation_loss(stage, teacher_cfg, student_cfg, settings, params,
                                  teacher_params, batch)
 
-    return core.make_train_step(loss_fn, tx, accum_steps, log_fields=learning_rates)
+    return core.make_train_step(loss_fn, tx, accum_steps, log_fields=learning_rates,
+                                grad_shardings=grad_shardings)

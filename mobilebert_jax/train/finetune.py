@@ -89,7 +89,8 @@ def build_program(config, mesh, rules, task, model_config, seq_len: int,
     abstract_state, shardings = core.state_shardings(initial_params, tx, mesh, rules)
     batch_sh, repl = parallel.batch_sharding(mesh), parallel.replicated(mesh)
     step = core.make_train_step(loss_fn, tx, int(config.grad_accum_steps),
-                                log_fields=lambda state: {"learning_rate": schedule(state.step)})
+                                log_fields=lambda state: {"learning_rate": schedule(state.step)},
+                                grad_shardings=shardings.params)
     train_step = jax.jit(step, in_shardings=(shardings, batch_sh),
                          out_shardings=(shardings, repl), donate_argnums=0)
     predict = jax.jit(predict_step, in_shardings=(shardings.params, batch_sh))

@@ -38,11 +38,12 @@ def optimizer_config(config):
     return opt
 
 
-def make_train_step(model, tx, schedule, accum_steps: int):
+def make_train_step(model, tx, schedule, accum_steps: int, grad_shardings=None):
     """`train_step(state, batch) -> (state, metrics)`: MLM + NSP with dropout through the
     training core, logging the learning rate."""
     return core.make_train_step(objectives.make_loss_fn(model), tx, accum_steps,
-                                log_fields=lambda state: {"learning_rate": schedule(state.step)})
+                                log_fields=lambda state: {"learning_rate": schedule(state.step)},
+                                grad_shardings=grad_shardings)
 
 
 def build_program(config, mesh, rules, seq_len: int, max_predictions: int) -> core.Program:
@@ -59,7 +60,8 @@ def build_program(config, mesh, rules, seq_len: int, max_predictions: int) -> co
     abstract_state, shardings = core.state_shardings(init_params, tx, mesh, rules)
     batch_sh = parallel.batch_sharding(mesh)
     repl = parallel.replicated(mesh)
-    train_step = jax.jit(make_train_step(model, tx, schedule, config.grad_accum_steps),
+    train_step = jax.jit(make_train_step(model, tx, schedule, config.grad_accum_steps,
+                                         shardings.params),
                          in_shardings=(shardings, batch_sh), out_shardings=(shardings, repl),
                          donate_argnums=0)
     eval_step = jax.jit(objectives.make_eval_step(model),
@@ -80,7 +82,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     core.check_workdir_model(workdir, model_config, config.trainer)
 
     # -- mesh ------------------------------------------------------------------------------------
-    mesh = parallel.make_mesh(config.mesh.shape)
+    mesh = parallel.make_mesh(config.mesh.shape, dcn_shape=config.mesh.dcn_shape)
     rules = parallel.rules_from_config(config.mesh.rules)
     parallel.check_batch_divisible(config.batch_size, mesh)
     core.check_accumulation(config.batch_size, config.grad_accum_steps)
