@@ -2,11 +2,13 @@
 
     python -m mobilebert_jax.predict --checkpoint=DIR --input=FILE|- [--output=FILE]
 
-`DIR` is a fine-tuning workdir (its task card, `task.json`, says what the model does, which
+`--checkpoint` is a fine-tuning workdir (its task card, `task.json`, says what the model does, which
 labels it outputs in which order, the text columns, the maximum length and the step that
 predicts: the best evaluated one) or any other project checkpoint directory (an encoder: a
 teacher, a distilled student, a converted model), whose prediction is the pooled [CLS] vector.
-The tokenizer is the one stored beside the params.
+The tokenizer is the one stored beside the params. It may also be a `.tflite` file exported
+with `--format=mediapipe` (its tokenizer, labels and task card are packed inside): the same file
+an app runs in MediaPipe, run here with the LiteRT interpreter, one row at a time at its length.
 
 Input: one text per line (a plain-text file or stdin), JSON Lines (one object per line with the
 card's text columns: `text`, or `text` and `text_pair` or whatever the fine-tuning named them;
@@ -89,6 +91,7 @@ class Predictor:
         if not 3 <= self.max_seq_length <= model_config.max_position_embeddings:
             raise ValueError(f"max_seq_length={self.max_seq_length}: the model takes 3 to "
                              f"{model_config.max_position_embeddings} tokens")
+        self.lower_text = False
         num_labels = 1 if self.kind == "regression" else len(self.labels)
         model = model_for(self.kind, model_config, num_labels)
         if card.get("qat"):  # predicts as it was trained and evaluated: int8 fake quantization
@@ -108,7 +111,9 @@ class Predictor:
     def load(cls, directory: str, batch_size: int = 32,
              max_seq_length: int | None = None) -> Predictor:
         """The model of a project checkpoint directory, at its task card's best step (the
-        latest step for an encoder)."""
+        latest step for an encoder), or of a `.tflite` exported for MediaPipe."""
+        if str(directory).endswith(".tflite"):
+            return TFLitePredictor.load(directory, max_seq_length)
         model_config = checkpoint.load_config(directory)
         card = checkpoint.load_task_card(directory)
         if card is None:
@@ -188,6 +193,8 @@ class Predictor:
             return []
         where = list(where or [f"record {i + 1}" for i in range(len(records))])
         texts = self._texts(records, where)
+        if self.lower_text:  # as MediaPipe feeds an exported model, whatever its vocabulary
+            texts = [[t.lower() for t in column] for column in texts]
         echo = [dict({c: r[c] for c in self.columns if c in r and self.kind !=
                       "token_classification"}, **({"id": r["id"]} if "id" in r else {}))
                 for r in records]
@@ -202,6 +209,8 @@ class Predictor:
             out = self._run(features)
             if self.kind == ENCODER:
                 results = [{"embedding": [float(x) for x in row]} for row in out["embedding"]]
+            elif "scores" in out:  # an exported model computes the scores itself
+                results = finetune_tasks.score_records(self.kind, self.labels, out["scores"])
             else:
                 results = finetune_tasks.prediction_records(self.kind, self.labels,
                                                             out["logits"])
@@ -237,6 +246,59 @@ class Predictor:
             results.append({"answer": answer,
                             "score": float(top["probability"]) if top else 0.0})
         return results
+
+
+class TFLitePredictor(Predictor):
+    """A `.tflite` exported with `--format=mediapipe`, predicted as MediaPipe's TextClassifier
+    / TextEmbedder runs it: the tokenizer, labels and task card packed in the file, one row
+    of [1, L] int32 inputs at a time (LiteRT interpreter)."""
+
+    def __init__(self, path: str, card: dict, tokenizer, model):
+        self.directory, self.card, self.tokenizer = path, card, tokenizer
+        self.kind = card["kind"]
+        self.labels = card.get("labels") or []
+        self.columns = list(card.get("text_columns") or ["text"])
+        self.batch_size, self.lower_text = 1, True
+        self.max_seq_length = int(model.input_shape[1])
+        self._model = model
+
+    @classmethod
+    def load(cls, path: str, max_seq_length: int | None = None) -> TFLitePredictor:
+        import tempfile
+        import zipfile
+
+        from mobilebert_jax.export import mediapipe_task
+        from mobilebert_jax.export.runtime import TFLiteModel
+
+        path = files.resolve(path)
+        if not files.isfile(path):
+            raise FileNotFoundError(f"TFLite model not found: {path}")
+        local = files.local_copy(path)
+        try:
+            packed = zipfile.ZipFile(local)
+        except zipfile.BadZipFile:
+            packed = None
+        names = packed.namelist() if packed else []
+        if mediapipe_task.CARD_FILE not in names:
+            raise ValueError(f"{path} carries no task card: predict runs models exported with "
+                             "--format=mediapipe (the plain TFLite export has no tokenizer "
+                             "inside)")
+        card = json.loads(packed.read(mediapipe_task.CARD_FILE))
+        vocab = next((n for n in names if n == "vocab.txt" or n.endswith(".model")), None)
+        if vocab is None:
+            raise ValueError(f"{path} carries no vocab.txt or SentencePiece model")
+        folder = tempfile.mkdtemp(prefix="mobilebert_jax_tflite_")
+        with open(f"{folder}/{vocab}", "wb") as f:
+            f.write(packed.read(vocab))
+        tokenizer = tokenizers.load_tokenizer(f"{folder}/{vocab}", lower_case=True)
+        model = TFLiteModel(local, num_threads=1)
+        if max_seq_length and max_seq_length != model.input_shape[1]:
+            raise ValueError(f"{path} takes {model.input_shape[1]} tokens; --max_seq_length "
+                             f"cannot change an exported model")
+        return cls(path, card, tokenizer, model)
+
+    def _run(self, features: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self._model.predict({k: features[k] for k in model_inputs.INPUT_NAMES})
 
 
 def _run_lower_case(directory: str) -> bool:

@@ -1,20 +1,21 @@
 """`--format=mediapipe` checked by the real runtime: classifiers fine-tuned by the trainer
 (single-label, multi-label) and encoders (WordPiece and SentencePiece vocabularies) are exported,
 loaded by MediaPipe's TextClassifier / TextEmbedder, and fed raw strings; the scores by label
-name (softmax / sigmoid computed by scipy) and the embeddings match the JAX model on the same
-strings. Each case MediaPipe cannot run is refused in one line, with nothing written."""
+name and the embeddings match the project's own prediction path (`mobilebert_jax.predict`) on
+the same strings, and `predict` runs the exported file itself with MediaPipe's results. Each
+case MediaPipe cannot run is refused in one line, with nothing written."""
 import json
 import shutil
 
 import numpy as np
 import pytest
 from mediapipe.tasks.python.text import text_classifier, text_embedder
-from scipy import special
 
 from mobilebert_jax import checkpoint
-from mobilebert_jax.data.tokenizers import load_tokenizer, train_sentencepiece
+from mobilebert_jax.data.tokenizers import train_sentencepiece
 from mobilebert_jax.export.__main__ import main as export_cli
-from mobilebert_jax.models import MobileBertForSequenceClassification, MobileBertModel
+from mobilebert_jax.models import MobileBertForSequenceClassification
+from mobilebert_jax.predict import Predictor
 from tests.helpers import CONFIGS, SPECIALS, WORDS, run_main, tiny_model_config
 
 SEQ_LEN = 16
@@ -24,30 +25,15 @@ TEXTS = ["The cat sat on the mat.", "A big red house?", "Who did go home yesterd
          "the dog ran to the park today. " * 4, "Small blue tree", "where is the cat?"]
 
 
-# -- the reference: the JAX model on MediaPipe's featurization ------------------------------
-# Kept apart so that it can become `Predictor.load(checkpoint_dir).predict(records)`.
-def jax_outputs(checkpoint_dir, texts, seq_len=SEQ_LEN) -> np.ndarray:
-    """The JAX model's raw outputs (a classifier's logits at its card's best step, or an
-    encoder's pooled output) for each text: lower-cased, [CLS] pieces [SEP] truncated to
-    `seq_len`, segment 0, mask over the tokens, padding 0."""
-    directory = str(checkpoint_dir)
-    card = checkpoint.load_task_card(directory)
-    config, params = checkpoint.load_pretrained(directory, card["best_step"] if card else None)
-    config = config.replace(dtype="float32")
-    tokenizer = load_tokenizer(checkpoint.tokenizer_file(directory))
-    ids = np.zeros((len(texts), seq_len), np.int32)
-    for row, text in enumerate(texts):
-        pieces = [tokenizer.cls_id] + tokenizer.encode(text.lower())[:seq_len - 2] \
-            + [tokenizer.sep_id]
-        ids[row, :len(pieces)] = pieces
-    mask = (ids != 0).astype(np.int32)
-    segments = np.zeros_like(ids)
-    if card is None:
-        out = MobileBertModel(config).apply({"params": params["bert"]}, ids, segments, mask)
-        return np.asarray(out.pooled_output)
-    model = MobileBertForSequenceClassification(config, params["classifier"]["kernel"].shape[-1])
-    head = {k: params[k] for k in ("bert", "classifier")}
-    return np.asarray(model.apply({"params": head}, ids, segments, mask).logits)
+# -- the reference: the project's own prediction path on the same strings ---------------------
+def predicted(checkpoint_dir, texts, labels=None) -> np.ndarray:
+    """What `mobilebert_jax.predict` gives for each raw string at the export's length: the
+    scores in `labels` order (a classifier) or the embedding (an encoder)."""
+    records = Predictor.load(str(checkpoint_dir), max_seq_length=SEQ_LEN).predict(
+        [{"text": t} for t in texts])
+    if labels is None:
+        return np.asarray([r["embedding"] for r in records])
+    return np.asarray([[r["scores"][n] for n in labels] for r in records])
 
 
 # -- checkpoints --------------------------------------------------------------------------
@@ -138,7 +124,7 @@ def classify(model_path, texts) -> list[dict[str, float]]:
     return [{c.category_name: c.score for c in r.classifications[0].categories} for r in results]
 
 
-def test_single_label_classifier_scores_match_jax(classifiers, tmp_path, capsys):
+def test_single_label_classifier_scores_match_predict(classifiers, tmp_path, capsys):
     workdir = classifiers["single"]
     card = checkpoint.load_task_card(str(workdir))
     assert card["labels"] == ["animal", "color", "other"] and card["best_step"] is not None
@@ -146,9 +132,15 @@ def test_single_label_classifier_scores_match_jax(classifiers, tmp_path, capsys)
     assert (f"MediaPipe TextClassifier, step {card['best_step']}, classification"
             in capsys.readouterr().out)
     got = classify(model, TEXTS)
-    want = special.softmax(jax_outputs(workdir, TEXTS), axis=-1)
+    want = predicted(workdir, TEXTS, card["labels"])
     # scores that differ from text to text (so the tokenization counts) and from label to label
     assert np.ptp(want, axis=0).max() > 0.1 and want.max(-1).min() < 0.99
+    # the same file through predict: MediaPipe's scores
+    from_file = Predictor.load(model).predict([{"text": t} for t in TEXTS])
+    for scores, record in zip(got, from_file):
+        assert record["label"] == max(scores, key=scores.get)
+        np.testing.assert_allclose([record["scores"][n] for n in card["labels"]],
+                                   [scores[n] for n in card["labels"]], atol=1e-5, rtol=0)
     for scores, row in zip(got, want):
         assert set(scores) == set(card["labels"])
         assert max(scores, key=scores.get) == card["labels"][int(row.argmax())]
@@ -160,18 +152,18 @@ def test_single_label_int8_keeps_the_top_label(classifiers, tmp_path):
     labels = checkpoint.load_task_card(str(workdir))["labels"]
     model = export(workdir, tmp_path / "single_int8.tflite", "--quantize=int8",
                    "--num_calibration=16")
-    want = jax_outputs(workdir, TEXTS).argmax(-1)
+    want = predicted(workdir, TEXTS, labels).argmax(-1)
     got = classify(model, TEXTS)
     assert len(set(want)) > 1  # the texts do not all get the same label
     assert [max(s, key=s.get) for s in got] == [labels[i] for i in want]
 
 
-def test_multi_label_classifier_scores_match_jax(classifiers, tmp_path):
+def test_multi_label_classifier_scores_match_predict(classifiers, tmp_path):
     workdir = classifiers["multi"]
     labels = checkpoint.load_task_card(str(workdir))["labels"]
     assert labels == ["animal", "color"]
     got = classify(export(workdir, tmp_path / "multi.tflite"), TEXTS)
-    want = special.expit(jax_outputs(workdir, TEXTS))
+    want = predicted(workdir, TEXTS, labels)
     assert np.ptp(want, axis=0).max() > 0.1
     for scores, row in zip(got, want):
         np.testing.assert_allclose([scores[n] for n in labels], row, atol=1e-4, rtol=0)
@@ -184,13 +176,17 @@ def embed(model_path, texts) -> np.ndarray:
                          for t in texts])
 
 
-def test_encoder_embeddings_match_jax(tmp_path):
+def test_encoder_embeddings_match_predict(tmp_path):
     directory = encoder_checkpoint(tmp_path / "encoder", *words_vocab(tmp_path))
-    got = embed(export(directory, tmp_path / "encoder.tflite"), TEXTS)
-    want = jax_outputs(directory, TEXTS)
+    model = export(directory, tmp_path / "encoder.tflite")
+    got = embed(model, TEXTS)
+    want = predicted(directory, TEXTS)
     assert got.shape == want.shape == (len(TEXTS), 32)
     assert np.abs(want[0] - want[1]).max() > 0.1  # the texts give different embeddings
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+    from_file = [r["embedding"] for r in Predictor.load(model).predict(
+        [{"text": t} for t in TEXTS])]
+    np.testing.assert_allclose(from_file, got, atol=1e-5, rtol=0)
 
 
 def test_sentencepiece_checkpoint_feeds_the_model(tmp_path):
@@ -203,7 +199,9 @@ def test_sentencepiece_checkpoint_feeds_the_model(tmp_path):
     directory = encoder_checkpoint(tmp_path / "spm_ckpt", str(tmp_path / "spm.model"),
                                    tokenizer.vocab_size)
     got = embed(export(directory, tmp_path / "spm.tflite"), TEXTS)
-    want = jax_outputs(directory, TEXTS)
+    # MediaPipe lower-cases the text for a SentencePiece model too; the project's tokenizer
+    # takes a SentencePiece model's text as it is
+    want = predicted(directory, [t.lower() for t in TEXTS])
     assert np.abs(want[0] - want[1]).max() > 0.1
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
 

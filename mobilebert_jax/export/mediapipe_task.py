@@ -23,6 +23,7 @@ MediaPipe's does not strip accents, so non-ASCII text can tokenize differently.
 """
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Iterable
 
@@ -36,6 +37,9 @@ INPUT_METADATA_NAMES = {"input_ids": "ids", "input_mask": "mask", "segment_ids":
 SERVING = {"classification": "softmax", "multi_label": "sigmoid", "regression": "score",
            None: "embedding"}
 LABELS_FILE = "labels.txt"
+# The task card packed with the model (the checkpoint's, or an encoder's), so that
+# `mobilebert_jax.predict` runs the same file with the same labels and outputs.
+CARD_FILE = "task.json"
 
 
 def refusal(card: dict | None, where: str) -> str | None:
@@ -129,6 +133,9 @@ def model_metadata(name: str, description: str, input_names: list[str], tokenize
     model = metadata_fb.ModelMetadataT()
     model.name, model.description = name, description
     model.subgraphMetadata = [graph]
+    model.associatedFiles = [associated_file(
+        CARD_FILE, metadata_fb.AssociatedFileType.DESCRIPTIONS,
+        "The task card: what the model does, its labels in output order, its text column.")]
     return model
 
 
@@ -159,6 +166,9 @@ def mediapipe_model(config, params: dict, tokenizer, card: dict | None, seq_len:
                           tokenizer_name, output_name, labels is not None)
     with open(tokenizer.path, "rb") as f:
         packed = {tokenizer_name: f.read()}
+    packed[CARD_FILE] = json.dumps(dict(card or {"kind": "encoder", "labels": None,
+                                                  "text_columns": ["text"]},
+                                        max_seq_length=seq_len, lower_case=True)).encode()
     if labels is not None:
         packed[LABELS_FILE] = "".join(f"{label}\n" for label in labels).encode()
     return tflite_metadata.populate(model, meta, packed), labels, output_name

@@ -164,21 +164,35 @@ class SquadTask:
         return results
 
 
-def prediction_records(kind: str, labels, logits: np.ndarray) -> list[dict]:
-    """One JSON-ready record per row of a sentence-level model's logits: the label and its
-    score with every label's score (softmax; sigmoid and the labels at >= 0.5 for multi-label),
-    or the score (regression)."""
+def output_scores(kind: str, logits: np.ndarray) -> np.ndarray:
+    """A sentence-level model's scores from its logits: softmax (classification), sigmoid
+    (multi-label), the value itself (regression)."""
     logits = np.asarray(logits, np.float64)
     if kind == "regression":
-        return [{"score": float(v)} for v in logits[:, 0]]
+        return logits
     if kind == "multi_label":
-        probs = 1.0 / (1.0 + np.exp(-logits))
-        return [{"labels": [n for n, p in zip(labels, row) if p >= 0.5],
-                 "scores": {n: float(p) for n, p in zip(labels, row)}} for row in probs]
+        return 1.0 / (1.0 + np.exp(-logits))
     probs = np.exp(logits - logits.max(-1, keepdims=True))
-    probs /= probs.sum(-1, keepdims=True)
+    return probs / probs.sum(-1, keepdims=True)
+
+
+def score_records(kind: str, labels, scores: np.ndarray) -> list[dict]:
+    """One JSON-ready record per row of scores (`output_scores`, or an exported model's): the
+    label and its score with every label's score (the labels at >= 0.5 for multi-label), or
+    the score (regression)."""
+    scores = np.asarray(scores, np.float64)
+    if kind == "regression":
+        return [{"score": float(v)} for v in scores[:, 0]]
+    if kind == "multi_label":
+        return [{"labels": [n for n, p in zip(labels, row) if p >= 0.5],
+                 "scores": {n: float(p) for n, p in zip(labels, row)}} for row in scores]
     return [{"label": labels[int(row.argmax())], "score": float(row.max()),
-             "scores": {n: float(p) for n, p in zip(labels, row)}} for row in probs]
+             "scores": {n: float(p) for n, p in zip(labels, row)}} for row in scores]
+
+
+def prediction_records(kind: str, labels, logits: np.ndarray) -> list[dict]:
+    """`score_records` of a model's logits."""
+    return score_records(kind, labels, output_scores(kind, logits))
 
 
 def word_tags(logits: np.ndarray, word_index: np.ndarray, num_words: int,
