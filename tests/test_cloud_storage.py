@@ -248,3 +248,36 @@ def test_conversion_and_export_write_to_gcs(gcs_emulator, gcs_dir, tiny_checkpoi
     for name in ("hf/config.json", "hf/model.safetensors", "hf/vocab.txt", "model.tflite"):
         assert read_object(gcs_emulator, f"{gcs_dir}/{name}") == (tmp_path / name).read_bytes()
     assert (tmp_path / "model.tflite").read_bytes()[4:8] == b"TFL3"
+
+
+def test_your_own_files_on_gcs_train_and_predict_like_local_ones(gcs_emulator, gcs_dir,
+                                                                  tiny_checkpoint, tmp_path,
+                                                                  capsys):
+    """configs/finetune_text.py with its CSV files on gs://, and predict reading its input from
+    gs://: the metrics and predictions of the same files read locally."""
+    from mobilebert_jax import files, predict
+    from tests.helpers import run_main
+    from tests.test_finetune_text import sentences, text_args
+
+    texts = sentences(40, 11)
+    table = "text,label\n" + "".join(
+        f'"{t}",{"animal" if "cat" in t.split() else "other"}\n' for t in texts)
+    (tmp_path / "train.csv").write_text(table)
+    (tmp_path / "new.txt").write_text("\n".join(sentences(5, 12)) + "\n")
+    for name in ("train.csv", "new.txt"):
+        files.copy_file(str(tmp_path / name), f"{gcs_dir}/{name}")
+    runs = {}
+    for where, root in (("local", str(tmp_path)), ("gcs", gcs_dir)):
+        workdir = tmp_path / f"run_{where}"
+        rc, err = run_main(text_args(tiny_checkpoint, workdir, "",
+                                     f"--config.train_file={root}/train.csv",
+                                     f"--config.test_file={root}/train.csv"), capsys)
+        assert rc == 0, err
+        rc = predict.main(["predict", f"--checkpoint={workdir}", f"--input={root}/new.txt"])
+        assert rc == 0
+        runs[where] = (json.loads((workdir / "eval_results.json").read_text())["history"],
+                       (workdir / "test_predictions.jsonl").read_text(),
+                       capsys.readouterr().out)
+    assert runs["gcs"][0][-1]["metrics"] == runs["local"][0][-1]["metrics"]
+    assert runs["gcs"][1:] == runs["local"][1:]
+    assert len(runs["gcs"][2].splitlines()) == 5
