@@ -5,6 +5,7 @@
     python -m mobilebert_jax.main --config=configs/teacher.py:phase2 --workdir=DIR \
         --config.init_checkpoint=PHASE1_WORKDIR
     python -m mobilebert_jax.main --config=configs/teacher.py:v4_64 --workdir=DIR   # TPU v4-64
+    python -m mobilebert_jax.main --config=configs/teacher.py:v6e_64 --workdir=DIR  # TPU v6e-64
     python -m mobilebert_jax.main --config=configs/teacher.py:gpu8 --workdir=DIR    # 8 GPUs
 
 Default: the paper's recipe (LAMB, 500k steps, batch 4096, seq 128, 30,522 WordPiece vocab,
@@ -12,7 +13,9 @@ English Wikipedia from TFDS). `phase2`: the optional seq-512 phase, starting fro
 checkpoint. `smoke`: a small IB-BERT-shaped teacher on the Wikipedia sample inside the gensim
 wheel, minutes on a CPU. `v4_64` (32 chips) and `gpu8` (8× H100 80 GB, or H200): the paper's
 batch 4096 × 128 with the mesh, remat policy and accumulation that `mobilebert_jax.plan.memory`
-plans for that machine (docs/scaling.md, "Memory plan").
+plans for that machine (docs/scaling.md, "Memory plan"); `v4_64` also fits a v5p-64 (32 chips).
+`v6e_64` (64 chips): the same batch on the mesh (8,8,1), no remat, that XLA:TPU compiles within
+a v6e chip's HBM (docs/scaling.md, "Compiled for a TPU slice, on a CPU").
 """
 import ml_collections
 
@@ -55,11 +58,15 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         config.mesh.shape = (4, 8, 1)
         config.model.remat = "none"
         config.grad_accum_steps = 1
+    elif variant == "v6e_64":
+        config.mesh.shape = (8, 8, 1)
+        config.model.remat = "none"
+        config.grad_accum_steps = 1
     elif variant == "gpu8":
         config.mesh.shape = (1, 8, 1)
         config.model.remat = "dots_no_batch"
         config.grad_accum_steps = 1
     elif variant:
         raise ValueError(f"unknown teacher config variant {variant!r}; expected smoke, phase2, "
-                         "v4_64 or gpu8")
+                         "v4_64, v6e_64 or gpu8")
     return config

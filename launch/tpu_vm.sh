@@ -35,8 +35,13 @@ COMMAND=${1:-}
 BUCKET=${BUCKET:?set BUCKET=gs://your-bucket}
 BUCKET=${BUCKET%/}
 # The paper's batch with the mesh and remat policy the memory plan gives for the slice
-# (docs/scaling.md, "Memory plan"): configs/teacher.py:v4_64 on a v4-64, else the default mesh.
-case "$ACCELERATOR" in v4-64) PLANNED=configs/teacher.py:v4_64;; *) PLANNED=configs/teacher.py;; esac
+# (docs/scaling.md, "Memory plan"): configs/teacher.py:v4_64 on a v4-64 or v5p-64, :v6e_64 on a
+# v6e-64, else the default mesh.
+case "$ACCELERATOR" in
+  v4-64|v5p-64) PLANNED=configs/teacher.py:v4_64;;
+  v6e-64) PLANNED=configs/teacher.py:v6e_64;;
+  *) PLANNED=configs/teacher.py;;
+esac
 CONFIG=${CONFIG:-$PLANNED}
 CORPUS=${CORPUS:-tfds:wikipedia/20230601.en}
 REPO_URL=${REPO_URL:?set REPO_URL to a git URL of this repository}
