@@ -6,6 +6,7 @@
         --config.init_checkpoint=PHASE1_WORKDIR
     python -m mobilebert_jax.main --config=configs/teacher.py:v4_64 --workdir=DIR   # TPU v4-64
     python -m mobilebert_jax.main --config=configs/teacher.py:v6e_64 --workdir=DIR  # TPU v6e-64
+    python -m mobilebert_jax.main --config=configs/teacher.py:v5e_256 --workdir=DIR # TPU v5e-256
     python -m mobilebert_jax.main --config=configs/teacher.py:gpu8 --workdir=DIR    # 8 GPUs
 
 Default: the paper's recipe (LAMB, 500k steps, batch 4096, seq 128, 30,522 WordPiece vocab,
@@ -15,7 +16,8 @@ wheel, minutes on a CPU. `v4_64` (32 chips) and `gpu8` (8× H100 80 GB, or H200)
 batch 4096 × 128 with the mesh, remat policy and accumulation that `mobilebert_jax.plan.memory`
 plans for that machine (docs/scaling.md, "Memory plan"); `v4_64` also fits a v5p-64 (32 chips).
 `v6e_64` (64 chips): the same batch on the mesh (8,8,1), no remat, that XLA:TPU compiles within
-a v6e chip's HBM (docs/scaling.md, "Compiled for a TPU slice, on a CPU").
+a v6e chip's HBM; `v5e_256` (256 chips): mesh (16,16,1), no remat, within a v5e chip's 16 GB
+(docs/scaling.md, "Compiled for a TPU slice, on a CPU").
 """
 import ml_collections
 
@@ -62,11 +64,15 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         config.mesh.shape = (8, 8, 1)
         config.model.remat = "none"
         config.grad_accum_steps = 1
+    elif variant == "v5e_256":
+        config.mesh.shape = (16, 16, 1)
+        config.model.remat = "none"
+        config.grad_accum_steps = 1
     elif variant == "gpu8":
         config.mesh.shape = (1, 8, 1)
         config.model.remat = "dots_no_batch"
         config.grad_accum_steps = 1
     elif variant:
         raise ValueError(f"unknown teacher config variant {variant!r}; expected smoke, phase2, "
-                         "v4_64, v6e_64 or gpu8")
+                         "v4_64, v6e_64, v5e_256 or gpu8")
     return config

@@ -36,10 +36,11 @@ BUCKET=${BUCKET:?set BUCKET=gs://your-bucket}
 BUCKET=${BUCKET%/}
 # The paper's batch with the mesh and remat policy the memory plan gives for the slice
 # (docs/scaling.md, "Memory plan"): configs/teacher.py:v4_64 on a v4-64 or v5p-64, :v6e_64 on a
-# v6e-64, else the default mesh.
+# v6e-64, :v5e_256 on a v5litepod-256, else the default mesh.
 case "$ACCELERATOR" in
   v4-64|v5p-64) PLANNED=configs/teacher.py:v4_64;;
   v6e-64) PLANNED=configs/teacher.py:v6e_64;;
+  v5litepod-256) PLANNED=configs/teacher.py:v5e_256;;
   *) PLANNED=configs/teacher.py;;
 esac
 CONFIG=${CONFIG:-$PLANNED}

@@ -1,5 +1,6 @@
 """Remat policies: same numbers, less memory; the memory planner's analytic activation count against
-XLA's memory analysis; the teacher variants planned for TPU v4-64 and 8 GPUs."""
+XLA:TPU's memory analysis (compile-only devices from libtpu); the teacher variants planned for TPU
+v4-64 and 8 GPUs."""
 import json
 import os
 import subprocess
@@ -58,7 +59,8 @@ def test_remat_reads_old_booleans_and_names_unknown_policies(tmp_path):
 
 @pytest.fixture(scope="module")
 def plan(tmp_path_factory):
-    """The memory planner on the gpu8 variant (its scheduler flag needs a fresh process)."""
+    """The memory planner on the gpu8 variant, its check compiled by XLA:TPU (in a fresh process:
+    libtpu's compile-only devices beside this process's CPU devices)."""
     out = tmp_path_factory.mktemp("memory") / "plan.json"
     env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
     r = subprocess.run([sys.executable, "-m", "mobilebert_jax.plan.memory",
@@ -78,11 +80,12 @@ def test_analytic_activations_against_xla(plan):
     rows = {r["remat"]: r for r in plan[0]["check"]}
     for key in ("xla_per_layer", "analytic_per_layer"):
         assert rows["none"][key] > rows["dots_no_batch"][key] > rows["full"][key], key
-    # Without remat the analytic count is within a factor 1.8 below XLA on this CPU (XLA keeps
-    # some elementwise intermediates the count leaves out); with remat the CPU's schedule keeps
-    # much more than the saved tensors, so only the order is checked there.
-    ratio = rows["none"]["xla_per_layer"] / rows["none"]["analytic_per_layer"]
-    assert 1.0 <= ratio <= 1.8, ratio
+    # The analytic count is the planner's basis for the targets: per added layer it stays within
+    # a factor 1.5 of XLA:TPU without remat and with dots_no_batch (the policies that carry the
+    # activations); full remat keeps a few MiB a layer, within a factor 2.5.
+    for policy, band in (("none", 1.5), ("dots_no_batch", 1.5), ("full", 2.5)):
+        ratio = rows[policy]["xla_per_layer"] / rows[policy]["analytic_per_layer"]
+        assert 1 / band <= ratio <= band, (policy, ratio)
 
 
 def test_gpu8_variant_fits_by_the_plan(plan):
@@ -91,7 +94,7 @@ def test_gpu8_variant_fits_by_the_plan(plan):
     assert chosen["remat"] == "dots_no_batch" and chosen["fits"]
     assert chosen["total"] <= results["usable_fraction"] * results["bytes_per_device"]
     assert results["batch_size"] == 4096 and results["seq_len"] == 128
-    assert "XLA (measured)" in stdout and "analytic estimate" in stdout
+    assert "XLA:TPU (measured)" in stdout and "analytic estimate" in stdout
     config = teacher.get_config("gpu8")
     assert tuple(config.mesh.shape) == (1, 8, 1) and config.grad_accum_steps == 1
     config_checks.check_config(config)

@@ -11,8 +11,10 @@ setting that fits (fewest micro-batches, then remat none < dots_no_batch < full)
 config is planned with its frozen teacher (`--teacher_preset`) in the step.
 
 The target's figures are estimates. `--check` (default) also compiles the forward and backward
-pass of a small IB-BERT-shaped config at two depths on 8 CPU devices and prints XLA's temporaries
-per added layer (measured) next to the analytic count (estimated).
+pass of a small IB-BERT-shaped config at two depths with XLA:TPU for 8 compile-only TPU v4 chips
+(libtpu, the `tpu` extra; no TPU needed) and prints the compiler's temporaries per added layer
+(measured) next to the analytic count (estimated). `mobilebert_jax.plan.compile` compiles a
+config's own programs at full size.
 """
 from __future__ import annotations
 
@@ -54,17 +56,17 @@ TARGETS = {
     "8xH200": Target(8, 141 * 10 ** 9, "NVIDIA H200: 141 GB HBM3e per GPU"),
 }
 
-# The check config: IB-BERT's shape (bottleneck, LayerNorm, GELU, one FFN) at small sizes, float32
-# (XLA's CPU backend computes bfloat16 in float32) and without dropout (the random bits double
-# the compile time; the masks' bytes are in the count for the targets).
+# The check config: IB-BERT's shape (bottleneck, LayerNorm, GELU, one FFN) at small sizes, bfloat16
+# as the targets run, without dropout (the random bits double the compile time; the masks' bytes
+# are in the count for the targets). Compiled by XLA:TPU for a v4 slice of 8 chips: below about
+# 2 layers at this batch it keeps the whole program's temporaries in on-chip memory and reports
+# none, so the check compares the growth between 2 and 4 layers.
 CHECK = dict(hidden_size=128, embedding_size=64, intra_bottleneck_size=256, intermediate_size=1024,
-             num_attention_heads=4, vocab_size=2048, max_position_embeddings=128, dtype="float32",
-             hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-CHECK_BATCH, CHECK_SEQ, CHECK_PREDICTIONS, CHECK_MESH = 256, 128, 20, (2, 4, 1)
-CHECK_LAYERS = (1, 2)
-# The CPU default (a concurrency-optimised scheduler) runs recomputations early and so keeps about
-# as much as without remat; the memory-minimising scheduler lets remat show.
-CHECK_XLA_FLAGS = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
+             num_attention_heads=4, vocab_size=2048, max_position_embeddings=128,
+             dtype="bfloat16", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+CHECK_BATCH, CHECK_SEQ, CHECK_PREDICTIONS, CHECK_MESH = 512, 128, 20, (2, 4, 1)
+CHECK_LAYERS = (2, 4)
+CHECK_TOPOLOGY = "v4:2x2x2"
 
 
 def layer_bytes_per_token(c: MobileBertConfig, seq_len: int, policy: str,
@@ -224,17 +226,15 @@ def propose(c, target, mesh, batch, seq_len, predictions, state,
 
 
 def check_devices(count: int) -> list:
-    """`count` CPU devices for the check and the memory-minimising XLA scheduler, set up before
-    JAX starts a backend (the plan itself needs no device: its meshes are abstract)."""
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {CHECK_XLA_FLAGS}".strip()
+    """`count` compile-only TPU v4 devices (XLA:TPU from libtpu) for the check."""
+    from mobilebert_jax.plan import compile as tpu_compile
+
     try:
-        jax.config.update("jax_num_cpu_devices", count)
-    except RuntimeError:  # a backend is running already: its CPU devices must do
-        pass
-    devices = jax.devices("cpu")
-    if len(devices) < count:
-        raise cli.CommandError(f"the check needs {count} CPU devices, JAX has {len(devices)} "
-                               "(run it in a new process, or with --check=false)")
+        devices = tpu_compile.topology_devices(tpu_compile.target(CHECK_TOPOLOGY))
+    except ValueError as e:
+        raise cli.CommandError(f"the check compiles with XLA:TPU and cannot ({e}); install "
+                               "the tpu extra (pip install -e '.[tpu]') or pass --check=false"
+                               ) from None
     return devices[:count]
 
 
@@ -253,8 +253,8 @@ def batch_spec(batch: int, seq_len: int, predictions: int, sharding) -> dict:
 
 def xla_grad_temporaries(c: MobileBertConfig, batch: int, seq_len: int, predictions: int,
                          mesh_shape: tuple[int, ...]) -> int:
-    """XLA's temporaries per device of the train step's forward and backward pass (`jax.grad` of
-    the pretraining loss, gradients out in the params' shardings) on the fake CPU devices."""
+    """XLA:TPU's temporaries per device of the train step's forward and backward pass (`jax.grad`
+    of the pretraining loss, gradients out in the params' shardings) on the check's devices."""
     mesh = parallel.make_mesh(mesh_shape, check_devices(math.prod(mesh_shape)))
     rules = parallel.rules_from_config(parallel.DEFAULT_RULES)
     model = MobileBertForPreTraining(c)
@@ -332,13 +332,13 @@ def main(argv):
                "predictions": predictions, "dtype": c.dtype}
     if FLAGS.check:
         print(f"check config (IB-BERT shape {CHECK}, batch {CHECK_BATCH} x seq {CHECK_SEQ}, "
-              f"mesh {CHECK_MESH} of fake CPU devices): forward + backward temporaries per "
-              "device added per layer:")
-        print(f"  {'remat':<15}{'XLA (measured)':>16}{'analytic (estimated)':>22}{'ratio':>8}"
+              f"mesh {CHECK_MESH} of TPU v4 chips, compiled for {CHECK_TOPOLOGY}): forward + "
+              "backward temporaries per device added per layer:")
+        print(f"  {'remat':<15}{'XLA:TPU (measured)':>20}{'analytic (estimated)':>22}{'ratio':>8}"
               f"   totals at {CHECK_LAYERS[-1]} layers: XLA, analytic")
         results["check"] = check(REMAT_POLICIES)
         for r in results["check"]:
-            print(f"  {r['remat']:<15}{r['xla_per_layer'] / 2 ** 20:>12.2f} MiB"
+            print(f"  {r['remat']:<15}{r['xla_per_layer'] / 2 ** 20:>16.2f} MiB"
                   f"{r['analytic_per_layer'] / 2 ** 20:>18.2f} MiB"
                   f"{r['xla_per_layer'] / r['analytic_per_layer']:>8.2f}"
                   f"   {r['xla_temp_bytes'][-1] / 2 ** 20:.1f}, "
@@ -391,6 +391,7 @@ if __name__ == "__main__":
     flags.DEFINE_integer("seq_len", None, "Sequence length (default: the config's data.seq_len).")
     flags.DEFINE_enum("teacher_preset", "ibbert_large", list(PRESETS),
                       "The teacher of a distillation config's plan.")
-    flags.DEFINE_bool("check", True, "Also compare the analytic count with XLA on a check config.")
+    flags.DEFINE_bool("check", True, "Also compare the analytic count with XLA:TPU on a check "
+                      "config (needs libtpu).")
     flags.DEFINE_string("json", None, "Also write the results to this JSON file.")
     sys.exit(app.run(main, flags_parser=cli.parse_flags))
