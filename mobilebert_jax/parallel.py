@@ -4,8 +4,11 @@ arrays are laid out on devices.
 The mesh has three axes, `data`, `fsdp` and `tensor` (any may be 1; -1 takes the devices left).
 Model code names axes logically (`embed`, `mlp`, `qkv`, `vocab`, `batch`, ...); `rules` in the
 config map them to mesh axes. A logical name may appear in several rules: flax takes the rules in
-order and gives a dimension the first mesh axis its other dimensions have not taken, so every
-weight matrix gets one dimension on `fsdp` and the other on `tensor`. A mesh axis that does not
+order and gives a dimension the first mesh axis its other dimensions have not taken, so a
+weight matrix gets one dimension on `fsdp` and the other on `tensor`, except the kernels that
+leave the attention and the FFN (`qkv_rows`, `mlp_rows`: their input side on `tensor` × `fsdp`,
+Megatron's row-parallel split with FSDP's inside it, so that their gradients are reduce-scattered
+on a TPU). A mesh axis that does not
 divide its dimension evenly moves to another dimension of the array that it divides (a 30,522-row
 vocabulary's tensor axis goes to the 128-wide embedding dimension); when none does, the array is
 replicated along it, and `sharding_report` lists the arrays that end up fully replicated.
@@ -29,6 +32,11 @@ BATCH_AXES = ("data", "fsdp")
 DEFAULT_RULES = (
     ("batch", BATCH_AXES),
     ("length", None),
+    # the row-parallel kernels (attention output, FFN output) split their input side over
+    # `tensor` and then `fsdp`: XLA:TPU reduce-scatters a gradient split on its major dimension
+    # but all-reduces one split on its minor dimension whole
+    ("qkv_rows", ("tensor", "fsdp")),
+    ("mlp_rows", ("tensor", "fsdp")),
     ("act_embed", None),
     ("vocab", "tensor"),
     ("qkv", "tensor"),

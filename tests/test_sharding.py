@@ -69,6 +69,29 @@ def test_student_is_sharded_over_fsdp():
         assert per_device <= 1.1 * total / 8
 
 
+@pytest.mark.parametrize("shape", [(1, 8, 1), (1, 4, 2)])
+def test_kernels_leaving_attention_and_ffn_split_their_input_side(shape):
+    """Attention-output and FFN-output kernels: rows over tensor (Megatron's row-parallel split)
+    and fsdp inside it, columns whole (a gradient split on its columns is all-reduced whole by
+    XLA:TPU, docs/scaling.md); the kernels that enter them keep fsdp on their rows, tensor on
+    their columns."""
+    mesh = parallel.make_mesh(shape)
+    _, param_sh, _, _ = abstract_state("ibbert_large", mesh, num_hidden_layers=1)
+    layer = param_sh["bert"]["encoder"]["layer_0"]
+    rows = ("tensor", "fsdp")
+
+    def spec(sharding):
+        return tuple(sharding.spec) + (None,) * (2 - len(sharding.spec))
+
+    assert spec(layer["attention"]["output"]["dense"]["kernel"]) == (rows, None)
+    assert spec(layer["output"]["dense"]["kernel"]) == (rows, None)
+    assert spec(layer["intermediate"]["dense"]["kernel"]) == ("fsdp", "tensor")
+    assert spec(layer["attention"]["self"]["query"]["kernel"]) == ("fsdp", "tensor")
+    student = abstract_state("mobilebert", mesh, num_hidden_layers=1)[1]
+    ffn = student["bert"]["encoder"]["layer_0"]["ffn_layer_0"]["output"]["dense"]["kernel"]
+    assert spec(ffn) == (rows, None)
+
+
 def test_indivisible_dimension_is_replicated_and_reported():
     mesh = parallel.make_mesh((1, 2, 4))  # 30,522 vocabulary rows: not divisible by 4
     params, param_sh, _, _ = abstract_state("mobilebert", mesh, num_hidden_layers=1)

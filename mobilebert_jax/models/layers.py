@@ -19,6 +19,8 @@ from mobilebert_jax.models.config import MobileBertConfig
 BATCH, LENGTH = "batch", "length"
 VOCAB, EMBEDDING, EMBED = "vocab", "embedding", "embed"  # vocab rows, 128-d table, 512-d hidden
 INNER, QKV, MLP = "inner", "qkv", "mlp"  # bottleneck width, attention projections, FFN width
+# the input side of the kernels that leave the attention and the FFN (row-parallel kernels)
+QKV_ROWS, MLP_ROWS = "qkv_rows", "mlp_rows"
 POSITION, TYPE, CLASSES = "position", "token_type", "classes"
 EMBED_OUT = "embed_out"  # output side of the hidden→hidden kernels (pooler, MLM transform)
 ACT_EMBED = "act_embed"  # feature axis of hidden-state activations
@@ -183,7 +185,7 @@ class Attention(nn.Module):
         c = self.config
         ctx, scores = SelfAttention(c, name="self")(q_in, k_in, v_in, key_mask, deterministic)
         out_axis = INNER if c.use_bottleneck else EMBED
-        out = DenseNorm(c, c.inner_size, (QKV, out_axis), use_dropout=not c.use_bottleneck,
+        out = DenseNorm(c, c.inner_size, (QKV_ROWS, out_axis), use_dropout=not c.use_bottleneck,
                         name="output")(ctx, residual, deterministic)
         return out, scores
 
@@ -210,7 +212,7 @@ class FeedForward(nn.Module):
         c = self.config
         h = Intermediate(c, name="intermediate")(a)
         out_axis = INNER if c.use_bottleneck else EMBED
-        return DenseNorm(c, c.inner_size, (MLP, out_axis), name="output")(h, a)
+        return DenseNorm(c, c.inner_size, (MLP_ROWS, out_axis), name="output")(h, a)
 
 
 class LayerOutput(nn.Module):
@@ -224,7 +226,7 @@ class LayerOutput(nn.Module):
         c = self.config
         out_axis = INNER if c.use_bottleneck else EMBED
         eps = c.embedding_and_output_norm_eps
-        o = dense(c, c.inner_size, (MLP, out_axis), "dense")(h)
+        o = dense(c, c.inner_size, (MLP_ROWS, out_axis), "dense")(h)
         if not c.use_bottleneck:
             o = Dropout(c.hidden_dropout_prob)(o, deterministic=deterministic)
         o = make_norm(c, out_axis, eps)(o.astype(jnp.float32) + a)
