@@ -14,7 +14,9 @@ English Wikipedia from TFDS). `phase2`: the optional seq-512 phase, starting fro
 checkpoint. `smoke`: a small IB-BERT-shaped teacher on the Wikipedia sample inside the gensim
 wheel, minutes on a CPU. `v4_64` (32 chips) and `gpu8` (8× H100 80 GB, or H200): the paper's
 batch 4096 × 128 with the mesh, remat policy and accumulation that `mobilebert_jax.plan.memory`
-plans for that machine (docs/scaling.md, "Memory plan"); `v4_64` also fits a v5p-64 (32 chips).
+plans for that machine (docs/scaling.md, "Memory plan"); `v4_64` also fits a v5p-64 (32 chips),
+and splits the attention-output and FFN-output kernels on their input side
+(`parallel.ROW_SPLIT_RULES`), with which XLA:TPU reduce-scatters their gradients there.
 `v6e_64` (64 chips): the same batch on the mesh (8,8,1), no remat, that XLA:TPU compiles within
 a v6e chip's HBM; `v5e_256` (256 chips): mesh (16,16,1), no remat, within a v5e chip's 16 GB
 (docs/scaling.md, "Compiled for a TPU slice, on a CPU").
@@ -23,6 +25,7 @@ import ml_collections
 
 from mobilebert_jax.config_defaults import pretraining_data, trainer_fields
 from mobilebert_jax.models.config import PRESETS
+from mobilebert_jax.parallel import ROW_SPLIT_RULES
 from mobilebert_jax.train.optim import default_optimizer_config
 
 
@@ -60,6 +63,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         config.mesh.shape = (4, 8, 1)
         config.model.remat = "none"
         config.grad_accum_steps = 1
+        config.mesh.rules = ROW_SPLIT_RULES
     elif variant == "v6e_64":
         config.mesh.shape = (8, 8, 1)
         config.model.remat = "none"

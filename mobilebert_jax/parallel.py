@@ -4,11 +4,10 @@ arrays are laid out on devices.
 The mesh has three axes, `data`, `fsdp` and `tensor` (any may be 1; -1 takes the devices left).
 Model code names axes logically (`embed`, `mlp`, `qkv`, `vocab`, `batch`, ...); `rules` in the
 config map them to mesh axes. A logical name may appear in several rules: flax takes the rules in
-order and gives a dimension the first mesh axis its other dimensions have not taken, so a
-weight matrix gets one dimension on `fsdp` and the other on `tensor`, except the kernels that
-leave the attention and the FFN (`qkv_rows`, `mlp_rows`: their input side on `tensor` × `fsdp`,
-Megatron's row-parallel split with FSDP's inside it, so that their gradients are reduce-scattered
-on a TPU). A mesh axis that does not
+order and gives a dimension the first mesh axis its other dimensions have not taken, so every
+weight matrix gets one dimension on `fsdp` and the other on `tensor` (`ROW_SPLIT_RULES`, which
+the TPU v4-64 teacher config uses, splits the kernels that leave the attention and the FFN on
+their input side only). A mesh axis that does not
 divide its dimension evenly moves to another dimension of the array that it divides (a 30,522-row
 vocabulary's tensor axis goes to the 128-wide embedding dimension); when none does, the array is
 replicated along it, and `sharding_report` lists the arrays that end up fully replicated.
@@ -32,15 +31,12 @@ BATCH_AXES = ("data", "fsdp")
 DEFAULT_RULES = (
     ("batch", BATCH_AXES),
     ("length", None),
-    # the row-parallel kernels (attention output, FFN output) split their input side over
-    # `tensor` and then `fsdp`: XLA:TPU reduce-scatters a gradient split on its major dimension
-    # but all-reduces one split on its minor dimension whole
-    ("qkv_rows", ("tensor", "fsdp")),
-    ("mlp_rows", ("tensor", "fsdp")),
     ("act_embed", None),
     ("vocab", "tensor"),
     ("qkv", "tensor"),
+    ("qkv_rows", "tensor"),
     ("mlp", "tensor"),
+    ("mlp_rows", "tensor"),
     ("embed", "fsdp"),
     ("inner", "fsdp"),
     ("inner", "tensor"),
@@ -51,6 +47,14 @@ DEFAULT_RULES = (
     ("token_type", None),
     ("classes", None),
 )
+
+# The kernels that leave the attention and the FFN (`qkv_rows`, `mlp_rows`) with their input side
+# over `tensor` × `fsdp` (Megatron's row-parallel split with FSDP's inside it) and their output
+# side whole. XLA:TPU all-reduces a gradient whole instead of reduce-scattering it when the mesh
+# splits it along the dimension its layout keeps minor: for IB-BERT_LARGE's [1024, 1024] and
+# [4096, 1024] kernels on `fsdp` 8 that is the default rules' split (docs/scaling.md).
+ROW_SPLIT_RULES = (("qkv_rows", ("tensor", "fsdp")),
+                   ("mlp_rows", ("tensor", "fsdp"))) + DEFAULT_RULES
 
 
 def mesh_shape(shape: Sequence[int], num_devices: int) -> tuple[int, ...]:

@@ -11,18 +11,19 @@ from flax import linen as nn
 from mobilebert_jax import parallel
 from mobilebert_jax.models import MobileBertForPreTraining, get_config
 from mobilebert_jax.train import core, optim
+from tests import helpers
 
 RULES = parallel.rules_from_config(parallel.DEFAULT_RULES)
 
 
-def abstract_state(name, mesh, **overrides):
+def abstract_state(name, mesh, rules=RULES, **overrides):
     """(params, opt state) as ShapeDtypeStructs and their shardings, as create_sharded_state
     builds them."""
     model = MobileBertForPreTraining(get_config(name, **overrides))
     ids = jnp.zeros((1, 8), jnp.int32)
     boxed = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), ids)["params"])
     params = nn.meta.unbox(boxed)
-    param_sh = parallel.logical_shardings(boxed, mesh, RULES)
+    param_sh = parallel.logical_shardings(boxed, mesh, rules)
     tx, _ = optim.make_optimizer(optim.default_optimizer_config())
     opt_sh = core.opt_state_shardings(tx, params, param_sh, mesh)
     return params, param_sh, jax.eval_shape(tx.init, params), opt_sh
@@ -70,26 +71,36 @@ def test_student_is_sharded_over_fsdp():
 
 
 @pytest.mark.parametrize("shape", [(1, 8, 1), (1, 4, 2)])
-def test_kernels_leaving_attention_and_ffn_split_their_input_side(shape):
-    """Attention-output and FFN-output kernels: rows over tensor (Megatron's row-parallel split)
-    and fsdp inside it, columns whole (a gradient split on its columns is all-reduced whole by
-    XLA:TPU, docs/scaling.md); the kernels that enter them keep fsdp on their rows, tensor on
-    their columns."""
+def test_row_split_rules_split_the_kernels_leaving_attention_and_ffn_on_their_input_side(shape):
+    """Default rules: every kernel has fsdp on one side and tensor on the other. ROW_SPLIT_RULES
+    (the v4-64 teacher's): the attention-output and FFN-output kernels' rows over tensor
+    (Megatron's row-parallel split) and fsdp inside it, their columns whole; the kernels that
+    enter them unchanged."""
     mesh = parallel.make_mesh(shape)
-    _, param_sh, _, _ = abstract_state("ibbert_large", mesh, num_hidden_layers=1)
-    layer = param_sh["bert"]["encoder"]["layer_0"]
     rows = ("tensor", "fsdp")
 
     def spec(sharding):
         return tuple(sharding.spec) + (None,) * (2 - len(sharding.spec))
 
-    assert spec(layer["attention"]["output"]["dense"]["kernel"]) == (rows, None)
-    assert spec(layer["output"]["dense"]["kernel"]) == (rows, None)
-    assert spec(layer["intermediate"]["dense"]["kernel"]) == ("fsdp", "tensor")
-    assert spec(layer["attention"]["self"]["query"]["kernel"]) == ("fsdp", "tensor")
-    student = abstract_state("mobilebert", mesh, num_hidden_layers=1)[1]
-    ffn = student["bert"]["encoder"]["layer_0"]["ffn_layer_0"]["output"]["dense"]["kernel"]
-    assert spec(ffn) == (rows, None)
+    def kernels(rules, preset="ibbert_large"):
+        layer = abstract_state(preset, mesh, rules, num_hidden_layers=1)[1]["bert"]["encoder"][
+            "layer_0"]
+        return layer, {"attention output": spec(layer["attention"]["output"]["dense"]["kernel"]),
+                       "ffn output": spec(layer["output"]["dense"]["kernel"]),
+                       "ffn input": spec(layer["intermediate"]["dense"]["kernel"]),
+                       "query": spec(layer["attention"]["self"]["query"]["kernel"])}
+
+    _, default = kernels(RULES)
+    assert default == {"attention output": ("tensor", "fsdp"), "ffn output": ("tensor", "fsdp"),
+                       "ffn input": ("fsdp", "tensor"), "query": ("fsdp", "tensor")}
+    split_rules = parallel.rules_from_config(parallel.ROW_SPLIT_RULES)
+    _, split = kernels(split_rules)
+    assert split == {"attention output": (rows, None), "ffn output": (rows, None),
+                     "ffn input": ("fsdp", "tensor"), "query": ("fsdp", "tensor")}
+    student, _ = kernels(split_rules, "mobilebert")
+    assert spec(student["ffn_layer_0"]["output"]["dense"]["kernel"]) == (rows, None)
+    v4_64 = helpers.config_module("teacher").get_config("v4_64")
+    assert parallel.rules_from_config(v4_64.mesh.rules) == split_rules
 
 
 def test_indivisible_dimension_is_replicated_and_reported():

@@ -234,6 +234,39 @@ ENTRY %main (p: bf16[2,4]) -> f32[2,4] {
     assert stats["all-reduce"] == {"count": 1, "bytes": 20}  # not the one in the fusion
     assert stats["collective-permute"] == {"count": 1, "bytes": 32}
     assert stats["all-to-all"] == {"count": 0, "bytes": 0}
+    # v5e/v6e's asynchronous collective fusion: one all-gather (channel 7) written into two
+    # computations counts once; another channel is another all-gather; reduce-scatter fusions
+    # whose inner all-reduces share a placeholder channel count one each
+    fused = """HloModule m
+
+%all-reduce-scatter.1 (input: f32[8,4]) -> f32[2,4] {
+  %input = f32[8,4]{1,0} parameter(0)
+  %all-reduce.1 = f32[8,4]{1,0} all-reduce(%input), channel_id=1, to_apply=%add
+  ROOT %dynamic-slice.1 = f32[2,4]{1,0} dynamic-slice(%all-reduce.1, %c, %c)
+}
+
+%all-reduce-scatter.2 (input: f32[8,4]) -> f32[2,4] {
+  %input = f32[8,4]{1,0} parameter(0)
+  %all-reduce.2 = f32[8,4]{1,0} all-reduce(%input), channel_id=1, to_apply=%add
+  ROOT %dynamic-slice.2 = f32[2,4]{1,0} dynamic-slice(%all-reduce.2, %c, %c)
+}
+
+%async_collective_fusion.3 (p: bf16[2,4]) -> bf16[8,4] {
+  %p = bf16[2,4]{1,0} parameter(0)
+  ROOT %all-gather.3 = bf16[8,4]{1,0} all-gather(%p), channel_id=7, dimensions={0}
+}
+
+ENTRY %main (p: bf16[2,4]) -> f32[2,4] {
+  %p = bf16[2,4]{1,0} parameter(0)
+  %all-gather.1 = bf16[8,4]{1,0} all-gather(%p), channel_id=7, dimensions={0}
+  %all-gather.2 = bf16[8,4]{1,0} all-gather(%p), channel_id=8, dimensions={0}
+  %f1 = f32[2,4]{1,0} fusion(%x), kind=kCustom, calls=%all-reduce-scatter.1
+  ROOT %f2 = f32[2,4]{1,0} fusion(%y), kind=kCustom, calls=%all-reduce-scatter.2
+}
+"""
+    stats = hlo.collectives(fused)
+    assert stats["all-gather"] == {"count": 2, "bytes": 128}
+    assert stats["reduce-scatter"]["count"] == 2 and stats["all-reduce"]["count"] == 0
 
     import jax
     import jax.numpy as jnp

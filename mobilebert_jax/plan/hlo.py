@@ -6,6 +6,10 @@ Kinds: all-gather, all-reduce, reduce-scatter, all-to-all, collective-permute. A
 pair (`all-gather-start` / `all-gather-done`) counts once. XLA:TPU writes a reduce-scatter as a
 fusion that calls a computation named `all-reduce-scatter*` (an all-reduce and a dynamic-slice):
 that fusion counts as a reduce-scatter, and the all-reduce inside it not as an all-reduce.
+A collective op counts once per `channel_id`: XLA:TPU's asynchronous collective fusion (v5e,
+v6e) writes one all-gather into several computations, each copy with the same channel id, shape
+and source op. (The all-reduces inside distinct `all-reduce-scatter` computations may share a
+placeholder channel id: those fusions count one each.)
 
 Bytes are those of the whole array a collective spans on one device: the larger of its operands
 and its result (an all-gather's output, a reduce-scatter's input; an all-reduce's, all-to-all's
@@ -31,6 +35,7 @@ _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?(?P<name>[\w.\-]+)\s*=\s*(?P<shape
 _COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?(?P<name>[\w.\-]+)\b.*\{\s*$")  # at column 0
 _ARRAY = re.compile(r"\b([a-z]+\d*(?:e\d+m\d+\w*)?)\[([\d,]*)\]")
 _CALLS = re.compile(r"calls=%?([\w.\-]+)")
+_CHANNEL = re.compile(r"\bchannel_id=(\d+)")
 _CALLEES = re.compile(r"(?:to_apply|calls|branch_computations|true_computation|"
                       r"false_computation)=(\{[^}]*\}|%?[\w.\-]+)")
 
@@ -82,12 +87,20 @@ def collective_ops(text: str) -> list[dict]:
     docstring says)."""
     rows = list(_instructions(text))
     sizes = {name: shape_bytes(shape) for _, name, shape, _, _, _ in rows}
-    ops = {name: (op, operands) for _, name, _, op, operands, _ in rows}
-    out = []
+    ops = {name: (op, operands, rest) for _, name, _, op, operands, rest in rows}
+    out, seen = [], set()
 
-    def add(kind, result_bytes, operands):
+    def add(kind, result_bytes, operands, channel):
+        if channel is not None:
+            if (kind, channel) in seen:
+                return  # the same transfer in another computation
+            seen.add((kind, channel))
         out.append({"kind": kind,
                     "bytes": max(result_bytes, sum(sizes.get(o, 0) for o in operands))})
+
+    def channel_of(rest):
+        channel = _CHANNEL.search(rest)
+        return channel[1] if channel else None
 
     for computation, name, shape, op, operands, rest in rows:
         if computation and computation.startswith(REDUCE_SCATTER_COMPUTATION):
@@ -95,14 +108,14 @@ def collective_ops(text: str) -> list[dict]:
         if op == "fusion":
             called = _CALLS.search(rest)
             if called and called[1].startswith(REDUCE_SCATTER_COMPUTATION):
-                add("reduce-scatter", sizes[name], operands)
+                add("reduce-scatter", sizes[name], operands, None)
             continue
         for kind in KINDS:
             if op == kind:
-                add(kind, sizes[name], operands)
+                add(kind, sizes[name], operands, channel_of(rest))
             elif op == f"{kind}-done":  # the start's operands, the done's result
-                start = ops.get(operands[0], (None, [])) if operands else (None, [])
-                add(kind, sizes[name], start[1])
+                start = ops.get(operands[0], (None, [], "")) if operands else (None, [], "")
+                add(kind, sizes[name], start[1], channel_of(start[2]))
     return out
 
 
