@@ -19,6 +19,7 @@ config's own programs at full size.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import sys
@@ -225,8 +226,10 @@ def propose(c, target, mesh, batch, seq_len, predictions, state,
     return None
 
 
+@functools.cache
 def check_devices(count: int) -> list:
-    """`count` compile-only TPU v4 devices (XLA:TPU from libtpu) for the check."""
+    """`count` compile-only TPU v4 devices (XLA:TPU from libtpu) for the check (built once: every
+    compile of the check uses them)."""
     from mobilebert_jax.plan import compile as tpu_compile
 
     try:
