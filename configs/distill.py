@@ -13,9 +13,11 @@ The variant is a comma-separated list of words, in any order, at most one of eac
   scale:    (default: the official run) | smoke (distils the smoke teacher of
             `configs/teacher.py:smoke`, read from runs/teacher_smoke, on the embedded
             Wikipedia sample, on a CPU)
-  machine:  (default: the mesh (-1,1,1), no remat) | v4_64 | gpu8 (the mesh and remat policy
-            that `mobilebert_jax.plan.memory` plans for batch 2048 x 512 with the teacher
-            forward in the same step on a TPU v4-64 or 8 GPUs; docs/scaling.md, "Memory plan")
+  machine:  (default: the mesh (-1,1,1), no remat) | v4_64 (TPU v4-64 or v5p-64) | v6e_64 |
+            v5e_256 (v5litepod-256) | gpu8 (8 GPUs): the mesh and remat policy that fit batch
+            2048 x 512 with the teacher forward in the same step, by XLA:TPU
+            (`mobilebert_jax.plan.compile`) or, for GPUs, the memory plan
+            (`mobilebert_jax.plan.memory`); docs/scaling.md
 
 Defaults are the official hyperparameters: 24 stages of 10k steps of layer-wise transfer
 (constant lr 1.5e-3 times the PKT layer multipliers), then 500k steps of pre-training
@@ -34,7 +36,10 @@ from mobilebert_jax.train.optim import default_optimizer_config
 STUDENTS = {"mobilebert": "mobilebert", "tiny": "mobilebert_tiny"}
 STRATEGIES = ("pkt", "jkt", "akt")
 SCALES = ("smoke",)
-MACHINES = {"v4_64": (4, 8, 1), "gpu8": (1, 8, 1)}  # mesh; both with remat dots_no_batch
+# machine variant -> (mesh, the student's remat policy): what `plan.compile` (TPU slices) and
+# `plan.memory` (GPUs) say fits batch 2048 x 512 with the teacher forward in the same step
+MACHINES = {"v4_64": ((4, 8, 1), "dots_no_batch"), "v6e_64": ((8, 8, 1), "none"),
+            "v5e_256": ((16, 16, 1), "none"), "gpu8": ((1, 8, 1), "dots_no_batch")}
 
 
 def parse_variant(variant: str) -> dict:
@@ -116,7 +121,6 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         if choice["scale"]:
             raise ValueError(f"distill config variant {variant!r}: a machine variant is for the "
                              "official run, not the smoke scale")
-        config.mesh.shape = MACHINES[choice["machine"]]
-        config.model.remat = "dots_no_batch"
+        config.mesh.shape, config.model.remat = MACHINES[choice["machine"]]
         config.grad_accum_steps = 1
     return config

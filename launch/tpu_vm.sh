@@ -14,7 +14,7 @@
 # Settings (environment): BUCKET (gs://..., required: holds the dataset, the workdir with its
 # checkpoints, metrics.jsonl and TensorBoard events), TPU_NAME, ZONE, ACCELERATOR (v4-32, v4-64,
 # v5p-256, v3-256, ...), RUNTIME (TPU software version), PROJECT, PROVISIONING (spot | reserved |
-# on-demand), CONFIG (default: the memory plan's variant for ACCELERATOR), CORPUS, DATASET_DIR,
+# on-demand), CONFIG (default: the compiled variant for ACCELERATOR), CORPUS, DATASET_DIR,
 # RUN_NAME, EXTRA_ARGS, REPO_URL and REPO_REF; PYTHON (check: an environment with this repo and
 # `pip install -e .[tpu]`; default python3) and SKIP_CHECK=1 (create without the check).
 # A spot VM that is preempted is recreated with `create` + `wait` + `install` + `run`: the run
@@ -34,9 +34,9 @@ COMMAND=${1:-}
 [[ "$COMMAND" == check ]] && BUCKET=${BUCKET:-gs://unused} REPO_URL=${REPO_URL:-unused}
 BUCKET=${BUCKET:?set BUCKET=gs://your-bucket}
 BUCKET=${BUCKET%/}
-# The paper's batch with the mesh and remat policy the memory plan gives for the slice
-# (docs/scaling.md, "Memory plan"): configs/teacher.py:v4_64 on a v4-64 or v5p-64, :v6e_64 on a
-# v6e-64, :v5e_256 on a v5litepod-256, else the default mesh.
+# The paper's batch with the mesh and remat policy that XLA:TPU compiles to fit the slice
+# (docs/scaling.md, "Compiled for a TPU slice, on a CPU"): configs/teacher.py:v4_64 on a v4-64
+# or v5p-64, :v6e_64 on a v6e-64, :v5e_256 on a v5litepod-256, else the default mesh.
 case "$ACCELERATOR" in
   v4-64|v5p-64) PLANNED=configs/teacher.py:v4_64;;
   v6e-64) PLANNED=configs/teacher.py:v6e_64;;

@@ -13,7 +13,8 @@ from tests.helpers import CONFIGS, REPO, run_module
 
 VARIANTS = [("teacher.py", v) for v in ("", "smoke", "phase2", "v4_64", "v6e_64", "v5e_256",
                                         "gpu8")] + \
-    [("distill.py", v) for v in ("", "smoke", "tiny,smoke,jkt", "akt", "v4_64", "gpu8")] + \
+    [("distill.py", v) for v in ("", "smoke", "tiny,smoke,jkt", "akt", "v4_64", "v6e_64",
+                                 "v5e_256", "gpu8")] + \
     [("finetune_glue.py", v) for v in ("", "sst2")] + \
     [("finetune_squad.py", v) for v in ("", "2.0")]
 

@@ -4,19 +4,19 @@ import os
 
 import pytest
 
-from mobilebert_jax.data import corpus
+from mobilebert_jax.data import corpus, sentences
 
 
 def test_split_sentences_hand_worked():
     text = ("Mr. Smith went to Washington. He met Dr. J. R. R. Tolkien! Was it 5 p.m.? "
             '"Yes," she said. (It was.) The U.S. economy grew 3.5% in 2001.  Then e.g. this. '
             "lower case after a stop. stays")
-    assert corpus.split_sentences(text) == [
+    assert sentences.split_sentences(text) == [
         "Mr. Smith went to Washington.", "He met Dr. J. R. R. Tolkien!", "Was it 5 p.m.?",
         '"Yes," she said.', "(It was.)", "The U.S. economy grew 3.5% in 2001.",
         "Then e.g. this. lower case after a stop. stays"]
-    assert corpus.split_sentences("   ") == []
-    assert corpus.split_sentences("No final stop") == ["No final stop"]
+    assert sentences.split_sentences("   ") == []
+    assert sentences.split_sentences("No final stop") == ["No final stop"]
 
 
 def test_text_layout(tmp_path):
@@ -50,7 +50,7 @@ def test_wiki_sample_from_shared_data(shared_data):
 def test_clean_wiki_markup_hand_worked():
     raw = ("'''Alpha''' is the ''first'' letter of many alphabets.\n\n==History==\n"
            "*A list item with four words\n* \n: 1\n===Sub heading===\nEnd of the text.")
-    assert corpus.clean_wiki_markup(raw) == [
+    assert sentences.clean_wiki_markup(raw) == [
         "Alpha is the first letter of many alphabets.", "A list item with four words",
         "End of the text."]
 

@@ -20,7 +20,7 @@ pytest.importorskip("libtpu", reason="libtpu is not installed (pip install -e '.
                                      "compile checks need its compiler")
 
 from mobilebert_jax.plan import compile as tpu_compile  # noqa: E402
-from mobilebert_jax.plan import hlo  # noqa: E402
+from mobilebert_jax.plan import hlo, topologies  # noqa: E402
 from tests import helpers  # noqa: E402
 
 TOPOLOGY = "v4:2x2x1"  # = v4-8: 4 TPU v4 chips, one device each (megacore)
@@ -190,24 +190,24 @@ def test_a_finetuning_step(tmp_path):
 
 
 def test_topologies_and_meshes():
-    assert tpu_compile.target("v4-8").topology == "v4:2x2x1"
-    assert tpu_compile.target("v5p-128").topology == "v5p:4x4x4"
-    assert tpu_compile.target("v5e-16").topology == "v5e:4x4"
-    assert tpu_compile.target("v6e-256").chip_config == "default"
+    assert topologies.target("v4-8").topology == "v4:2x2x1"
+    assert topologies.target("v5p-128").topology == "v5p:4x4x4"
+    assert topologies.target("v5e-16").topology == "v5e:4x4"
+    assert topologies.target("v6e-256").chip_config == "default"
     with pytest.raises(ValueError, match="unknown TPU slice"):
-        tpu_compile.target("v4-12")
-    two = tpu_compile.topology_devices(tpu_compile.target("v4-8"), num_slices=2)
-    mesh = tpu_compile.make_mesh((-1, 4, 1), two)  # default dcn_shape: slices on data
+        topologies.target("v4-12")
+    two = topologies.topology_devices(topologies.target("v4-8"), num_slices=2)
+    mesh = topologies.make_mesh((-1, 4, 1), two)  # default dcn_shape: slices on data
     assert dict(mesh.shape) == {"data": 2, "fsdp": 4, "tensor": 1}
     assert {d.slice_index for d in mesh.devices[0].flat} == {0}  # one slice per data row
     with pytest.raises(ValueError, match=r"mesh.dcn_shape \(3, 1, 1\) does not fit the 2 "):
-        tpu_compile.make_mesh((-1, 4, 1), two, dcn_shape=(3, 1, 1))
+        topologies.make_mesh((-1, 4, 1), two, dcn_shape=(3, 1, 1))
     with pytest.raises(ValueError, match="does not split over the slices"):
-        tpu_compile.make_mesh((-1, 4, 1), two, dcn_shape=(1, 1, 2))  # tensor 1 over 2 slices
+        topologies.make_mesh((-1, 4, 1), two, dcn_shape=(1, 1, 2))  # tensor 1 over 2 slices
     # a shape that jax's mesh_utils cannot lay on the 4x4x4 torus (the trainer's make_mesh too)
     with pytest.raises(ValueError, match="cannot lay it on the torus"):
-        tpu_compile.make_mesh((8, 8, 1), tpu_compile.topology_devices(
-            tpu_compile.target("v4-128")))
+        topologies.make_mesh((8, 8, 1), topologies.topology_devices(
+            topologies.target("v4-128")))
 
 
 def test_hlo_collectives_and_dot_flops():

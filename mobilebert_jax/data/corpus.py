@@ -26,10 +26,7 @@ ranges of TFDS splits; a `.bz2` dump is one task); each document has a key that 
 on the cut nor on the file's encoding (`task_documents`: a text document's key is its source,
 its file and a hash of its text).
 
-Lines and paragraphs are split into sentences by `split_sentences`, a small regex splitter:
-a sentence ends at `.`, `!` or `?` (plus closing quotes/brackets) followed by whitespace and an
-upper-case letter, digit or opening quote, unless the word before the stop is a known
-abbreviation (Mr., Dr., e.g., ...) or a single capital initial (J. R. R. Tolkien).
+Lines and paragraphs become sentences in `sentences.py`.
 """
 from __future__ import annotations
 
@@ -43,53 +40,23 @@ from typing import Iterator
 
 from mobilebert_jax import files
 from mobilebert_jax.data import text_files
+from mobilebert_jax.data.sentences import (
+    WIKI_TITLE,
+    clean_wiki_markup,
+    paragraphs_to_document,
+    split_sentences,
+)
 
 Document = list[str]
 
 GENSIM_WIKI_SAMPLE = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 MIN_ARTICLE_WORDS = 50
-MIN_WIKI_LINE_WORDS = 3
 MAX_BAD_LINE_FRACTION = 0.1  # lines with NUL bytes, above which a file is refused
 
-_ABBREVIATIONS = frozenset(
-    "mr mrs ms dr prof sr jr st mt vs etc e.g i.e cf al fig figs no nos vol vols ed eds "
-    "approx ca c inc ltd co corp jan feb mar apr jun jul aug sep sept oct nov dec gen col "
-    "lt sgt capt rev gov sen rep u.s u.k a.d b.c p pp ph.d op".split())
-# A candidate boundary: terminal punctuation, optional closers, whitespace, then a likely
-# sentence start.
-_BOUNDARY = re.compile(r"""([.!?]+)(["'\u201d\u2019)\]]*)(\s+)(?=["'\u201c\u2018(\[]?[A-Z0-9])""")
-_WORD_BEFORE = re.compile(r"(\S+)$")
-_WIKI_TITLE = re.compile(r"^\s*=\s+(.*?)\s+=\s*$")
-_WIKI_HEADING = re.compile(r"^\s*=+.*=+\s*$")
-_WIKI_LIST_MARKER = re.compile(r"^[*#:;]+\s*")
-_WIKI_QUOTES = re.compile(r"'{2,}")
 # NAME[:SPLIT[:TEXT_KEY]]; a split may hold a slice with colons, e.g. train[:1%].
 _TFDS_SPEC = re.compile(r"^(?P<name>[^:\[\]]+)(?::(?P<split>[^:\[]*(?:\[[^\]]*\])?))?"
                         r"(?::(?P<key>[^:]+))?$")
 _SPEC_KINDS = ("gensim_wiki", "text", "wiki_articles", "tfds")
-
-
-def split_sentences(text: str) -> list[str]:
-    """Splits a paragraph into sentences with the regex rules in the module docstring."""
-    text = " ".join(text.split())
-    if not text:
-        return []
-    sentences, start = [], 0
-    for m in _BOUNDARY.finditer(text):
-        if m.group(1) == ".":
-            word = _WORD_BEFORE.search(text, start, m.start())
-            prev = word.group(1).lstrip("\"'(\u201c\u2018[") if word else ""
-            if prev.lower() in _ABBREVIATIONS or re.fullmatch(r"[A-Z]", prev):
-                continue
-        end = m.start(3)
-        sentences.append(text[start:end])
-        start = m.end()
-    sentences.append(text[start:])
-    return [s for s in sentences if s]
-
-
-def _paragraphs_to_document(paragraphs: list[str]) -> Document:
-    return [s for p in paragraphs for s in split_sentences(p)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,30 +171,6 @@ def _tfds_builder(name: str, data_dir: str | None):
     return builder
 
 
-def file_encoding(path: str, declared: str = "") -> tuple[text_files.Choice, int]:
-    """A text file's encoding, chosen from its first `text_files.SAMPLE_BYTES` (up to their
-    last line end), and how many bytes that sample holds; ValueError naming a binary file."""
-    with files.open_binary(path) as f:
-        sample = f.read(text_files.SAMPLE_BYTES)
-    if len(sample) == text_files.SAMPLE_BYTES and b"\n" in sample:
-        sample = sample[:sample.rindex(b"\n") + 1]
-    return text_files.choose_encoding(sample, path, declared), len(sample)
-
-
-def _report_encodings(choices: list[tuple[str, text_files.Choice]]) -> None:
-    """One line per file that is not plain UTF-8, then their count."""
-    odd = [(path, c) for path, c in choices if c.note]
-    for path, c in odd:
-        kind = "note" if c.encoding != text_files.UTF8 else "warning"
-        print(f"{kind}: {path}: {c.note}", file=sys.stderr, flush=True)
-    if odd:
-        detected = sum(1 for _, c in odd if c.encoding != text_files.UTF8 and not c.declared)
-        stray = sum(1 for _, c in odd if c.encoding == text_files.UTF8)
-        print(f"note: {len(odd)} of {len(choices)} corpus files are not plain UTF-8: "
-              f"{detected} in a detected encoding, {len(odd) - detected - stray} in a declared "
-              f"one, {stray} UTF-8 with stray bytes", file=sys.stderr, flush=True)
-
-
 def read_tasks(specs: list[CorpusSpec], chunk_bytes: int = 8 << 20
                ) -> tuple[list[ReadTask], int]:
     """The read tasks of the sources (text files cut into `chunk_bytes` ranges, TFDS splits
@@ -238,7 +181,7 @@ def read_tasks(specs: list[CorpusSpec], chunk_bytes: int = 8 << 20
     for source, spec in enumerate(specs):
         if spec.kind in ("text", "wiki_articles"):
             for file_index, path in enumerate(spec.paths):
-                choice, sampled = file_encoding(path, spec.encoding)
+                choice, sampled = text_files.file_encoding(path, spec.encoding)
                 choices.append((path, choice))
                 n = files.size(path)
                 total += n
@@ -272,7 +215,7 @@ def read_tasks(specs: list[CorpusSpec], chunk_bytes: int = 8 << 20
             for start in range(0, n, step):
                 tasks.append(ReadTask(source, "tfds", tfds=tfds_args, start=start,
                                       end=min(start + step, n)))
-    _report_encodings(choices)
+    text_files.report_encodings(choices)
     return tasks, total
 
 
@@ -319,7 +262,8 @@ class _LineReader:
                 yield offset, line
 
     def _binary(self) -> bool:
-        # A file's first MB is judged up front (`file_encoding`); here, binary data further on.
+        # A file's first MB is judged up front (`text_files.file_encoding`); here, binary
+        # data further on.
         return self.bad > 100 and self.bad > MAX_BAD_LINE_FRACTION * self.total
 
     def report(self) -> None:
@@ -372,7 +316,7 @@ def _wiki_task_documents(task: ReadTask, lines: _LineReader
     for offset, line in lines:
         if line is None:
             continue
-        if _WIKI_TITLE.match(line):
+        if WIKI_TITLE.match(line):
             if doc_start >= 0 and doc:
                 yield doc_start, doc
             if offset >= task.end:
@@ -408,20 +352,6 @@ def task_documents(task: ReadTask, stats: dict | None = None
             yield f"{task.source}:{index}", doc
 
 
-def clean_wiki_markup(text: str) -> list[str]:
-    """Paragraphs of a `filter_wiki` output: headings, list markers, leftover ''/''' quotes
-    and lines under MIN_WIKI_LINE_WORDS words removed."""
-    paragraphs = []
-    for line in text.splitlines():
-        if _WIKI_HEADING.match(line):
-            continue
-        line = _WIKI_QUOTES.sub("", _WIKI_LIST_MARKER.sub("", line.strip()))
-        line = " ".join(line.split())
-        if len(line.split()) >= MIN_WIKI_LINE_WORDS:
-            paragraphs.append(line)
-    return paragraphs
-
-
 def _gensim_pages(path: str) -> Iterator[tuple[int, Document]]:
     """(page index, article) of a Wikipedia XML `.bz2` dump, parsed with gensim's utilities."""
     from gensim.corpora.wikicorpus import extract_pages, filter_wiki
@@ -436,7 +366,7 @@ def _gensim_pages(path: str) -> Iterator[tuple[int, Document]]:
                 paragraphs = clean_wiki_markup(filter_wiki(text))
                 if sum(len(p.split()) for p in paragraphs) < MIN_ARTICLE_WORDS:
                     continue
-                doc = _paragraphs_to_document(paragraphs)
+                doc = paragraphs_to_document(paragraphs)
                 if doc:
                     yield index, doc
     except (OSError, EOFError) as e:
@@ -468,7 +398,7 @@ def _tfds_examples(name: str, split: str, text_key: str, data_dir: str | None, s
                 continue
             text = text_files.decode_line(text, text_files.Choice(text_files.UTF8, False,
                                                                   None))[0]
-        doc = _paragraphs_to_document([line for line in str(text).splitlines() if line.strip()])
+        doc = paragraphs_to_document([line for line in str(text).splitlines() if line.strip()])
         if doc:
             yield index, doc
     if bad:

@@ -25,8 +25,11 @@ from __future__ import annotations
 import codecs
 import dataclasses
 import re
+import sys
 
 import charset_normalizer
+
+from mobilebert_jax import files
 
 SAMPLE_BYTES = 1 << 20  # what a file's encoding and binary-ness are judged on
 MAX_CONTROL_LINE_FRACTION = 0.1
@@ -227,3 +230,27 @@ def decode(raw: bytes, path: str, encoding: str = "") -> Decoded:
         note = (f"not UTF-8 ({_plural(high, 'byte')} outside ASCII, first on line {line}): "
                 f"decoded as {choice.encoding} (detected)")
     return Decoded(text, choice.encoding, note)
+
+
+def file_encoding(path: str, declared: str = "") -> tuple[Choice, int]:
+    """A text file's encoding, chosen from its first `SAMPLE_BYTES` (up to their
+    last line end), and how many bytes that sample holds; ValueError naming a binary file."""
+    with files.open_binary(path) as f:
+        sample = f.read(SAMPLE_BYTES)
+    if len(sample) == SAMPLE_BYTES and b"\n" in sample:
+        sample = sample[:sample.rindex(b"\n") + 1]
+    return choose_encoding(sample, path, declared), len(sample)
+
+
+def report_encodings(choices: list[tuple[str, Choice]]) -> None:
+    """One line on stderr per file that is not plain UTF-8, then their count."""
+    odd = [(path, c) for path, c in choices if c.note]
+    for path, c in odd:
+        kind = "note" if c.encoding != UTF8 else "warning"
+        print(f"{kind}: {path}: {c.note}", file=sys.stderr, flush=True)
+    if odd:
+        detected = sum(1 for _, c in odd if c.encoding != UTF8 and not c.declared)
+        stray = sum(1 for _, c in odd if c.encoding == UTF8)
+        print(f"note: {len(odd)} of {len(choices)} corpus files are not plain UTF-8: "
+              f"{detected} in a detected encoding, {len(odd) - detected - stray} in a declared "
+              f"one, {stray} UTF-8 with stray bytes", file=sys.stderr, flush=True)
