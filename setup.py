@@ -22,6 +22,12 @@ EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 # compiles for a Cloud TPU slice on any Linux machine with it, no TPU needed. Not in `all`
 # (Linux only, hundreds of MB); CI installs it.
 EXTRAS["tpu"] = ["libtpu==0.0.42.1"]
+# XLA:GPU's compiler without a GPU (JAX's CUDA plugin and ptxas; the release jax 0.10.2 pairs
+# with): `mobilebert_jax.plan.compile --topology=8xH100`. Not in `all`: with it installed JAX
+# logs that it finds no CUDA driver at every start on a machine without one; CI installs it
+# after the main test run, for tests/test_gpu_compile.py.
+EXTRAS["gpu_compile"] = ["jax-cuda12-plugin==0.10.2", "jax-cuda12-pjrt==0.10.2",
+                         "nvidia-cuda-nvcc-cu12"]
 # Beam's Google Cloud I/O and DataflowRunner, for `data.prepare` on Dataflow (not in `all`: no
 # test runs a cloud service).
 EXTRAS["dataflow"] = ["apache-beam[gcp]"]

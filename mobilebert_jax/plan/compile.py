@@ -1,5 +1,6 @@
-"""Compiles every step program of a training config for a Cloud TPU slice, on this machine, with
-no TPU (the compiler in libtpu, `pip install -e ".[tpu]"`):
+"""Compiles every step program of a training config for a Cloud TPU slice or NVIDIA GPUs, on this
+machine, with no TPU or GPU (XLA:TPU from libtpu, `pip install -e ".[tpu]"`; XLA:GPU from JAX's
+CUDA plugin, `pip install -e ".[gpu_compile]"`):
 
     python -m mobilebert_jax.plan.compile --config=configs/teacher.py[:VARIANT] --topology=v4-8
         [--stages=train,eval] [--num_slices=N] [--teacher_preset=ibbert_large]
@@ -9,12 +10,14 @@ The programs are the trainer's own (`build_program` of pretrain, distill or fine
 state shardings, step functions and abstract arguments a run compiles, on a mesh of the config's
 `mesh.shape` over the slice's compile-only devices. Per program and device: XLA's memory
 analysis (arguments, outputs, aliases, temporaries, generated code; total = arguments + outputs
-- aliases + temporaries + code) against the HBM XLA allows, with the margin and a verdict; the
-FLOPs XLA counts (`cost_analysis`: every op, norms, activations and the optimizer included) and
-those of the matmuls alone (the lowered program's dots over the devices: what the analytic count
-of `metrics.throughput` and MFU cover); the collectives' bytes by kind (`plan/hlo.py`) against
-an ideal FSDP step (`fsdp_ideal`); with `--num_slices` > 1 (the mesh from `mesh.dcn_shape`, as
-the trainer builds it) the transfers between slices. A program that does not fit makes the
+- aliases + temporaries + code) against the memory a run may use (on a TPU what XLA allows; on a
+GPU 92 % of it, launch/gpu_host.sh's XLA_PYTHON_CLIENT_MEM_FRACTION), with the margin and a
+verdict; the FLOPs XLA counts (`cost_analysis`: every op, norms, activations and the optimizer
+included; XLA:GPU without a device counts none) and those of the matmuls alone (the lowered
+program's dots over the devices: what the analytic count of `metrics.throughput` and MFU cover);
+the collectives' bytes by kind (`plan/hlo.py`) against an ideal FSDP step (`fsdp_ideal`); with
+`--num_slices` > 1 (the mesh from `mesh.dcn_shape`, as the trainer builds it) the transfers
+between slices. A program that does not fit makes the
 command fail with one line naming it.
 
 Distillation: the teacher's model config comes from `teacher_checkpoint` when it is a directory,
@@ -23,10 +26,13 @@ per layer, then PD), and `--stages` picks some. Fine-tuning: the model config co
 `init_checkpoint` when it is a directory, else from `--model_preset`; `--total_steps` only sets
 the schedule's length.
 
-The slices, their libtpu topology names and the HBM XLA allows: `plan/topologies.py`.
+The slices and GPUs, their topology names and memory: `plan/topologies.py`. XLA:GPU compiles
+without autotuning (no device to time kernels on), so a GPU's figures are those of untuned
+kernels.
 """
 from __future__ import annotations
 
+import gc
 import math
 import os
 import re
@@ -150,11 +156,12 @@ def compile_program(fn, args, mesh, rules, usable_bytes: int) -> dict:
              + memory["generated_code"])
     text = compiled.as_text()
     ops, crossing = hlo.collective_ops(text), hlo.cross_slice(text)
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    cost = compiled.cost_analysis()  # None from XLA:GPU without a device
+    cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
     return {"fits": total <= usable_bytes, "seconds": seconds, "memory": memory,
             "total_bytes": total, "usable_bytes": usable_bytes,
-            "margin_bytes": usable_bytes - total, "flops": float(cost.get("flops", -1.0)),
+            "margin_bytes": usable_bytes - total,
+            "flops": float(cost["flops"]) if "flops" in cost else None,
             "matmul_flops": hlo.dot_flops(lowered.as_text(dialect="hlo")) / mesh.size,
             "collectives": hlo.totals(ops), **({"cross_slice": hlo.totals(crossing)}
                                                 if parallel.num_slices(mesh.devices.flat) > 1
@@ -227,7 +234,9 @@ def describe(name: str, r: dict, target_name: str) -> list[str]:
              f"{_size(m['generated_code'])}",
              f"  total {_size(r['total_bytes'])} of {_size(r['usable_bytes'])}: {verdict} "
              f"(margin {_size(r['margin_bytes'])})",
-             f"  FLOPs per device {r['flops']:.4g}, of which matmuls {r['matmul_flops']:.4g}"
+             (f"  FLOPs per device {r['flops']:.4g}, of which matmuls" if r["flops"] is not None
+              else "  FLOPs per device: the compiler counts none; matmuls")
+             + f" {r['matmul_flops']:.4g}"
              + (f" (analytic {r['analytic_flops']:.4g})" if "analytic_flops" in r else ""),
              "  collectives per device (MiB; ideal: fsdp_ideal):  count  compiled     ideal"]
     for kind, c in r["collectives"].items():
@@ -258,8 +267,8 @@ def run(config, topology: str, stages: list[str] | None = None, num_slices: int 
     state_per_device = sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
                            for x in leaves)
     slices = f" x {num_slices} slices" if num_slices > 1 else ""
-    echo(f"target {t.name}{slices}: topology {t.topology} ({t.chip_config}), {len(devices)} "
-         f"devices ({kind}); HBM per chip {t.generation.hbm}, XLA allows "
+    echo(f"target {t.name}{slices}: topology {t.topology} ({t.compiler}), {len(devices)} "
+         f"devices ({kind}); memory per chip {t.memory}, a run may use "
          f"{_size(t.usable_bytes)} per device")
     echo(f"mesh {dict(mesh.shape)}; trainer {config.trainer}: {what}; "
          f"{len(chosen)} of {len(program.steps)} programs")
@@ -271,11 +280,16 @@ def run(config, topology: str, stages: list[str] | None = None, num_slices: int 
              "the accumulation loop's body once; the matmul FLOPs count every iteration")
     results = {"target": t.name, "topology": t.topology, "chip_config": t.chip_config,
                "num_slices": num_slices, "devices": len(devices), "device_kind": kind,
-               "hbm_per_chip": t.generation.hbm, "usable_bytes_per_device": t.usable_bytes,
+               "platform": t.platform, "memory_per_chip": t.memory,
+               "usable_bytes_per_device": t.usable_bytes,
                "mesh": dict(mesh.shape), "trainer": config.trainer, "state_bytes": state_bytes,
                "state_bytes_per_device": state_per_device, "programs": {}}
     for name, (fn, args) in chosen.items():
         r = compile_program(fn, args, mesh, rules, t.usable_bytes)
+        # JAX's tracing and lowering caches keep each program's modules: a distillation's 26
+        # programs at full size outgrow a 24 GiB host unless they are dropped between compiles.
+        jax.clear_caches()
+        gc.collect()
         if "collectives" in r:
             train = isinstance(args[0], core.TrainState)
             r["collectives_ideal"] = fsdp_ideal(
@@ -329,8 +343,8 @@ def _define_flags():
 
     config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
     flags.DEFINE_string("topology", "v4-8", "Cloud TPU type (v4-8 ... v4-512, v5p-8 ... "
-                        "v5p-1024, v5litepod-1 ... -256, v6e-1 ... -256) or a libtpu topology "
-                        "(v4:2x2x1).")
+                        "v5p-1024, v5litepod-1 ... -256, v6e-1 ... -256), a libtpu topology "
+                        "(v4:2x2x1) or NVIDIA GPUs (8xH100, 16xH200: hosts of 8).")
     flags.DEFINE_string("chip_config", None, "libtpu chip config (default: megacore for v4 "
                         "and v5p, default for v5e and v6e).")
     flags.DEFINE_integer("num_slices", 1, "Slices of that topology (multislice).")

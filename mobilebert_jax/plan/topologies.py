@@ -1,6 +1,12 @@
-"""The Cloud TPU slices a config can be compiled for: their names, libtpu's topology strings,
-the HBM per device XLA allows, and the slice's compile-only devices and mesh (the compiler in
-libtpu, `pip install -e ".[tpu]"`; no TPU needed).
+"""The Cloud TPU slices and NVIDIA GPU hosts a config can be compiled for: their names, the
+compilers' topology strings, the memory per device a run may use, and their compile-only devices
+and mesh (XLA:TPU from libtpu, `pip install -e ".[tpu]"`; XLA:GPU from JAX's CUDA plugin,
+`pip install -e ".[gpu_compile]"`; no TPU or GPU needed).
+
+GPUs: `get_topology_desc(platform="cuda", topology="SLICESxHOSTSxGPUS",
+target_config=GpuTargetConfigProto text)` (JAX 0.10.2, jax-cuda12-plugin 0.10.2, ptxas and
+libdevice from nvidia-cuda-nvcc-cu12) compiles deviceless once JAX runs on the CPU platform;
+`cost_analysis` is not implemented there, and nothing is autotuned.
 
 Verified with libtpu 0.0.42.1 (jax 0.10.2): `get_topology_desc(platform="tpu", topology_name=T,
 chip_config_name=C)` accepts T = "v4:AxBxC" and "v5p:AxBxC" with C "megacore" (one device per
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 
 from jax.sharding import Mesh
 
@@ -48,23 +55,81 @@ GENERATIONS = {
 ALIASES = {"v5e": "v5litepod"}  # libtpu's name of the v5litepod generation
 
 
+# NVIDIA GPUs, compiled by XLA:GPU without a GPU (the `gpu_compile` extra: JAX's CUDA plugin and
+# ptxas): the GpuTargetConfigProto fields XLA reads in place of a device's own description.
+_GPU_INFO = ("threads_per_block_limit: 1024 threads_per_warp: 32 shared_memory_per_block: 49152 "
+             "shared_memory_per_core: 233472 threads_per_core_limit: 2048 core_count: 132 "
+             "fpus_per_core: 128 block_dim_limit_x: 2147483647 block_dim_limit_y: 65535 "
+             "block_dim_limit_z: 65535 l2_cache_size: 52428800 clock_rate_ghz: 1.98 "
+             "shared_memory_per_block_optin: 232448 cuda_compute_capability { major: 9 } "
+             "registers_per_core_limit: 65536 registers_per_block_limit: 65536")
+GPU_MEMORY_FRACTION = 0.92  # of a GPU's memory a run may use: launch/gpu_host.sh's
+# XLA_PYTHON_CLIENT_MEM_FRACTION
+
+
+@dataclasses.dataclass(frozen=True)
+class Gpu:
+    description: str  # as the device names itself
+    memory: str  # from the data sheet
+    memory_bytes: int  # as the device reports it
+    bandwidth: int  # bytes per second
+
+    def target_config(self) -> str:
+        """XLA:GPU's target config (GpuTargetConfigProto, text format)."""
+        return (f"gpu_device_info {{ {_GPU_INFO} device_memory_size: {self.memory_bytes} "
+                f"memory_bandwidth: {self.bandwidth} }} platform_name: \"CUDA\" "
+                "dnn_version_info { major: 9 minor: 7 } runtime_version { major: 12 minor: 8 } "
+                f"device_description_str: \"{self.description}\"")
+
+
+GPUS = {"H100": Gpu("NVIDIA H100 80GB HBM3", "80 GB HBM3", 84_929_347_584, 3_352_320_000_000),
+        "H200": Gpu("NVIDIA H200", "141 GB HBM3e", 150_754_820_096, 4_800_000_000_000)}
+GPUS_PER_HOST = 8
+_GPU_NAME = re.compile(r"^(\d+)x(H100|H200)$")
+
+
 @dataclasses.dataclass(frozen=True)
 class Target:
-    name: str  # as given: a Cloud TPU type (v4-8) or a libtpu topology (v4:2x2x1)
-    topology: str  # libtpu's topology name
-    chip_config: str
-    generation: Generation
+    name: str  # as given: a Cloud TPU type (v4-8), a libtpu topology (v4:2x2x1) or NxH100
+    topology: str  # libtpu's topology name; GPUs: slices x hosts x GPUs per host
+    chip_config: str  # libtpu's chip config; GPUs: ""
+    generation: Generation | None
+    gpu: Gpu | None = None
+
+    @property
+    def platform(self) -> str:
+        return "cuda" if self.gpu else "tpu"
+
+    @property
+    def memory(self) -> str:
+        """The memory of one chip or GPU, from its data sheet."""
+        return self.gpu.memory if self.gpu else self.generation.hbm
+
+    @property
+    def compiler(self) -> str:
+        return ("XLA:GPU, deviceless (no autotuning)" if self.gpu
+                else f"XLA:TPU, chip config {self.chip_config}")
 
     @property
     def usable_bytes(self) -> int:
+        if self.gpu:
+            return int(GPU_MEMORY_FRACTION * self.gpu.memory_bytes)
         if self.generation.libtpu == "v4" and self.chip_config == "default":
             return int(15.25 * GIB)  # one device per TensorCore, half a chip's HBM
         return self.generation.usable_bytes
 
 
 def target(name: str, chip_config: str | None = None) -> Target:
-    """A Cloud TPU type (`v4-8`, `v5p-128`, `v5litepod-16`, `v6e-256`) or a libtpu topology
-    name (`v4:2x2x1`) as a Target."""
+    """A Cloud TPU type (`v4-8`, `v5p-128`, `v5litepod-16`, `v6e-256`), a libtpu topology
+    name (`v4:2x2x1`) or N GPUs (`8xH100`, `16xH200`: hosts of 8) as a Target."""
+    m = _GPU_NAME.match(name)
+    if m:
+        n = int(m[1])
+        if n < 1 or (n > GPUS_PER_HOST and n % GPUS_PER_HOST):
+            raise ValueError(f"--topology={name!r}: up to {GPUS_PER_HOST} GPUs or hosts of "
+                             f"{GPUS_PER_HOST}")
+        hosts = max(1, n // GPUS_PER_HOST)
+        return Target(name, f"1x{hosts}x{n // hosts}", "", None, GPUS[m[2]])
     if ":" in name:
         prefix, grid = name.split(":", 1)
         gen = next((g for g in GENERATIONS.values() if g.libtpu == prefix), None)
@@ -75,14 +140,28 @@ def target(name: str, chip_config: str | None = None) -> Target:
     if gen is None or grid is None:
         known = ", ".join(f"{p}-{{{','.join(map(str, g.topologies))}}}"
                           for p, g in GENERATIONS.items())
-        raise ValueError(f"--topology={name!r}: unknown TPU slice; known: {known}, or a libtpu "
-                         f"topology such as v4:2x2x1")
+        raise ValueError(f"--topology={name!r}: unknown TPU slice or GPUs; known: {known}, a "
+                         f"libtpu topology such as v4:2x2x1, or NxH100 / NxH200")
     return Target(name, f"{gen.libtpu}:{grid}", chip_config or gen.chip_config, gen)
 
 
 def topology_devices(t: Target, num_slices: int = 1) -> list:
-    """The slice's compile-only devices (libtpu's compiler; no TPU needed)."""
+    """The slice's compile-only devices (libtpu's compiler; no TPU needed), or the GPUs'
+    (XLA:GPU from JAX's CUDA plugin; no GPU needed)."""
     from jax.experimental import topologies
+
+    if t.gpu:
+        if num_slices > 1:
+            raise ValueError(f"--num_slices={num_slices}: slices are TPU pods'; give the GPU "
+                             f"count ({t.name}) instead")
+        try:
+            topo = topologies.get_topology_desc(platform="cuda", topology=t.topology,
+                                                target_config=t.gpu.target_config())
+        except (RuntimeError, NotImplementedError) as e:  # no CUDA plugin, no ptxas
+            raise ValueError(f"--topology={t.name}: XLA:GPU cannot compile here "
+                             f"({cli.one_line(e)}); install the gpu_compile extra "
+                             "(pip install -e '.[gpu_compile]')") from None
+        return list(topo.devices)
 
     # libtpu's start-up looks for the TPU VM it runs on and warns on stderr when it finds none:
     # naming the slice quiets it (a compile-only topology does not depend on it). Its lock file
