@@ -45,7 +45,7 @@ from flax import linen as nn
 from mobilebert_jax import checkpoint, cli, files, parallel
 from mobilebert_jax.metrics import throughput
 from mobilebert_jax.models.config import MobileBertConfig, get_config
-from mobilebert_jax.plan import hlo, topologies
+from mobilebert_jax.plan import hlo
 from mobilebert_jax.plan.topologies import GIB, make_mesh, target, topology_devices
 from mobilebert_jax.train import core, distill, distill_stages, finetune, finetune_tasks, pretrain
 
@@ -312,7 +312,7 @@ def main(argv):
     from absl import flags
 
     FLAGS = flags.FLAGS
-    if topologies.GPU_NAME.match(FLAGS.topology):
+    if target(FLAGS.topology, FLAGS.chip_config).gpu:
         # Without a GPU nothing is autotuned, and XLA:GPU's default Triton GEMM finds no tiling
         # for the [N, 30522] MLM logits of a full-size step: its library GEMMs compile them. Read
         # when XLA starts, i.e. before the first backend below.

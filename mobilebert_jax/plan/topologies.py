@@ -85,7 +85,7 @@ class Gpu:
 GPUS = {"H100": Gpu("NVIDIA H100 80GB HBM3", "80 GB HBM3", 84_929_347_584, 3_352_320_000_000),
         "H200": Gpu("NVIDIA H200", "141 GB HBM3e", 150_754_820_096, 4_800_000_000_000)}
 GPUS_PER_HOST = 8
-GPU_NAME = re.compile(r"^(\d+)x(H100|H200)$")
+_GPU_NAME = re.compile(r"^(\d+)x(H100|H200)$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,7 +122,7 @@ class Target:
 def target(name: str, chip_config: str | None = None) -> Target:
     """A Cloud TPU type (`v4-8`, `v5p-128`, `v5litepod-16`, `v6e-256`), a libtpu topology
     name (`v4:2x2x1`) or N GPUs (`8xH100`, `16xH200`: hosts of 8) as a Target."""
-    m = GPU_NAME.match(name)
+    m = _GPU_NAME.match(name)
     if m:
         n = int(m[1])
         if n < 1 or (n > GPUS_PER_HOST and n % GPUS_PER_HOST):
