@@ -9,7 +9,8 @@ import importlib.util
 
 import pytest
 
-if importlib.util.find_spec("jax_plugins.xla_cuda12") is None:
+if (importlib.util.find_spec("jax_plugins") is None
+        or importlib.util.find_spec("jax_plugins.xla_cuda12") is None):
     pytest.skip("JAX's CUDA plugin is not installed (pip install -e '.[gpu_compile]'): the GPU "
                 "compile checks need XLA:GPU", allow_module_level=True)
 
