@@ -35,7 +35,7 @@ COMMAND=${1:-}
 BUCKET=${BUCKET:?set BUCKET=gs://your-bucket}
 BUCKET=${BUCKET%/}
 # The paper's batch with the mesh and remat policy that XLA:TPU compiles to fit the slice
-# (docs/scaling.md, "Compiled for a TPU slice, on a CPU"): configs/teacher.py:v4_64 on a v4-64
+# (docs/scaling.md, "Compiled for a TPU slice or GPUs, on a CPU"): configs/teacher.py:v4_64 on a v4-64
 # or v5p-64, :v6e_64 on a v6e-64, :v5e_256 on a v5litepod-256, else the default mesh.
 case "$ACCELERATOR" in
   v4-64|v5p-64) PLANNED=configs/teacher.py:v4_64;;

@@ -46,7 +46,7 @@ from mobilebert_jax import checkpoint, cli, files, parallel
 from mobilebert_jax.metrics import throughput
 from mobilebert_jax.models.config import MobileBertConfig, get_config
 from mobilebert_jax.plan import hlo
-from mobilebert_jax.plan.topologies import GIB, make_mesh, target, topology_devices
+from mobilebert_jax.plan.topologies import GIB, host_on_cpu, make_mesh, target, topology_devices
 from mobilebert_jax.train import core, distill, distill_stages, finetune, finetune_tasks, pretrain
 
 
@@ -318,8 +318,7 @@ def main(argv):
         # when XLA starts, i.e. before the first backend below.
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                    + " --xla_gpu_enable_triton_gemm=false").strip()
-    if not os.environ.get("JAX_PLATFORMS"):  # compile-only: never start (or hold) a local TPU
-        jax.config.update("jax_platforms", "cpu")
+    host_on_cpu()
     config = FLAGS.config
     if config is None:
         raise ValueError("--config is required")

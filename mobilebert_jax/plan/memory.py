@@ -317,6 +317,7 @@ def main(argv):
     config = FLAGS.config
     if config is None:
         raise ValueError("--config is required")
+    topologies.host_on_cpu()
     target = TARGETS[FLAGS.target]
     c = MobileBertConfig.from_dict(config.model.to_dict())
     policy = FLAGS.remat or c.remat

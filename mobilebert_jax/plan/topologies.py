@@ -25,6 +25,7 @@ import dataclasses
 import os
 import re
 
+import jax
 from jax.sharding import Mesh
 
 from mobilebert_jax import cli, parallel
@@ -143,6 +144,14 @@ def target(name: str, chip_config: str | None = None) -> Target:
         raise ValueError(f"--topology={name!r}: unknown TPU slice or GPUs; known: {known}, a "
                          f"libtpu topology such as v4:2x2x1, or NxH100 / NxH200")
     return Target(name, f"{gen.libtpu}:{grid}", chip_config or gen.chip_config, gen)
+
+
+def host_on_cpu() -> None:
+    """Keeps JAX's own backend on this machine's CPU (unless JAX_PLATFORMS names one): a plan
+    compiles for compile-only devices and never starts, holds or probes a local accelerator (with
+    libtpu installed, probing for a TPU VM that is not there fills stderr with warnings)."""
+    if not os.environ.get("JAX_PLATFORMS"):
+        jax.config.update("jax_platforms", "cpu")
 
 
 def topology_devices(t: Target, num_slices: int = 1) -> list:
