@@ -18,8 +18,8 @@ plans for that machine (docs/scaling.md, "Memory plan"); `v4_64` also fits a v5p
 and splits the attention-output and FFN-output kernels on their input side
 (`parallel.ROW_SPLIT_RULES`), with which XLA:TPU reduce-scatters their gradients there.
 `v6e_64` (64 chips): the same batch on the mesh (8,8,1), no remat, that XLA:TPU compiles within
-a v6e chip's HBM; `v5e_256` (256 chips): mesh (16,16,1), no remat, within a v5e chip's 16 GB
-(docs/scaling.md, "Compiled for a TPU slice, on a CPU").
+a v6e chip's HBM; `v5e_256` (256 chips): mesh (16,16,1), no remat, within a v5e chip's 16 GB,
+with the kernel split of `v4_64` (docs/scaling.md, "Compiled for a TPU slice or GPUs, on a CPU").
 """
 import ml_collections
 
@@ -72,6 +72,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         config.mesh.shape = (16, 16, 1)
         config.model.remat = "none"
         config.grad_accum_steps = 1
+        config.mesh.rules = ROW_SPLIT_RULES
     elif variant == "gpu8":
         config.mesh.shape = (1, 8, 1)
         config.model.remat = "dots_no_batch"
