@@ -26,7 +26,7 @@ EXTRAS["tpu"] = ["libtpu==0.0.42.1"]
 # with): `mobilebert_jax.plan.compile --topology=8xH100`. Not in `all`: with it installed JAX
 # logs that it finds no CUDA driver at every start on a machine without one; CI installs it
 # after the main test run, for tests/test_gpu_compile.py.
-EXTRAS["gpu_compile"] = ["jax-cuda12-plugin==0.10.2", "jax-cuda12-pjrt==0.10.2",
+EXTRAS["gpu-compile"] = ["jax-cuda12-plugin==0.10.2", "jax-cuda12-pjrt==0.10.2",
                          "nvidia-cuda-nvcc-cu12"]
 # Beam's Google Cloud I/O and DataflowRunner, for `data.prepare` on Dataflow (not in `all`: no
 # test runs a cloud service).

@@ -11,7 +11,7 @@ import pytest
 
 if (importlib.util.find_spec("jax_plugins") is None
         or importlib.util.find_spec("jax_plugins.xla_cuda12") is None):
-    pytest.skip("JAX's CUDA plugin is not installed (pip install -e '.[gpu_compile]'): the GPU "
+    pytest.skip("JAX's CUDA plugin is not installed (pip install -e '.[gpu-compile]'): the GPU "
                 "compile checks need XLA:GPU", allow_module_level=True)
 
 from mobilebert_jax.plan import compile as plan_compile  # noqa: E402

@@ -1,6 +1,6 @@
 """Compiles every step program of a training config for a Cloud TPU slice or NVIDIA GPUs, on this
 machine, with no TPU or GPU (XLA:TPU from libtpu, `pip install -e ".[tpu]"`; XLA:GPU from JAX's
-CUDA plugin, `pip install -e ".[gpu_compile]"`):
+CUDA plugin, `pip install -e ".[gpu-compile]"`):
 
     python -m mobilebert_jax.plan.compile --config=configs/teacher.py[:VARIANT] --topology=v4-8
         [--stages=train,eval] [--num_slices=N] [--teacher_preset=ibbert_large]

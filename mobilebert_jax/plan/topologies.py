@@ -1,7 +1,7 @@
 """The Cloud TPU slices and NVIDIA GPU hosts a config can be compiled for: their names, the
 compilers' topology strings, the memory per device a run may use, and their compile-only devices
 and mesh (XLA:TPU from libtpu, `pip install -e ".[tpu]"`; XLA:GPU from JAX's CUDA plugin,
-`pip install -e ".[gpu_compile]"`; no TPU or GPU needed).
+`pip install -e ".[gpu-compile]"`; no TPU or GPU needed).
 
 GPUs: `get_topology_desc(platform="cuda", topology="SLICESxHOSTSxGPUS",
 target_config=GpuTargetConfigProto text)` (JAX 0.10.2, jax-cuda12-plugin 0.10.2, ptxas and
@@ -56,7 +56,7 @@ GENERATIONS = {
 ALIASES = {"v5e": "v5litepod"}  # libtpu's name of the v5litepod generation
 
 
-# NVIDIA GPUs, compiled by XLA:GPU without a GPU (the `gpu_compile` extra: JAX's CUDA plugin and
+# NVIDIA GPUs, compiled by XLA:GPU without a GPU (the `gpu-compile` extra: JAX's CUDA plugin and
 # ptxas): the GpuTargetConfigProto fields XLA reads in place of a device's own description.
 _GPU_INFO = ("threads_per_block_limit: 1024 threads_per_warp: 32 shared_memory_per_block: 49152 "
              "shared_memory_per_core: 233472 threads_per_core_limit: 2048 core_count: 132 "
@@ -168,8 +168,8 @@ def topology_devices(t: Target, num_slices: int = 1) -> list:
                                                 target_config=t.gpu.target_config())
         except (RuntimeError, NotImplementedError) as e:  # no CUDA plugin, no ptxas
             raise ValueError(f"--topology={t.name}: XLA:GPU cannot compile here "
-                             f"({cli.one_line(e)}); install the gpu_compile extra "
-                             "(pip install -e '.[gpu_compile]')") from None
+                             f"({cli.one_line(e)}); install the gpu-compile extra "
+                             "(pip install -e '.[gpu-compile]')") from None
         return list(topo.devices)
 
     # libtpu's start-up looks for the TPU VM it runs on and warns on stderr when it finds none:
